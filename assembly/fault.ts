@@ -1,0 +1,184 @@
+// fault — the vCPU's guest-memory access path: one 8-byte guest store or load through the
+// MMU (arch/x86/kvm/mmu/mmu.c fast_page_fault, kvm_tdp_mmu_map, make_spte).
+//
+//   store:  writable SPTE ──────────────────────────────► store, done
+//           present, MMU-writable, W clear (1 1 0) ──────► fast fault: cmpxchg W on,
+//                                                          mark dirty once (cmpxchg winner)
+//           (huge 1 1 0 in a logged slot, 1 0 0, 0 0 0,
+//            absent) ───────────────────────────────────► slow fault under mmu_lock (read):
+//                                                          map at the allowed level, mark dirty
+//                                                          if the new SPTE is W and the slot
+//                                                          is logged (make_spte)
+//           no slot / read-only slot ───────────────────► exit KVM_EXIT_MMIO
+//   load:   present leaf ───────────────────────────────► load, no fault
+//           absent ─────────────────────────────────────► slow fault: writable (and reported
+//                                                          when logged) iff the host page
+//                                                          exists; else the zero page, read-only
+//
+// Invariant: the store is performed only through an SPTE that was writable when loaded, and
+// every W 0→1 transition this path makes in a logged slot reports the page before the store.
+import {
+  KVM_EXIT_MMIO,
+  KVM_MEM_READONLY,
+  SLOT_BACKING,
+  SLOT_BASE_GFN,
+  SLOT_FLAGS,
+  VCPU_AS,
+  VCPU_EXIT_REASON,
+  VCPU_FAST_FAULTS,
+  VCPU_MMIO_GPA,
+  VCPU_SLOW_FAULTS,
+  VCPU_STORES,
+} from "./layout";
+import { mark_page_dirty_in_slot } from "./mark_dirty";
+import { memslot_lookup, slot_host_present, slot_logged, slot_max_mapping_level } from "./memslot";
+import { read_lock, read_unlock } from "./mmu_lock";
+import { SPTE_D, SPTE_M, SPTE_W, is_leaf, is_present, level_pages, make_leaf, spte_hpa } from "./spte";
+import { tdp_get_or_create, tdp_walk } from "./tdp";
+
+/** Exit reason when the page-table pool is exhausted (KVM_EXIT_INTERNAL_ERROR). */
+export const KVM_EXIT_INTERNAL_ERROR: u32 = 17;
+
+@inline function host_addr(spte: u64, level: u32, gpa: u64): usize {
+  const hpa = spte_hpa(spte);
+  if (hpa == 0) return 0; // zero page / unbacked
+  return <usize>(hpa + (gpa & ((level_pages(level) << 12) - 1)));
+}
+
+@inline function test_bit(bitmap: usize, n: u64): bool {
+  return (load<u64>(bitmap + <usize>((n >> 6) << 3)) & ((<u64>1) << (n & 63))) != 0;
+}
+
+/** Set bits [from, from + count) of a u64 bitmap (concurrent setters allowed). */
+function set_bits(bitmap: usize, from: u64, count: u64): void {
+  let n = from;
+  const end = from + count;
+  while (n < end) {
+    const word = bitmap + <usize>((n >> 6) << 3);
+    const lo = n & 63;
+    const take = 64 - lo < end - n ? 64 - lo : end - n;
+    const mask = take == 64 ? 0xffff_ffff_ffff_ffff : (((<u64>1) << take) - 1) << lo;
+    if ((load<u64>(word) & mask) != mask) atomic.or<u64>(word, mask);
+    n += take;
+  }
+}
+
+function exit_mmio(vcpu: usize, gpa: u64): u32 {
+  store<u64>(vcpu + VCPU_MMIO_GPA, gpa);
+  return KVM_EXIT_MMIO;
+}
+
+/**
+ * Slow page fault for gpa. Returns 0 when the caller should walk again (a mapping was
+ * installed, or another thread changed the entry first), or an exit reason.
+ */
+function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): u32 {
+  const gfn = gpa >> 12;
+  const slot = memslot_lookup(vm, as_id, gfn);
+  if (slot == 0) return exit_mmio(vcpu, gpa);
+  const readonly = (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_READONLY) != 0;
+  if (write && readonly) return exit_mmio(vcpu, gpa);
+  const base = load<u64>(slot + SLOT_BASE_GFN);
+  const present = slot_host_present(slot);
+  // The host pfn lookup returns a writable page on a read fault when the page already
+  // exists and is writable, so such a read installs a writable SPTE (and is logged).
+  const writable = !readonly && (write || test_bit(present, gfn - base));
+  let level = slot_max_mapping_level(slot, gfn);
+  if (!writable && !readonly) level = 1; // the shared zero page is 4K
+  read_lock(vm);
+  const w = tdp_get_or_create(vm, as_id, gfn, level);
+  if (w == 0) {
+    read_unlock(vm);
+    return KVM_EXIT_INTERNAL_ERROR;
+  }
+  const p = w & ~7;
+  level = <u32>(w & 7);
+  const old = atomic.load<u64>(p);
+  if (is_present(old) && is_leaf(old, level) && (!write || (old & SPTE_W) != 0)) {
+    read_unlock(vm); // someone mapped it meanwhile: walk again
+    return 0;
+  }
+  const span = level_pages(level);
+  const frame = gfn & ~(span - 1);
+  const backing = <u64>load<u32>(slot + SLOT_BACKING);
+  const hpa = backing == 0 ? 0 : backing + ((frame - base) << 12);
+  const spte = make_leaf(hpa, level, writable, !readonly);
+  if (atomic.cmpxchg<u64>(p, old, spte) == old) {
+    if (writable) {
+      set_bits(present, frame - base, span); // the host page (THP for huge) now exists
+      if (slot_logged(slot)) mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
+    }
+    atomic.add<u64>(vcpu + VCPU_SLOW_FAULTS, 1);
+  }
+  read_unlock(vm);
+  return 0;
+}
+
+/** One 8-byte guest store at gpa (8-aligned). Returns 0 when it retired, else the exit reason. */
+export function kvm_vcpu_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
+  const as_id = load<u32>(vcpu + VCPU_AS);
+  const gfn = gpa >> 12;
+  while (true) {
+    const w = tdp_walk(vm, as_id, gfn);
+    const p = w & ~7;
+    const level = <u32>(w & 7);
+    const spte = atomic.load<u64>(p);
+    if (is_present(spte)) {
+      if ((spte & SPTE_W) != 0) {
+        const host = host_addr(spte, level, gpa);
+        if (host != 0) store<u64>(host, value);
+        store<u64>(vcpu + VCPU_STORES, load<u64>(vcpu + VCPU_STORES) + 1);
+        store<u32>(vcpu + VCPU_EXIT_REASON, 0);
+        return 0;
+      }
+      if ((spte & SPTE_M) != 0) {
+        // fast_page_fault: lockless; refuses huge SPTEs of a dirty-logged slot.
+        const slot = memslot_lookup(vm, as_id, gfn);
+        if (slot != 0 && (level == 1 || !slot_logged(slot))) {
+          if (atomic.cmpxchg<u64>(p, spte, spte | SPTE_W | SPTE_D) == spte) {
+            mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
+            store<u64>(vcpu + VCPU_FAST_FAULTS, load<u64>(vcpu + VCPU_FAST_FAULTS) + 1);
+          }
+          continue;
+        }
+      }
+    }
+    const r = slow_fault(vm, vcpu, as_id, gpa, true);
+    if (r != 0) {
+      store<u32>(vcpu + VCPU_EXIT_REASON, r);
+      return r;
+    }
+  }
+  return 0;
+}
+
+/** One 8-byte guest load at gpa. Sets the vCPU's exit reason (0, or MMIO for no slot). */
+export function kvm_vcpu_read(vm: usize, vcpu: usize, gpa: u64): u64 {
+  const as_id = load<u32>(vcpu + VCPU_AS);
+  while (true) {
+    const w = tdp_walk(vm, as_id, gpa >> 12);
+    const spte = atomic.load<u64>(w & ~7);
+    if (is_present(spte)) {
+      store<u32>(vcpu + VCPU_EXIT_REASON, 0);
+      const host = host_addr(spte, <u32>(w & 7), gpa);
+      return host == 0 ? 0 : load<u64>(host);
+    }
+    const r = slow_fault(vm, vcpu, as_id, gpa, false);
+    if (r != 0) {
+      store<u32>(vcpu + VCPU_EXIT_REASON, r);
+      return 0;
+    }
+  }
+  return 0;
+}
+
+/**
+ * `count` stores of `value` at gpa, gpa + stride, ... Stops at the first exit.
+ * Returns the number of stores that retired.
+ */
+export function kvm_vcpu_write_strided(vm: usize, vcpu: usize, gpa: u64, stride: u64, count: u32, value: u64): u32 {
+  for (let i: u32 = 0; i < count; i++) {
+    if (kvm_vcpu_write(vm, vcpu, gpa + (<u64>i) * stride, value) != 0) return i;
+  }
+  return count;
+}

@@ -1,0 +1,15 @@
+// dirtlog core — the exported surface of build/dirtlog.wasm. Every function takes raw
+// addresses in the one shared memory (see layout.ts); nothing here allocates or keeps state.
+export { kvm_vm_init, kvm_vcpu_init } from "./vm";
+export { memslot_prepare, memslot_commit, memslot_meta_bytes, memslot_lookup } from "./memslot";
+export {
+  kvm_get_dirty_log,
+  kvm_dirty_log_done,
+  kvm_clear_dirty_log_check,
+  kvm_clear_dirty_log,
+  kvm_dirty_log_source,
+  kvm_dirty_log_scratch,
+  kvm_dirty_log_second,
+} from "./dirty_bitmap";
+export { kvm_vcpu_write, kvm_vcpu_read, kvm_vcpu_write_strided } from "./fault";
+export { tdp_walk } from "./tdp";

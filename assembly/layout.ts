@@ -1,0 +1,103 @@
+// layout — every structure of the core lives at an address in the one shared
+// WebAssembly.Memory; this file is the only place their field offsets are defined.
+// The host mirrors it in src/layout.ts (test/layout.test.ts pins that they agree).
+//
+// Invariant: the core keeps no state outside these structures. No globals, no static
+// data, no runtime allocation (the built module is checked for that by a test).
+//
+// Memory map (addresses handed out by the host's region allocator):
+//   [0, 64 KiB)            guard: never written (a stray static would land here)
+//   vm block               VM_* fields below, 4 KiB
+//   slot table             2 address spaces × 32768 ids × SLOT_SIZE, indexed by (as, id)
+//   sorted ids             2 × 32768 u16 slot ids per address space, sorted by base_gfn
+//   page-table pool        POOL pages of 4 KiB (512 u64 SPTEs each), see tdp.ts
+//   vcpu blocks            VCPU_SIZE each, see below
+//   per-slot metadata      one region per slot (SLOT_META), see memslot.ts
+//   per-slot backing       guest bytes of backed slots, 2 MiB aligned
+
+// ---- errno (values returned negated by the core) ----
+export const EPERM: i32 = 1;
+export const ENOENT: i32 = 2;
+export const EIO: i32 = 5;
+export const ENXIO: i32 = 6;
+export const E2BIG: i32 = 7;
+export const ENOMEM: i32 = 12;
+export const EFAULT: i32 = 14;
+export const EEXIST: i32 = 17;
+export const EINVAL: i32 = 22;
+
+// ---- KVM constants ----
+export const KVM_MEM_LOG_DIRTY_PAGES: u32 = 1;
+export const KVM_MEM_READONLY: u32 = 2;
+export const KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE: u32 = 1;
+export const KVM_DIRTY_LOG_INITIALLY_SET: u32 = 2;
+export const KVM_EXIT_IO: u32 = 2;
+export const KVM_EXIT_MMIO: u32 = 6;
+export const KVM_EXIT_DIRTY_RING_FULL: u32 = 31;
+
+export const KVM_NR_AS: u32 = 2; // x86 with SMM: 0 = normal, 1 = SMM
+export const KVM_MEM_SLOTS_NUM: u32 = 32767; // SHRT_MAX ids per address space
+export const KVM_USER_MEM_SLOTS: u32 = 32764; // 3 internal slots on x86
+export const KVM_MEM_MAX_NR_PAGES: u64 = 0x7fffffff;
+export const KVM_MAX_GFN: u64 = 0xf_ffff_ffff; // 48-bit guest physical space, 4-level TDP
+
+// memslot change kinds (kernel enum kvm_mr_change), plus "nothing to do"
+export const KVM_MR_CREATE: i32 = 0;
+export const KVM_MR_DELETE: i32 = 1;
+export const KVM_MR_MOVE: i32 = 2;
+export const KVM_MR_FLAGS_ONLY: i32 = 3;
+export const KVM_MR_NONE: i32 = 4;
+
+// ---- VM control block ----
+export const VM_SIZE: u32 = 4096;
+export const VM_GEN: u32 = 0; // u64 × KVM_NR_AS: memslot generation per address space
+export const VM_SLOTS: u32 = 16; // u32: slot table address
+export const VM_SORTED: u32 = 20; // u32: sorted-id arrays address
+export const VM_NSORTED: u32 = 24; // u32 × KVM_NR_AS: number of slots per address space
+export const VM_ROOT: u32 = 32; // u32 × KVM_NR_AS: TDP root table per address space
+export const VM_POOL_BASE: u32 = 40; // u32: first page-table page
+export const VM_POOL_PAGES: u32 = 44; // u32: pool capacity in pages
+export const VM_POOL_NEXT: u32 = 48; // u32: bump index (pages never handed out yet)
+export const VM_POOL_FREE: u32 = 52; // u32: free-list head (address of a free page, 0 = none)
+export const VM_POOL_LOCK: u32 = 56; // u32: spinlock guarding the free list
+export const VM_POOL_USED: u32 = 60; // u32: pages in use
+export const VM_MANUAL_PROTECT: u32 = 64; // u32: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 args[0]
+export const VM_RING_SIZE: u32 = 68; // u32: dirty ring size in bytes (0 = bitmap mode)
+export const VM_RING_WITH_BITMAP: u32 = 72; // u32: KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP enabled
+export const VM_PML: u32 = 76; // u32: VM models Intel PML
+export const VM_MMU_LOCK: u32 = 80; // u32: mmu_lock (reader/writer, see mmu_lock.ts)
+export const VM_NR_LOGGING: u32 = 84; // u32: nr_memslots_dirty_logging
+export const VM_TLB_FLUSHES: u32 = 88; // u64: remote TLB flushes requested
+export const VM_NR_VCPUS: u32 = 96; // u32
+export const VM_RING_WARN: u32 = 100; // u32: pushes into a hard-full ring (kernel WARN)
+export const VM_ZAPS: u32 = 104; // u64: zap-all events (memslot DELETE/MOVE)
+export const VM_SPLITS: u32 = 112; // u64: huge mappings split
+
+// ---- memslot (SLOT_SIZE bytes, at slots + ((as << 15) | id) * SLOT_SIZE) ----
+export const SLOT_SIZE: u32 = 64;
+export const SLOT_BASE_GFN: u32 = 0; // u64
+export const SLOT_NPAGES: u32 = 8; // u64
+export const SLOT_FLAGS: u32 = 16; // u32: KVM_MEM_* flags
+export const SLOT_ACTIVE: u32 = 20; // u32: 1 while the slot exists
+export const SLOT_BITMAP: u32 = 24; // u32: live dirty bitmap, 0 = no bitmap
+export const SLOT_META: u32 = 28; // u32: metadata region (see memslot.ts)
+export const SLOT_BACKING: u32 = 32; // u32: guest bytes, 0 = unbacked (tracking only)
+export const SLOT_MAX_LEVEL: u32 = 36; // u32: largest mapping level the host backing allows
+export const SLOT_HVA: u32 = 40; // u64: userspace address (alignment decides huge pages)
+
+// ---- vCPU block ----
+export const VCPU_SIZE: u32 = 256;
+export const VCPU_ID: u32 = 0; // u32
+export const VCPU_AS: u32 = 4; // u32: address space in use (1 while in SMM)
+export const VCPU_EXIT_REASON: u32 = 8; // u32: run->exit_reason of the last call
+export const VCPU_REQUESTS: u32 = 12; // u32: KVM_REQ_* bits
+export const VCPU_MMIO_GPA: u32 = 16; // u64: run->mmio.phys_addr of the last MMIO exit
+export const VCPU_FAST_FAULTS: u32 = 24; // u64
+export const VCPU_SLOW_FAULTS: u32 = 32; // u64
+export const VCPU_STORES: u32 = 40; // u64
+
+// ---- page tables ----
+export const PAGE_SHIFT: u32 = 12;
+export const PAGE_SIZE: u32 = 4096;
+export const PT_ENTRIES: u32 = 512;
+export const PT_LEVELS: u32 = 4;

@@ -1,0 +1,375 @@
+// memslot — KVM_SET_USER_MEMORY_REGION: address spaces, slots, generations
+// (virt/kvm/kvm_main.c kvm_set_memory_region / kvm_set_memslot, x86.c apply_flags).
+//
+// Slot table: one SLOT_SIZE record per (as_id, id), at slots + ((as_id << 15) | id) * 64.
+// Sorted ids: per address space, u16 ids of existing slots ordered by base_gfn, at
+// sorted + as_id * 65536; VM_NSORTED[as_id] of them. Lookups binary-search it.
+//
+// Per-slot metadata region (SLOT_META), W = ALIGN(npages, 64) / 64 words, S = ceil(W / 64):
+//   +0        live dirty bitmap, W u64 (bit p = page p)    ─┐ KVM's two halves
+//   +8W       second bitmap, W u64 (scratch, all zero       ─┘ of kvm_dirty_bitmap_bytes
+//             between calls)
+//   +16W      summary, S u64: bit w set if live word w may be non-zero (dirtlog's fast skip)
+//   +16W+8S   host-page-present bitmap, W u64 (the host page behind the gfn exists)
+//   +24W+8S   scratch list, S u32 (summary words a harvest touched)
+//
+// Invariants:
+//   - Slots of one address space never overlap; overlap is not checked across spaces.
+//   - bits >= npages of the live bitmap are always 0; a slot with no bitmap has an
+//     all-zero live half and summary (dropping a bitmap zeroes it).
+//   - generation[as] starts at as and grows by KVM_NR_AS per published swap, so
+//     generations of different address spaces never collide. CREATE and FLAGS_ONLY
+//     publish once; DELETE and MOVE publish twice (first an INVALID copy, then the result).
+//   - Internal slots (ids 32764..32766) are created only through the internal path,
+//     with flags 0: they can never be dirty-logged.
+import {
+  EEXIST,
+  EINVAL,
+  KVM_DIRTY_LOG_INITIALLY_SET,
+  KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+  KVM_MAX_GFN,
+  KVM_MEM_LOG_DIRTY_PAGES,
+  KVM_MEM_MAX_NR_PAGES,
+  KVM_MEM_READONLY,
+  KVM_MEM_SLOTS_NUM,
+  KVM_MR_CREATE,
+  KVM_MR_DELETE,
+  KVM_MR_FLAGS_ONLY,
+  KVM_MR_MOVE,
+  KVM_MR_NONE,
+  KVM_NR_AS,
+  KVM_USER_MEM_SLOTS,
+  SLOT_ACTIVE,
+  SLOT_BACKING,
+  SLOT_BASE_GFN,
+  SLOT_BITMAP,
+  SLOT_FLAGS,
+  SLOT_HVA,
+  SLOT_MAX_LEVEL,
+  SLOT_META,
+  SLOT_NPAGES,
+  SLOT_SIZE,
+  VM_GEN,
+  VM_MANUAL_PROTECT,
+  VM_NR_LOGGING,
+  VM_NSORTED,
+  VM_RING_SIZE,
+  VM_RING_WITH_BITMAP,
+  VM_SLOTS,
+  VM_SORTED,
+  VM_ZAPS,
+} from "./layout";
+import { write_lock, write_unlock } from "./mmu_lock";
+import { OP_SPLIT, OP_WRPROT, OP_ZAP_2M_TABLES, tdp_range, tdp_zap_all } from "./tdp";
+import { flush_remote_tlbs } from "./tlb";
+
+// ---- metadata region geometry ----
+@inline export function bitmap_words(npages: u64): u64 {
+  return (npages + 63) >> 6;
+}
+@inline function summary_words(words: u64): u64 {
+  return (words + 63) >> 6;
+}
+/** Bytes of the metadata region for a slot of npages pages. */
+export function memslot_meta_bytes(npages: u64): u64 {
+  const w = bitmap_words(npages);
+  const s = summary_words(w);
+  return 24 * w + 12 * s;
+}
+@inline export function slot_words(slot: usize): u64 {
+  return bitmap_words(load<u64>(slot + SLOT_NPAGES));
+}
+@inline export function slot_second(slot: usize): usize {
+  return <usize>load<u32>(slot + SLOT_META) + <usize>(slot_words(slot) << 3);
+}
+@inline export function slot_summary(slot: usize): usize {
+  return <usize>load<u32>(slot + SLOT_META) + <usize>(slot_words(slot) << 4);
+}
+@inline export function slot_summary_words(slot: usize): u64 {
+  return summary_words(slot_words(slot));
+}
+@inline export function slot_host_present(slot: usize): usize {
+  return slot_summary(slot) + <usize>(slot_summary_words(slot) << 3);
+}
+@inline export function slot_scratch(slot: usize): usize {
+  return slot_host_present(slot) + <usize>(slot_words(slot) << 3);
+}
+
+// ---- lookup ----
+@inline export function slot_ptr(vm: usize, as_id: u32, id: u32): usize {
+  return <usize>load<u32>(vm + VM_SLOTS) + <usize>((as_id << 15) | id) * SLOT_SIZE;
+}
+@inline function sorted_ptr(vm: usize, as_id: u32): usize {
+  return <usize>load<u32>(vm + VM_SORTED) + (<usize>as_id << 16);
+}
+@inline function nsorted(vm: usize, as_id: u32): u32 {
+  return load<u32>(vm + VM_NSORTED + (as_id << 2));
+}
+@inline export function slot_logged(slot: usize): bool {
+  return (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_LOG_DIRTY_PAGES) != 0;
+}
+/** kvm_use_dirty_bitmap: bitmap mode, or a ring VM with KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP. */
+@inline export function use_dirty_bitmap(vm: usize): bool {
+  return load<u32>(vm + VM_RING_SIZE) == 0 || load<u32>(vm + VM_RING_WITH_BITMAP) != 0;
+}
+
+/** Index in the sorted array of the last slot with base_gfn <= gfn, or -1. */
+function sorted_floor(vm: usize, as_id: u32, gfn: u64): i32 {
+  const arr = sorted_ptr(vm, as_id);
+  let lo: i32 = 0;
+  let hi: i32 = <i32>nsorted(vm, as_id) - 1;
+  let found: i32 = -1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const s = slot_ptr(vm, as_id, load<u16>(arr + (<usize>mid << 1)));
+    if (load<u64>(s + SLOT_BASE_GFN) <= gfn) {
+      found = mid;
+      lo = mid + 1;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return found;
+}
+
+/** __gfn_to_memslot: the slot of address space as_id containing gfn, or 0. */
+export function memslot_lookup(vm: usize, as_id: u32, gfn: u64): usize {
+  const i = sorted_floor(vm, as_id, gfn);
+  if (i < 0) return 0;
+  const s = slot_ptr(vm, as_id, load<u16>(sorted_ptr(vm, as_id) + (<usize>i << 1)));
+  return gfn - load<u64>(s + SLOT_BASE_GFN) < load<u64>(s + SLOT_NPAGES) ? s : 0;
+}
+
+/** kvm_check_memslot_overlap: does [base, base+npages) meet a slot other than `id`? */
+function overlaps(vm: usize, as_id: u32, id: u32, base: u64, npages: u64): bool {
+  const arr = sorted_ptr(vm, as_id);
+  const n = <i32>nsorted(vm, as_id);
+  const end = base + npages;
+  // Slots are disjoint and sorted, so only the last slot starting at or below `base` and
+  // the slots starting inside the range can meet it; skip our own id.
+  let i = sorted_floor(vm, as_id, base);
+  if (i < 0) i = 0;
+  for (; i < n; i++) {
+    const sid = <u32>load<u16>(arr + (<usize>i << 1));
+    const s = slot_ptr(vm, as_id, sid);
+    const sbase = load<u64>(s + SLOT_BASE_GFN);
+    if (sbase >= end) break;
+    if (sid != id && sbase + load<u64>(s + SLOT_NPAGES) > base) return true;
+  }
+  return false;
+}
+
+function sorted_remove(vm: usize, as_id: u32, id: u32): void {
+  const arr = sorted_ptr(vm, as_id);
+  const n = nsorted(vm, as_id);
+  for (let i: u32 = 0; i < n; i++) {
+    if (<u32>load<u16>(arr + (<usize>i << 1)) == id) {
+      memory.copy(arr + (<usize>i << 1), arr + (<usize>(i + 1) << 1), <usize>(n - i - 1) << 1);
+      store<u32>(vm + VM_NSORTED + (as_id << 2), n - 1);
+      return;
+    }
+  }
+}
+
+function sorted_insert(vm: usize, as_id: u32, id: u32, base: u64): void {
+  const arr = sorted_ptr(vm, as_id);
+  const n = nsorted(vm, as_id);
+  const at = <u32>(sorted_floor(vm, as_id, base) + 1);
+  memory.copy(arr + (<usize>(at + 1) << 1), arr + (<usize>at << 1), <usize>(n - at) << 1);
+  store<u16>(arr + (<usize>at << 1), <u16>id);
+  store<u32>(vm + VM_NSORTED + (as_id << 2), n + 1);
+}
+
+// ---- bitmap lifetime (kvm_prepare_memory_region / kvm_commit_memory_region) ----
+function bitmap_drop(slot: usize): void {
+  const meta = <usize>load<u32>(slot + SLOT_META);
+  const w = slot_words(slot);
+  memory.fill(meta, 0, <usize>(w << 3));
+  memory.fill(slot_summary(slot), 0, <usize>(slot_summary_words(slot) << 3));
+  store<u32>(slot + SLOT_BITMAP, 0);
+}
+
+/** A fresh bitmap: all zero, or bits 0..npages-1 set with manual protect + INITIALLY_SET. */
+function bitmap_alloc(vm: usize, slot: usize): void {
+  const meta = <usize>load<u32>(slot + SLOT_META);
+  store<u32>(slot + SLOT_BITMAP, <u32>meta);
+  if (!manual_protect_and_init_set(vm)) return;
+  const npages = load<u64>(slot + SLOT_NPAGES);
+  const w = slot_words(slot);
+  memory.fill(meta, 0xff, <usize>(w << 3));
+  const tail = npages & 63;
+  if (tail != 0) store<u64>(meta + <usize>((w - 1) << 3), ((<u64>1) << tail) - 1);
+  memory.fill(slot_summary(slot), 0xff, <usize>(slot_summary_words(slot) << 3));
+}
+
+@inline export function manual_protect_and_init_set(vm: usize): bool {
+  return (load<u32>(vm + VM_MANUAL_PROTECT) & KVM_DIRTY_LOG_INITIALLY_SET) != 0;
+}
+@inline export function manual_protect(vm: usize): bool {
+  return (load<u32>(vm + VM_MANUAL_PROTECT) & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE) != 0;
+}
+
+function publish(vm: usize, as_id: u32, swaps: u32): void {
+  const g = vm + VM_GEN + (as_id << 3);
+  store<u64>(g, load<u64>(g) + <u64>(swaps * KVM_NR_AS));
+}
+
+/**
+ * Validate a KVM_SET_USER_MEMORY_REGION call without changing anything.
+ * Returns the change kind (KVM_MR_*) or -errno, in the kernel's check order.
+ * `internal` selects kvm_set_internal_memslot's rules (ids 32764..32766, flags 0).
+ */
+export function memslot_prepare(
+  vm: usize,
+  slot: u32,
+  flags: u32,
+  gpa: u64,
+  size: u64,
+  backed: u32,
+  internal: u32,
+): i32 {
+  const as_id = slot >> 16;
+  const id = slot & 0xffff;
+  if ((flags & ~(KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY)) != 0) return -EINVAL;
+  if (internal != 0) {
+    if (id < KVM_USER_MEM_SLOTS || flags != 0) return -EINVAL;
+  } else if (id >= KVM_USER_MEM_SLOTS) {
+    return -EINVAL;
+  }
+  if ((size & 4095) != 0 || (gpa & 4095) != 0) return -EINVAL;
+  if (as_id >= KVM_NR_AS || id >= KVM_MEM_SLOTS_NUM) return -EINVAL;
+  if (gpa + size < gpa) return -EINVAL;
+  const npages = size >> 12;
+  if (internal == 0 && npages > KVM_MEM_MAX_NR_PAGES) return -EINVAL;
+
+  const s = slot_ptr(vm, as_id, id);
+  const exists = load<u32>(s + SLOT_ACTIVE) != 0;
+  const base = gpa >> 12;
+  if (npages == 0) return exists ? KVM_MR_DELETE : -EINVAL;
+
+  let change: i32;
+  if (!exists) {
+    change = KVM_MR_CREATE;
+  } else {
+    const old_flags = load<u32>(s + SLOT_FLAGS);
+    const old_backed: u32 = load<u32>(s + SLOT_BACKING) != 0 ? 1 : 0;
+    if (
+      npages != load<u64>(s + SLOT_NPAGES) ||
+      ((flags ^ old_flags) & KVM_MEM_READONLY) != 0 ||
+      (backed != 0 ? 1 : 0) != old_backed
+    )
+      return -EINVAL;
+    if (base != load<u64>(s + SLOT_BASE_GFN)) change = KVM_MR_MOVE;
+    else if (flags != old_flags) change = KVM_MR_FLAGS_ONLY;
+    else return KVM_MR_NONE;
+  }
+  if (overlaps(vm, as_id, id, base, npages)) return -EEXIST;
+  if (base + npages - 1 > KVM_MAX_GFN) return -EINVAL;
+  return change;
+}
+
+/**
+ * Carry out a change that memslot_prepare accepted. For CREATE the host passes the zeroed
+ * metadata region, the backing (0 = unbacked), the hva used for huge-page alignment and the
+ * largest mapping level the backing allows. Returns the change kind.
+ */
+export function memslot_commit(
+  vm: usize,
+  slot: u32,
+  flags: u32,
+  gpa: u64,
+  size: u64,
+  change: i32,
+  meta: usize,
+  backing: usize,
+  hva: u64,
+  max_level: u32,
+): i32 {
+  const as_id = slot >> 16;
+  const id = slot & 0xffff;
+  const s = slot_ptr(vm, as_id, id);
+  const base = gpa >> 12;
+  if (change == KVM_MR_NONE) return change;
+  write_lock(vm);
+  const old_logged = change != KVM_MR_CREATE && slot_logged(s);
+  const new_logged = change != KVM_MR_DELETE && (flags & KVM_MEM_LOG_DIRTY_PAGES) != 0;
+
+  if (change == KVM_MR_DELETE || change == KVM_MR_MOVE) {
+    // kvm_invalidate_memslot: publish an INVALID copy, then zap every mapping (x86's
+    // default zap-all on a memslot flush; other slots lose their mappings too).
+    publish(vm, as_id, 1);
+    tdp_zap_all(vm, KVM_NR_AS);
+    atomic.add<u64>(vm + VM_ZAPS, 1);
+    flush_remote_tlbs(vm);
+    sorted_remove(vm, as_id, id);
+  }
+  if (change == KVM_MR_DELETE) {
+    memory.fill(s, 0, SLOT_SIZE);
+  } else {
+    if (change == KVM_MR_CREATE) {
+      store<u64>(s + SLOT_NPAGES, size >> 12);
+      store<u32>(s + SLOT_META, <u32>meta);
+      store<u32>(s + SLOT_BACKING, <u32>backing);
+      store<u64>(s + SLOT_HVA, hva);
+      store<u32>(s + SLOT_MAX_LEVEL, max_level);
+      store<u32>(s + SLOT_ACTIVE, 1);
+    }
+    store<u64>(s + SLOT_BASE_GFN, base);
+    store<u32>(s + SLOT_FLAGS, flags);
+    if (change != KVM_MR_FLAGS_ONLY) sorted_insert(vm, as_id, id, base);
+    // kvm_prepare_memory_region: keep, drop or allocate the dirty bitmap.
+    if (!new_logged) {
+      if (load<u32>(s + SLOT_BITMAP) != 0) bitmap_drop(s);
+    } else if (load<u32>(s + SLOT_BITMAP) == 0 && use_dirty_bitmap(vm)) {
+      bitmap_alloc(vm, s);
+    }
+  }
+  publish(vm, as_id, 1);
+  if (old_logged != new_logged) {
+    const nr = vm + VM_NR_LOGGING;
+    store<u32>(nr, new_logged ? load<u32>(nr) + 1 : load<u32>(nr) - 1);
+  }
+  if (change == KVM_MR_FLAGS_ONLY && old_logged != new_logged) apply_flags(vm, s, as_id, new_logged);
+  write_unlock(vm);
+  return change;
+}
+
+/** kvm_mmu_slot_apply_flags for a FLAGS_ONLY change that toggled dirty logging. */
+function apply_flags(vm: usize, s: usize, as_id: u32, logging: bool): void {
+  const start = load<u64>(s + SLOT_BASE_GFN);
+  const end = start + load<u64>(s + SLOT_NPAGES);
+  if (!logging) {
+    // Recover huge pages: zap 4K tables whose 2M frame may be mapped huge again.
+    const congruent = ((start ^ (load<u64>(s + SLOT_HVA) >> 12)) & 511) == 0;
+    if (load<u32>(s + SLOT_MAX_LEVEL) >= 2 && congruent) {
+      if (tdp_range(vm, as_id, start, end, OP_ZAP_2M_TABLES, 1) != 0) flush_remote_tlbs(vm);
+    }
+    return;
+  }
+  if (manual_protect_and_init_set(vm)) return; // all pages already count as dirty
+  tdp_range(vm, as_id, start, end, OP_SPLIT, 1); // eager_page_split
+  tdp_range(vm, as_id, start, end, OP_WRPROT, 1);
+  flush_remote_tlbs(vm); // unconditional kvm_flush_remote_tlbs_memslot
+}
+
+/**
+ * Huge-page rule (lpage_info disallow + host mapping level): a mapping of `level` at the
+ * frame containing gfn is allowed iff the frame lies inside the slot, the slot's gfn and
+ * hva are congruent at that size, and the backing allows that level.
+ */
+export function slot_level_allowed(s: usize, gfn: u64, level: u32): bool {
+  if (level > load<u32>(s + SLOT_MAX_LEVEL)) return false;
+  const span: u64 = (<u64>1) << (9 * (level - 1));
+  const frame = gfn & ~(span - 1);
+  const base = load<u64>(s + SLOT_BASE_GFN);
+  if (frame < base || frame + span > base + load<u64>(s + SLOT_NPAGES)) return false;
+  return ((base ^ (load<u64>(s + SLOT_HVA) >> 12)) & (span - 1)) == 0;
+}
+
+/** kvm_mmu_hugepage_adjust: never huge in a dirty-logged slot. */
+export function slot_max_mapping_level(s: usize, gfn: u64): u32 {
+  if (slot_logged(s)) return 1;
+  if (slot_level_allowed(s, gfn, 3)) return 3;
+  if (slot_level_allowed(s, gfn, 2)) return 2;
+  return 1;
+}

@@ -1,0 +1,45 @@
+// mmu_lock — KVM's kvm->mmu_lock (an rwlock on x86) as one u32 word in shared memory.
+//
+//   bit 31  WRITER: held for write
+//   bit 30  WAITING: a writer wants the lock; new readers hold back (writer preference,
+//           so a harvest is not starved by a stream of faults)
+//   0..29   number of readers
+//
+// Read side: TDP MMU faults (they change SPTEs only by compare-and-swap).
+// Write side: GET/CLEAR re-protection, ring reset, memslot commits, zap, eager split.
+// The lock only spins: a browser's main thread may not block (no atomic.wait).
+import { VM_MMU_LOCK } from "./layout";
+
+const WRITER: u32 = 0x8000_0000;
+const WAITING: u32 = 0x4000_0000;
+
+export function read_lock(vm: usize): void {
+  const p = vm + VM_MMU_LOCK;
+  while (true) {
+    const v = atomic.load<u32>(p);
+    if ((v & (WRITER | WAITING)) == 0 && atomic.cmpxchg<u32>(p, v, v + 1) == v) return;
+  }
+}
+
+export function read_unlock(vm: usize): void {
+  atomic.sub<u32>(vm + VM_MMU_LOCK, 1);
+}
+
+export function write_lock(vm: usize): void {
+  const p = vm + VM_MMU_LOCK;
+  while (true) {
+    const v = atomic.load<u32>(p);
+    if ((v == 0 || v == WAITING) && atomic.cmpxchg<u32>(p, v, WRITER) == v) return;
+    if ((v & WAITING) == 0) atomic.or<u32>(p, WAITING);
+  }
+}
+
+export function write_unlock(vm: usize): void {
+  // Clears WAITING too: a writer still waiting sets it again on its next spin.
+  atomic.store<u32>(vm + VM_MMU_LOCK, 0);
+}
+
+/** lockdep-style check for debug builds: is the write side held? */
+export function write_locked(vm: usize): bool {
+  return (atomic.load<u32>(vm + VM_MMU_LOCK) & WRITER) != 0;
+}

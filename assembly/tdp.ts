@@ -1,0 +1,234 @@
+// tdp — the TDP MMU's 4-level direct page table (arch/x86/kvm/mmu/tdp_mmu.c).
+//
+//   root (level 4) ─► level 3 (1G leaves allowed) ─► level 2 (2M leaves) ─► level 1 (4K)
+//   each table: 512 u64 SPTEs in one pool page; index at level L = (gfn >> 9(L-1)) & 511
+//
+// One root per address space (VM_ROOT[as]); roots live as long as the VM.
+// Invariants kept here:
+//   - SPTEs change only by compare-and-swap or atomic and/or: the lockless fast path may
+//     set W at any time, so a plain store could lose its update.
+//   - A table is linked into its parent by compare-and-swap (two faults may race to
+//     create it; the loser returns its page to the pool).
+//   - A split replaces a huge leaf by a table of children with the same permissions, so
+//     a split never makes anything writable that was not (tdp_mmu_split_huge_page).
+//   - Walk results are packed as `sptep | level`: SPTE pointers are 8-aligned.
+import { PT_LEVELS, VM_ROOT, VM_SPLITS } from "./layout";
+import { pool_alloc, pool_free } from "./pt_pool";
+import {
+  SPTE_D,
+  SPTE_M,
+  SPTE_PFN_MASK,
+  SPTE_PS,
+  SPTE_W,
+  is_leaf,
+  is_present,
+  level_index,
+  level_pages,
+  make_nonleaf,
+} from "./spte";
+
+// range operations of tdp_range_op
+export const OP_WRPROT: u32 = 0; // clear W on leaves >= min_level (dirty-log protection)
+export const OP_SPLIT: u32 = 1; // eager split of huge leaves down to 4K
+export const OP_ZAP_2M_TABLES: u32 = 2; // zap 4K tables whose 2M frame could be huge again
+export const OP_CLEAR_D: u32 = 3; // PML: clear D on 4K leaves, W on huge ones
+
+@inline export function tdp_root(vm: usize, as_id: u32): usize {
+  return <usize>load<u32>(vm + VM_ROOT + (as_id << 2));
+}
+
+@inline function entry_at(table: usize, gfn: u64, level: u32): usize {
+  return table + ((<usize>level_index(gfn, level)) << 3);
+}
+
+/** Walk to the leaf (or the non-present entry) for gfn; returns `sptep | level`. */
+export function tdp_walk(vm: usize, as_id: u32, gfn: u64): usize {
+  let table = tdp_root(vm, as_id);
+  let level = PT_LEVELS;
+  while (true) {
+    const p = entry_at(table, gfn, level);
+    const spte = atomic.load<u64>(p);
+    if (!is_present(spte) || is_leaf(spte, level)) return p | level;
+    table = <usize>(spte & SPTE_PFN_MASK);
+    level--;
+  }
+  return 0;
+}
+
+/**
+ * Replace the huge leaf `spte` at `p` (level > 1) by a table of 512 children with the
+ * same permissions. Returns false if the pool is empty or another thread changed `p`.
+ */
+export function tdp_split_huge(vm: usize, p: usize, spte: u64, level: u32): bool {
+  const table = pool_alloc(vm);
+  if (table == 0) return false;
+  const child_level = level - 1;
+  const child_bytes = level_pages(child_level) << 12;
+  let child = spte;
+  if (child_level == 1) child &= ~SPTE_PS;
+  const hpa = spte & SPTE_PFN_MASK;
+  for (let i: u32 = 0; i < 512; i++) {
+    // pfn 0 (zero page / unbacked) stays 0 in every child
+    const child_hpa = hpa == 0 ? 0 : hpa + (<u64>i) * child_bytes;
+    store<u64>(table + (<usize>i << 3), (child & ~SPTE_PFN_MASK) | child_hpa);
+  }
+  if (atomic.cmpxchg<u64>(p, spte, make_nonleaf(table)) != spte) {
+    pool_free(vm, table);
+    return false;
+  }
+  atomic.add<u64>(vm + VM_SPLITS, 1);
+  return true;
+}
+
+/**
+ * Find or build the path to gfn's entry at `target` level, creating tables and splitting
+ * huge leaves on the way. If a table already sits at the target level the walk goes on
+ * to 4K (an existing table is never collapsed by a fault). Returns `sptep | level`, or 0
+ * when the page-table pool is exhausted.
+ */
+export function tdp_get_or_create(vm: usize, as_id: u32, gfn: u64, target: u32): usize {
+  let table = tdp_root(vm, as_id);
+  let level = PT_LEVELS;
+  while (true) {
+    const p = entry_at(table, gfn, level);
+    const spte = atomic.load<u64>(p);
+    if (level == target) {
+      if (!is_present(spte) || is_leaf(spte, level)) return p | level;
+      target = 1;
+    }
+    if (!is_present(spte)) {
+      const t = pool_alloc(vm);
+      if (t == 0) return 0;
+      if (atomic.cmpxchg<u64>(p, spte, make_nonleaf(t)) != spte) pool_free(vm, t);
+      continue;
+    }
+    if (is_leaf(spte, level)) {
+      if (!tdp_split_huge(vm, p, spte, level) && atomic.load<u64>(p) == spte) return 0;
+      continue;
+    }
+    table = <usize>(spte & SPTE_PFN_MASK);
+    level--;
+  }
+  return 0;
+}
+
+/**
+ * Apply `op` to every present entry of [start, end) under `table` (at `level`, covering
+ * gfns from `base`). Returns 1 if an MMU-writable bit was cleared or an SPTE zapped
+ * (an immediate TLB flush is due), 2 if only W/D bits were cleared, 0 if nothing changed.
+ */
+export function tdp_range_op(
+  vm: usize,
+  table: usize,
+  level: u32,
+  base: u64,
+  start: u64,
+  end: u64,
+  op: u32,
+  min_level: u32,
+): u32 {
+  const span = level_pages(level);
+  const i0: u32 = start > base ? <u32>((start - base) / span) : 0;
+  const last = (end - 1 - base) / span;
+  const i1: u32 = last >= 511 ? 511 : <u32>last;
+  let result: u32 = 0;
+  for (let i = i0; i <= i1; i++) {
+    const p = table + (<usize>i << 3);
+    let spte = atomic.load<u64>(p);
+    if (!is_present(spte)) continue;
+    const gbase = base + (<u64>i) * span;
+    if (is_leaf(spte, level)) {
+      if (op == OP_WRPROT) {
+        if (level >= min_level && (spte & SPTE_W) != 0) {
+          atomic.and<u64>(p, ~SPTE_W);
+          result |= 2;
+        }
+      } else if (op == OP_CLEAR_D) {
+        const bit = level > 1 ? SPTE_W : SPTE_D;
+        if ((spte & bit) != 0) {
+          atomic.and<u64>(p, ~bit);
+          result |= 2;
+        }
+      } else if (op == OP_SPLIT && level > 1) {
+        // pre-order: split this leaf, then split its children if they are still huge
+        if (tdp_split_huge(vm, p, spte, level)) {
+          spte = atomic.load<u64>(p);
+          result |= tdp_range_op(vm, <usize>(spte & SPTE_PFN_MASK), level - 1, gbase, start, end, op, min_level);
+        }
+      }
+      continue;
+    }
+    const child = <usize>(spte & SPTE_PFN_MASK);
+    if (op == OP_ZAP_2M_TABLES && level == 2 && gbase >= start && gbase + span <= end) {
+      atomic.store<u64>(p, 0);
+      pool_free(vm, child);
+      result |= 1;
+      continue;
+    }
+    result |= tdp_range_op(vm, child, level - 1, gbase, start, end, op, min_level);
+  }
+  return result;
+}
+
+/** tdp_range_op over the root of an address space. */
+export function tdp_range(vm: usize, as_id: u32, start: u64, end: u64, op: u32, min_level: u32): u32 {
+  if (end <= start) return 0;
+  return tdp_range_op(vm, tdp_root(vm, as_id), PT_LEVELS, 0, start, end, op, min_level);
+}
+
+/**
+ * write_protect_gfn, shadow style: clear W and MMU-writable on the leaf covering gfn if
+ * its level is >= min_level. Returns true if a TLB flush is due (MMU-writable cleared).
+ */
+export function tdp_write_protect_gfn(vm: usize, as_id: u32, gfn: u64, min_level: u32): bool {
+  const w = tdp_walk(vm, as_id, gfn);
+  const p = w & ~7;
+  const level = <u32>(w & 7);
+  const spte = atomic.load<u64>(p);
+  if (!is_present(spte) || level < min_level || (spte & (SPTE_W | SPTE_M)) == 0) return false;
+  const old = atomic.and<u64>(p, ~(SPTE_W | SPTE_M));
+  return (old & SPTE_M) != 0;
+}
+
+/**
+ * clear_dirty_pt_masked: for each set bit b of mask, clear W (wrprot) or D (PML) on the
+ * 4K leaf of gfn + b. Huge leaves are skipped. The caller holds mmu_lock for write and
+ * flushes TLBs afterwards (dirty-log protection keeps MMU-writable).
+ */
+export function tdp_clear_dirty_masked(vm: usize, as_id: u32, gfn: u64, mask: u64, wrprot: bool): void {
+  const bit = wrprot ? SPTE_W : SPTE_D;
+  let table: usize = 0;
+  let table_gfn: u64 = 0xffff_ffff_ffff_ffff;
+  while (mask != 0) {
+    const g = gfn + ctz<u64>(mask);
+    mask &= mask - 1;
+    if (g >> 9 != table_gfn) {
+      // one walk per 512-page leaf table
+      table_gfn = g >> 9;
+      const w = tdp_walk(vm, as_id, g);
+      table = (w & 7) == 1 ? (w & ~(<usize>0xfff)) : 0;
+    }
+    if (table == 0) continue;
+    const p = table + ((<usize>(g & 511)) << 3);
+    if ((atomic.load<u64>(p) & bit) != 0) atomic.and<u64>(p, ~bit);
+  }
+}
+
+function free_subtree(vm: usize, table: usize, level: u32): void {
+  for (let i: usize = 0; i < 512; i++) {
+    const p = table + (i << 3);
+    const spte = load<u64>(p);
+    if (!is_present(spte)) continue;
+    if (!is_leaf(spte, level)) {
+      const child = <usize>(spte & SPTE_PFN_MASK);
+      free_subtree(vm, child, level - 1);
+      pool_free(vm, child);
+    }
+    store<u64>(p, 0);
+  }
+}
+
+/** kvm_mmu_zap_all_fast: drop every mapping of the VM (both address spaces). */
+export function tdp_zap_all(vm: usize, nr_as: u32): void {
+  for (let as_id: u32 = 0; as_id < nr_as; as_id++) free_subtree(vm, tdp_root(vm, as_id), PT_LEVELS);
+}

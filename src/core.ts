@@ -1,0 +1,61 @@
+// Loading the core: build/dirtlog.wasm is compiled once per process (or page) and the
+// same WebAssembly.Module is instantiated over each VM's shared memory.
+
+/** Raw exports of build/dirtlog.wasm (addresses are numbers; u64 values are bigints). */
+export interface CoreExports {
+  kvm_vm_init(vm: number, slots: number, sorted: number, poolBase: number, poolPages: number): number;
+  kvm_vcpu_init(vm: number, vcpu: number, id: number): void;
+  memslot_prepare(vm: number, slot: number, flags: number, gpa: bigint, size: bigint, backed: number, internal: number): number;
+  memslot_commit(
+    vm: number,
+    slot: number,
+    flags: number,
+    gpa: bigint,
+    size: bigint,
+    change: number,
+    meta: number,
+    backing: number,
+    hva: bigint,
+    maxLevel: number,
+  ): number;
+  memslot_meta_bytes(npages: bigint): bigint;
+  memslot_lookup(vm: number, asId: number, gfn: bigint): number;
+  kvm_get_dirty_log(vm: number, slot: number): number;
+  kvm_dirty_log_done(vm: number, slot: number, count: number): void;
+  kvm_clear_dirty_log_check(vm: number, slot: number, first: bigint, num: bigint): number;
+  kvm_clear_dirty_log(vm: number, slot: number, first: bigint, num: bigint): void;
+  kvm_dirty_log_source(vm: number, slot: number): number;
+  kvm_dirty_log_scratch(vm: number, slot: number): number;
+  kvm_dirty_log_second(vm: number, slot: number): number;
+  kvm_vcpu_write(vm: number, vcpu: number, gpa: bigint, value: bigint): number;
+  kvm_vcpu_read(vm: number, vcpu: number, gpa: bigint): bigint;
+  kvm_vcpu_write_strided(vm: number, vcpu: number, gpa: bigint, stride: bigint, count: number, value: bigint): number;
+  tdp_walk(vm: number, asId: number, gfn: bigint): number;
+}
+
+/** Pages the module declares as its minimum and maximum memory (asconfig.json). */
+export const CORE_MIN_PAGES = 17;
+export const CORE_MAX_PAGES = 65536;
+
+let compiled: Promise<WebAssembly.Module> | undefined;
+
+/** The compiled core, compiled once and cached (post it to workers; never recompile). */
+export function coreModule(): Promise<WebAssembly.Module> {
+  compiled ??= compileCore();
+  return compiled;
+}
+
+async function compileCore(): Promise<WebAssembly.Module> {
+  const url = new URL("../build/dirtlog.wasm", import.meta.url);
+  if (url.protocol === "file:") {
+    const { readFile } = await import("node:fs/promises");
+    return WebAssembly.compile(await readFile(url));
+  }
+  return WebAssembly.compileStreaming(fetch(url));
+}
+
+/** Instantiate the core over a shared memory (one instance per thread). */
+export async function instantiateCore(module: WebAssembly.Module, memory: WebAssembly.Memory): Promise<CoreExports> {
+  const instance = await WebAssembly.instantiate(module, { env: { memory } });
+  return instance.exports as unknown as CoreExports;
+}

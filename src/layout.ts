@@ -1,0 +1,41 @@
+// Host mirror of assembly/layout.ts: the field offsets the host reads or writes directly.
+// test/layout.test.ts checks every value here against the core's file.
+
+export const VM_SIZE = 4096;
+export const VM_GEN = 0;
+export const VM_SLOTS = 16;
+export const VM_POOL_PAGES = 44;
+export const VM_POOL_USED = 60;
+export const VM_MANUAL_PROTECT = 64;
+export const VM_RING_SIZE = 68;
+export const VM_RING_WITH_BITMAP = 72;
+export const VM_NR_LOGGING = 84;
+export const VM_TLB_FLUSHES = 88;
+export const VM_NR_VCPUS = 96;
+export const VM_RING_WARN = 100;
+export const VM_ZAPS = 104;
+export const VM_SPLITS = 112;
+
+export const SLOT_SIZE = 64;
+export const SLOT_BASE_GFN = 0;
+export const SLOT_NPAGES = 8;
+export const SLOT_FLAGS = 16;
+export const SLOT_ACTIVE = 20;
+export const SLOT_BITMAP = 24;
+export const SLOT_META = 28;
+export const SLOT_BACKING = 32;
+
+export const VCPU_SIZE = 256;
+export const VCPU_AS = 4;
+export const VCPU_EXIT_REASON = 8;
+export const VCPU_MMIO_GPA = 16;
+export const VCPU_FAST_FAULTS = 24;
+export const VCPU_SLOW_FAULTS = 32;
+export const VCPU_STORES = 40;
+
+export const KVM_NR_AS = 2;
+export const PAGE_SIZE = 4096;
+/** Address-space stride of the slot table: (as_id << 15) | id. */
+export const SLOT_TABLE_ENTRIES = 2 * 32768;
+/** Bytes of the sorted-id arrays: 32768 u16 per address space. */
+export const SORTED_BYTES = 2 * 65536;
