@@ -18,11 +18,14 @@
 // Invariant: the store is performed only through an SPTE that was writable when loaded, and
 // every W 0→1 transition this path makes in a logged slot reports the page before the store.
 import {
+  EINVAL,
   KVM_EXIT_MMIO,
   KVM_MEM_READONLY,
+  SLOT_ACTIVE,
   SLOT_BACKING,
   SLOT_BASE_GFN,
   SLOT_FLAGS,
+  SLOT_NPAGES,
   VCPU_AS,
   VCPU_EXIT_REASON,
   VCPU_FAST_FAULTS,
@@ -30,8 +33,9 @@ import {
   VCPU_SLOW_FAULTS,
   VCPU_STORES,
 } from "./layout";
+import { dirty_ring_check_request } from "./dirty_ring";
 import { mark_page_dirty_in_slot } from "./mark_dirty";
-import { memslot_lookup, slot_host_present, slot_logged, slot_max_mapping_level } from "./memslot";
+import { memslot_lookup, slot_host_present, slot_logged, slot_max_mapping_level, slot_ptr } from "./memslot";
 import { read_lock, read_unlock } from "./mmu_lock";
 import { SPTE_D, SPTE_M, SPTE_W, is_leaf, is_present, level_pages, make_leaf, spte_hpa } from "./spte";
 import { tdp_get_or_create, tdp_walk } from "./tdp";
@@ -50,7 +54,7 @@ export const KVM_EXIT_INTERNAL_ERROR: u32 = 17;
 }
 
 /** Set bits [from, from + count) of a u64 bitmap (concurrent setters allowed). */
-function set_bits(bitmap: usize, from: u64, count: u64): void {
+export function set_bits(bitmap: usize, from: u64, count: u64): void {
   let n = from;
   const end = from + count;
   while (n < end) {
@@ -114,11 +118,22 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
   return 0;
 }
 
-/** One 8-byte guest store at gpa (8-aligned). Returns 0 when it retired, else the exit reason. */
+@inline function exit_with(vcpu: usize, reason: u32): u32 {
+  store<u32>(vcpu + VCPU_EXIT_REASON, reason);
+  return reason;
+}
+
+/**
+ * One 8-byte guest store at gpa (8-aligned). Returns 0 when it retired, else the exit
+ * reason. Every guest (re-)entry — the call itself and the retry after a fault — first
+ * checks requests: a soft-full dirty ring exits with KVM_EXIT_DIRTY_RING_FULL before the
+ * store retires (the retried store faults again after the reset and is pushed again).
+ */
 export function kvm_vcpu_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
   const as_id = load<u32>(vcpu + VCPU_AS);
   const gfn = gpa >> 12;
-  while (true) {
+  let r = dirty_ring_check_request(vcpu);
+  while (r == 0) {
     const w = tdp_walk(vm, as_id, gfn);
     const p = w & ~7;
     const level = <u32>(w & 7);
@@ -128,8 +143,7 @@ export function kvm_vcpu_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u3
         const host = host_addr(spte, level, gpa);
         if (host != 0) store<u64>(host, value);
         store<u64>(vcpu + VCPU_STORES, load<u64>(vcpu + VCPU_STORES) + 1);
-        store<u32>(vcpu + VCPU_EXIT_REASON, 0);
-        return 0;
+        return exit_with(vcpu, 0);
       }
       if ((spte & SPTE_M) != 0) {
         // fast_page_fault: lockless; refuses huge SPTEs of a dirty-logged slot.
@@ -139,36 +153,33 @@ export function kvm_vcpu_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u3
             mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
             store<u64>(vcpu + VCPU_FAST_FAULTS, load<u64>(vcpu + VCPU_FAST_FAULTS) + 1);
           }
+          r = dirty_ring_check_request(vcpu);
           continue;
         }
       }
     }
-    const r = slow_fault(vm, vcpu, as_id, gpa, true);
-    if (r != 0) {
-      store<u32>(vcpu + VCPU_EXIT_REASON, r);
-      return r;
-    }
+    r = slow_fault(vm, vcpu, as_id, gpa, true);
+    if (r == 0) r = dirty_ring_check_request(vcpu);
   }
-  return 0;
+  return exit_with(vcpu, r);
 }
 
-/** One 8-byte guest load at gpa. Sets the vCPU's exit reason (0, or MMIO for no slot). */
+/** One 8-byte guest load at gpa. Sets the vCPU's exit reason (0, MMIO, or ring full). */
 export function kvm_vcpu_read(vm: usize, vcpu: usize, gpa: u64): u64 {
   const as_id = load<u32>(vcpu + VCPU_AS);
-  while (true) {
+  let r = dirty_ring_check_request(vcpu);
+  while (r == 0) {
     const w = tdp_walk(vm, as_id, gpa >> 12);
     const spte = atomic.load<u64>(w & ~7);
     if (is_present(spte)) {
-      store<u32>(vcpu + VCPU_EXIT_REASON, 0);
+      exit_with(vcpu, 0);
       const host = host_addr(spte, <u32>(w & 7), gpa);
       return host == 0 ? 0 : load<u64>(host);
     }
-    const r = slow_fault(vm, vcpu, as_id, gpa, false);
-    if (r != 0) {
-      store<u32>(vcpu + VCPU_EXIT_REASON, r);
-      return 0;
-    }
+    r = slow_fault(vm, vcpu, as_id, gpa, false);
+    if (r == 0) r = dirty_ring_check_request(vcpu);
   }
+  exit_with(vcpu, r);
   return 0;
 }
 
@@ -181,4 +192,18 @@ export function kvm_vcpu_write_strided(vm: usize, vcpu: usize, gpa: u64, stride:
     if (kvm_vcpu_write(vm, vcpu, gpa + (<u64>i) * stride, value) != 0) return i;
   }
   return count;
+}
+
+/**
+ * The VMM wrote pages [first, first + count) of a slot through its own mapping: the host
+ * pages now exist (a later guest read maps them writable). Nothing is reported dirty —
+ * KVM does not see userspace writes. Returns -EINVAL for a missing slot or a bad range.
+ */
+export function memslot_host_touch(vm: usize, slot_id: u32, first: u64, count: u64): i32 {
+  const s = slot_ptr(vm, slot_id >> 16, slot_id & 0xffff);
+  if (load<u32>(s + SLOT_ACTIVE) == 0) return -EINVAL;
+  const npages = load<u64>(s + SLOT_NPAGES);
+  if (first > npages || count > npages - first) return -EINVAL;
+  set_bits(slot_host_present(s), first, count);
+  return 0;
 }

@@ -1,6 +1,7 @@
 // dirtlog core — the exported surface of build/dirtlog.wasm. Every function takes raw
 // addresses in the one shared memory (see layout.ts); nothing here allocates or keeps state.
-export { kvm_vm_init, kvm_vcpu_init } from "./vm";
+export { kvm_vm_init, kvm_vcpu_init, kvm_enable_dirty_log_ring, kvm_enable_dirty_ring_with_bitmap } from "./vm";
+export { kvm_reset_dirty_rings } from "./dirty_ring";
 export { memslot_prepare, memslot_commit, memslot_meta_bytes, memslot_lookup } from "./memslot";
 export {
   kvm_get_dirty_log,
@@ -11,5 +12,5 @@ export {
   kvm_dirty_log_scratch,
   kvm_dirty_log_second,
 } from "./dirty_bitmap";
-export { kvm_vcpu_write, kvm_vcpu_read, kvm_vcpu_write_strided } from "./fault";
+export { kvm_vcpu_write, kvm_vcpu_read, kvm_vcpu_write_strided, memslot_host_touch } from "./fault";
 export { tdp_walk } from "./tdp";

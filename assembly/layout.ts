@@ -72,6 +72,8 @@ export const VM_NR_VCPUS: u32 = 96; // u32
 export const VM_RING_WARN: u32 = 100; // u32: pushes into a hard-full ring (kernel WARN)
 export const VM_ZAPS: u32 = 104; // u64: zap-all events (memslot DELETE/MOVE)
 export const VM_SPLITS: u32 = 112; // u64: huge mappings split
+export const VM_VCPU_TABLE: u32 = 120; // u32: address of KVM_MAX_VCPU_IDS u32 vCPU block addresses
+export const VM_NO_VCPU_WARN: u32 = 124; // u32: ring VM writes without a running vCPU (kernel WARN)
 
 // ---- memslot (SLOT_SIZE bytes, at slots + ((as << 15) | id) * SLOT_SIZE) ----
 export const SLOT_SIZE: u32 = 64;
@@ -95,6 +97,26 @@ export const VCPU_MMIO_GPA: u32 = 16; // u64: run->mmio.phys_addr of the last MM
 export const VCPU_FAST_FAULTS: u32 = 24; // u64
 export const VCPU_SLOW_FAULTS: u32 = 32; // u64
 export const VCPU_STORES: u32 = 40; // u64
+export const VCPU_RING: u32 = 48; // u32: kvm_dirty_gfn array shared with userspace (0 = no ring)
+export const VCPU_RING_PRIV: u32 = 52; // u32: the core's private copy of each entry's slot/offset
+export const VCPU_RING_ENTRIES: u32 = 56; // u32: ring->size (entries, a power of two)
+export const VCPU_RING_SOFT_LIMIT: u32 = 60; // u32: ring->soft_limit
+export const VCPU_DIRTY_INDEX: u32 = 64; // u32: ring->dirty_index (free-running, vCPU thread only)
+export const VCPU_RESET_INDEX: u32 = 68; // u32: ring->reset_index (free-running, resetter only)
+export const VCPU_RING_FULL_EXITS: u32 = 72; // u64: KVM_EXIT_DIRTY_RING_FULL exits
+export const VCPU_RING_PUSHES: u32 = 80; // u64: entries pushed
+
+// ---- vCPU requests (kvm_make_request bit numbers) ----
+export const KVM_REQ_TLB_FLUSH: u32 = 0;
+export const KVM_REQ_DIRTY_RING_SOFT_FULL: u32 = 3;
+
+// ---- dirty ring ----
+export const KVM_DIRTY_GFN_F_DIRTY: u32 = 1;
+export const KVM_DIRTY_GFN_F_RESET: u32 = 2;
+export const KVM_DIRTY_RING_RSVD_ENTRIES: u32 = 64;
+export const KVM_DIRTY_RING_MAX_ENTRIES: u32 = 65536;
+export const PML_LOG_NR_ENTRIES: u32 = 512;
+export const KVM_MAX_VCPU_IDS: u32 = 4096;
 
 // ---- page tables ----
 export const PAGE_SHIFT: u32 = 12;

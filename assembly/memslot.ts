@@ -99,6 +99,11 @@ export function memslot_meta_bytes(npages: u64): u64 {
 @inline export function slot_ptr(vm: usize, as_id: u32, id: u32): usize {
   return <usize>load<u32>(vm + VM_SLOTS) + <usize>((as_id << 15) | id) * SLOT_SIZE;
 }
+/** The `as_id << 16 | id` of a slot record. */
+@inline export function slot_id_of(vm: usize, slot: usize): u32 {
+  const index = <u32>((slot - <usize>load<u32>(vm + VM_SLOTS)) / SLOT_SIZE);
+  return ((index >> 15) << 16) | (index & 0x7fff);
+}
 @inline function sorted_ptr(vm: usize, as_id: u32): usize {
   return <usize>load<u32>(vm + VM_SORTED) + (<usize>as_id << 16);
 }

@@ -39,3 +39,14 @@ export const KVM_MR_DELETE = 1;
 export const KVM_MR_MOVE = 2;
 export const KVM_MR_FLAGS_ONLY = 3;
 export const KVM_MR_NONE = 4;
+
+export const KVM_DIRTY_GFN_F_DIRTY = 1 << 0;
+export const KVM_DIRTY_GFN_F_RESET = 1 << 1;
+export const KVM_DIRTY_GFN_F_MASK = 0x3;
+/** sizeof(struct kvm_dirty_gfn) */
+export const KVM_DIRTY_GFN_SIZE = 16;
+export const KVM_DIRTY_RING_RSVD_ENTRIES = 64;
+export const KVM_DIRTY_RING_MAX_ENTRIES = 65536;
+/** vCPU mmap page offset of the ring on x86 (byte offset 0x40000). */
+export const KVM_DIRTY_LOG_PAGE_OFFSET = 64;
+export const PML_LOG_NR_ENTRIES = 512;

@@ -3,8 +3,19 @@
 
 /** Raw exports of build/dirtlog.wasm (addresses are numbers; u64 values are bigints). */
 export interface CoreExports {
-  kvm_vm_init(vm: number, slots: number, sorted: number, poolBase: number, poolPages: number): number;
-  kvm_vcpu_init(vm: number, vcpu: number, id: number): void;
+  kvm_vm_init(
+    vm: number,
+    slots: number,
+    sorted: number,
+    poolBase: number,
+    poolPages: number,
+    vcpuTable: number,
+    pml: number,
+  ): number;
+  kvm_vcpu_init(vm: number, vcpu: number, id: number, ring: number, priv: number): void;
+  kvm_enable_dirty_log_ring(vm: number, bytes: number): number;
+  kvm_enable_dirty_ring_with_bitmap(vm: number, flags: number): number;
+  kvm_reset_dirty_rings(vm: number): number;
   memslot_prepare(vm: number, slot: number, flags: number, gpa: bigint, size: bigint, backed: number, internal: number): number;
   memslot_commit(
     vm: number,
@@ -30,6 +41,7 @@ export interface CoreExports {
   kvm_vcpu_write(vm: number, vcpu: number, gpa: bigint, value: bigint): number;
   kvm_vcpu_read(vm: number, vcpu: number, gpa: bigint): bigint;
   kvm_vcpu_write_strided(vm: number, vcpu: number, gpa: bigint, stride: bigint, count: number, value: bigint): number;
+  memslot_host_touch(vm: number, slot: number, first: bigint, count: bigint): number;
   tdp_walk(vm: number, asId: number, gfn: bigint): number;
 }
 

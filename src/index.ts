@@ -2,5 +2,6 @@
 export * from "./constants.js";
 export { KvmError, ERRNO, type ErrnoName } from "./errors.js";
 export { createVm, Vm, type VmOptions, type UserMemoryRegion, type VmStats } from "./vm.js";
-export { Vcpu, type VcpuStats } from "./vcpu.js";
+export { Vcpu, type VcpuStats, type DirtyRingState } from "./vcpu.js";
 export { coreModule } from "./core.js";
+export { collectDirtyRing, harvestDirtyRings, type RingHarvest } from "./dirty_ring_collector.js";

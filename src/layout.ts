@@ -15,6 +15,8 @@ export const VM_NR_VCPUS = 96;
 export const VM_RING_WARN = 100;
 export const VM_ZAPS = 104;
 export const VM_SPLITS = 112;
+export const VM_VCPU_TABLE = 120;
+export const VM_NO_VCPU_WARN = 124;
 
 export const SLOT_SIZE = 64;
 export const SLOT_BASE_GFN = 0;
@@ -32,6 +34,13 @@ export const VCPU_MMIO_GPA = 16;
 export const VCPU_FAST_FAULTS = 24;
 export const VCPU_SLOW_FAULTS = 32;
 export const VCPU_STORES = 40;
+export const VCPU_RING = 48;
+export const VCPU_RING_ENTRIES = 56;
+export const VCPU_RING_SOFT_LIMIT = 60;
+export const VCPU_DIRTY_INDEX = 64;
+export const VCPU_RESET_INDEX = 68;
+export const VCPU_RING_FULL_EXITS = 72;
+export const VCPU_RING_PUSHES = 80;
 
 export const KVM_NR_AS = 2;
 export const PAGE_SIZE = 4096;

@@ -9,12 +9,30 @@ export interface VcpuStats {
   stores: bigint;
   fastFaults: bigint;
   slowFaults: bigint;
+  /** Entries pushed into this vCPU's dirty ring. */
+  ringPushes: bigint;
+  /** KVM_EXIT_DIRTY_RING_FULL exits taken. */
+  ringFullExits: bigint;
+}
+
+/** The kernel-private ring indices (struct kvm_dirty_ring), for tests and tools. */
+export interface DirtyRingState {
+  entries: number;
+  softLimit: number;
+  dirtyIndex: number;
+  resetIndex: number;
 }
 
 export class Vcpu {
   readonly id: number;
   /** Address of this vCPU's block in the VM's shared memory. */
   readonly addr: number;
+  /**
+   * The dirty ring as userspace sees it through the mmap at KVM_DIRTY_LOG_PAGE_OFFSET:
+   * exactly `entries × 16` bytes of struct kvm_dirty_gfn (u32 flags @0, u32 slot @4,
+   * u64 offset @8), over the shared memory. Empty when the VM has no ring.
+   */
+  readonly dirtyRing: Uint8Array;
   private readonly vm: Vm;
   private readonly core: CoreExports;
 
@@ -23,11 +41,28 @@ export class Vcpu {
     this.core = core;
     this.addr = addr;
     this.id = id;
+    const v = this.view();
+    const ring = v.getUint32(addr + L.VCPU_RING, true);
+    const entries = v.getUint32(addr + L.VCPU_RING_ENTRIES, true);
+    // A SharedArrayBuffer is never detached when the memory grows: this view stays valid.
+    this.dirtyRing = new Uint8Array(vm.memory.buffer, ring, ring ? entries * 16 : 0);
+  }
+
+  /** The ring's kernel-side indices (free-running u32 counters). */
+  get dirtyRingState(): DirtyRingState {
+    const v = this.view();
+    return {
+      entries: v.getUint32(this.addr + L.VCPU_RING_ENTRIES, true),
+      softLimit: v.getUint32(this.addr + L.VCPU_RING_SOFT_LIMIT, true),
+      dirtyIndex: v.getUint32(this.addr + L.VCPU_DIRTY_INDEX, true),
+      resetIndex: v.getUint32(this.addr + L.VCPU_RESET_INDEX, true),
+    };
   }
 
   /**
    * One 8-byte guest store at gpa (8-aligned). Returns 0 when the store retired, or the
-   * exit reason (KVM_EXIT_MMIO for no slot or a read-only slot).
+   * exit reason: KVM_EXIT_MMIO for no slot or a read-only slot, KVM_EXIT_DIRTY_RING_FULL
+   * when the ring is soft-full (the store did not retire; retry after a reset).
    */
   writeGuest(gpa: number | bigint, value: number | bigint): number {
     return this.core.kvm_vcpu_write(this.vm.addr, this.addr, gpaArg(gpa), BigInt.asUintN(64, BigInt(value)));
@@ -70,6 +105,8 @@ export class Vcpu {
       stores: v.getBigUint64(this.addr + L.VCPU_STORES, true),
       fastFaults: v.getBigUint64(this.addr + L.VCPU_FAST_FAULTS, true),
       slowFaults: v.getBigUint64(this.addr + L.VCPU_SLOW_FAULTS, true),
+      ringPushes: v.getBigUint64(this.addr + L.VCPU_RING_PUSHES, true),
+      ringFullExits: v.getBigUint64(this.addr + L.VCPU_RING_FULL_EXITS, true),
     };
   }
 

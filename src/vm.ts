@@ -5,6 +5,9 @@ import {
   APIC_ACCESS_PAGE_PRIVATE_MEMSLOT,
   APIC_DEFAULT_PHYS_BASE,
   IDENTITY_PAGETABLE_PRIVATE_MEMSLOT,
+  KVM_CAP_DIRTY_LOG_RING,
+  KVM_CAP_DIRTY_LOG_RING_ACQ_REL,
+  KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP,
   KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
   KVM_CAP_MULTI_ADDRESS_SPACE,
   KVM_CAP_NR_MEMSLOTS,
@@ -13,7 +16,9 @@ import {
   KVM_CAP_SET_TSS_ADDR,
   KVM_CAP_USER_MEMORY,
   KVM_DIRTY_LOG_MANUAL_CAPS,
+  KVM_DIRTY_GFN_SIZE,
   KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+  KVM_DIRTY_RING_MAX_ENTRIES,
   KVM_MAX_VCPU_IDS,
   KVM_MR_CREATE,
   KVM_MR_DELETE,
@@ -33,6 +38,8 @@ export interface VmOptions {
   mmuPoolBytes?: number;
   /** Model an in-kernel irqchip: the first vCPU installs the APIC access page slot. */
   irqchip?: boolean;
+  /** Model Intel PML (page-modification logging): ring reserve 576, minimum ring 1024 entries. */
+  pml?: boolean;
 }
 
 export interface UserMemoryRegion {
@@ -48,6 +55,10 @@ export interface UserMemoryRegion {
 
 export interface VmStats {
   tlbFlushes: bigint;
+  /** Pushes into a hard-full ring (the kernel's WARN_ON_ONCE). */
+  ringFullWarnings: number;
+  /** Dirtying on a ring VM without a running vCPU and without a bitmap (lost, kernel WARN). */
+  noVcpuWarnings: number;
   zaps: bigint;
   hugeSplits: bigint;
   pageTablePages: number;
@@ -105,7 +116,9 @@ export class Vm {
     const sorted = this.regions.alloc(L.SORTED_BYTES, 64);
     const poolPages = Math.max(8, Math.floor((options.mmuPoolBytes ?? 64 * MIB) / L.PAGE_SIZE));
     const pool = this.regions.alloc(poolPages * L.PAGE_SIZE, L.PAGE_SIZE);
-    if (!vm || !slots || !sorted || !pool || core.kvm_vm_init(vm, slots, sorted, pool, poolPages) < 0) {
+    const vcpuTable = this.regions.alloc(KVM_MAX_VCPU_IDS * 4, 64);
+    const pml = options.pml ? 1 : 0;
+    if (!vm || !slots || !sorted || !pool || !vcpuTable || core.kvm_vm_init(vm, slots, sorted, pool, poolPages, vcpuTable, pml) < 0) {
       throw new KvmError("ENOMEM", "KVM_CREATE_VM");
     }
     this.addr = vm;
@@ -143,6 +156,11 @@ export class Vm {
         return L.KVM_NR_AS;
       case KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2:
         return KVM_DIRTY_LOG_MANUAL_CAPS;
+      case KVM_CAP_DIRTY_LOG_RING:
+      case KVM_CAP_DIRTY_LOG_RING_ACQ_REL:
+        return KVM_DIRTY_RING_MAX_ENTRIES * KVM_DIRTY_GFN_SIZE;
+      case KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP:
+        return 1; // the kernel offers it on arm64 only; dirtlog offers it on its x86 model
       default:
         return 0;
     }
@@ -162,9 +180,33 @@ export class Vm {
         this.view().setUint32(this.addr + L.VM_MANUAL_PROTECT, Number(arg0), true);
         return;
       }
+      case KVM_CAP_DIRTY_LOG_RING:
+      case KVM_CAP_DIRTY_LOG_RING_ACQ_REL:
+        // args[0] reaches the kernel's u32 `size` parameter truncated; flags are not checked
+        check(this.core.kvm_enable_dirty_log_ring(this.addr, Number(arg0 & 0xffffffffn)), call);
+        return;
+      case KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP:
+        check(this.core.kvm_enable_dirty_ring_with_bitmap(this.addr, flags >>> 0), call);
+        return;
       default:
         throw new KvmError("EINVAL", call);
     }
+  }
+
+  /** Dirty ring size in bytes (0 = bitmap mode). */
+  get dirtyRingSize(): number {
+    return this.view().getUint32(this.addr + L.VM_RING_SIZE, true);
+  }
+
+  /** KVM_RESET_DIRTY_RINGS: re-arm every harvested entry; returns the number reset. */
+  resetDirtyRings(): number {
+    this.alive();
+    return check(this.core.kvm_reset_dirty_rings(this.addr), "KVM_RESET_DIRTY_RINGS");
+  }
+
+  /** The vCPUs in creation order. */
+  get vcpuList(): Vcpu[] {
+    return [...this.vcpus.values()];
   }
 
   // ---- memslots ----
@@ -272,6 +314,23 @@ export class Vm {
     return new Uint8Array(this.memory.buffer, r.backing, npages * L.PAGE_SIZE);
   }
 
+  /**
+   * The VMM writes guest memory through its own mapping (userspace_addr + offset): the
+   * bytes land in a backed slot and the host pages now exist, so a later guest read fault
+   * maps them writable (and, in a logged slot, reports them). KVM sees no write: nothing
+   * is reported dirty by this call itself.
+   */
+  writeUserMemory(slot: number, offset: number, data: Uint8Array): void {
+    const call = "writeUserMemory";
+    slot >>>= 0;
+    const r = this.slots.get(slot);
+    if (!r || !Number.isInteger(offset) || offset < 0) throw new KvmError("EINVAL", call);
+    const first = Math.floor(offset / L.PAGE_SIZE);
+    const last = Math.ceil((offset + data.byteLength) / L.PAGE_SIZE);
+    check(this.core.memslot_host_touch(this.addr, slot, BigInt(first), BigInt(last - first)), call);
+    if (r.backing) this.u8().set(data, r.backing + offset);
+  }
+
   /** Memslot generation of an address space (kvm_memslots(kvm, as)->generation). */
   generation(asId = 0): bigint {
     return this.view().getBigUint64(this.addr + L.VM_GEN + asId * 8, true);
@@ -331,9 +390,13 @@ export class Vm {
       // kvm_alloc_apic_access_page
       this.setInternalRegion(APIC_ACCESS_PAGE_PRIVATE_MEMSLOT, BigInt(APIC_DEFAULT_PHYS_BASE), 1, call);
     }
+    const ringBytes = this.dirtyRingSize;
     const addr = this.regions.alloc(L.VCPU_SIZE, 64);
-    if (!addr) throw new KvmError("ENOMEM", call);
-    this.core.kvm_vcpu_init(this.addr, addr, id);
+    // the ring is mmapped by userspace at KVM_DIRTY_LOG_PAGE_OFFSET: page aligned
+    const ring = ringBytes ? this.regions.alloc(ringBytes, L.PAGE_SIZE) : 0;
+    const priv = ringBytes ? this.regions.alloc(ringBytes, 64) : 0;
+    if (!addr || (ringBytes && (!ring || !priv))) throw new KvmError("ENOMEM", call);
+    this.core.kvm_vcpu_init(this.addr, addr, id, ring, priv);
     const vcpu = new Vcpu(this, this.core, addr, id);
     this.vcpus.set(id, vcpu);
     return vcpu;
@@ -344,6 +407,8 @@ export class Vm {
     const v = this.view();
     return {
       tlbFlushes: v.getBigUint64(this.addr + L.VM_TLB_FLUSHES, true),
+      ringFullWarnings: v.getUint32(this.addr + L.VM_RING_WARN, true),
+      noVcpuWarnings: v.getUint32(this.addr + L.VM_NO_VCPU_WARN, true),
       zaps: v.getBigUint64(this.addr + L.VM_ZAPS, true),
       hugeSplits: v.getBigUint64(this.addr + L.VM_SPLITS, true),
       pageTablePages: v.getUint32(this.addr + L.VM_POOL_USED, true),

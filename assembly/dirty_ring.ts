@@ -1,0 +1,195 @@
+// dirty_ring — per-vCPU dirty rings (virt/kvm/dirty_ring.c, include/linux/kvm_dirty_ring.h).
+//
+// struct kvm_dirty_gfn, 16 bytes, KVM's byte layout, shared with userspace:
+//   +0  u32 flags    KVM_DIRTY_GFN_F_DIRTY = 1, KVM_DIRTY_GFN_F_RESET = 2
+//   +4  u32 slot     as_id << 16 | id
+//   +8  u64 offset   page index inside the slot
+//
+// Entry lifecycle (flags bits RESET|DIRTY):
+//   00 ──push (KVM, vCPU thread)──► 01 ──harvest (userspace)──► 1X ──reset (KVM)──► 00
+// KVM only makes 00→01 and 1X→00; userspace only 01→1X. "Harvested" is `flags & RESET`.
+// Push: slot and offset first, then flags with an atomic store (release publication).
+// Reset: load flags (acquire), then store 0 (release).
+//
+// Per-vCPU state in the vCPU block:
+//   dirty_index  free-running count of pushes (written by the vCPU thread only)
+//   reset_index  free-running count of entries reset (written by the resetter only)
+//   used = dirty_index - reset_index (u32 wrap); soft-full ⇔ used ≥ soft_limit
+//   (= entries − 64, − 512 more with PML); full ⇔ used ≥ entries.
+//   Entry for count c: ring[c & (entries − 1)].
+//
+// Untrusted userspace: the ring is writable by the collector, so the core keeps its own
+// copy of each entry's (slot, offset) at push time (VCPU_RING_PRIV) and resets from that
+// copy — a collector that scribbles over slot/offset cannot un-arm a page it never saw
+// (KVM re-reads the shared fields; dirtlog's stricter rule only differs for such a
+// collector). Flags still drive the walk, as in KVM, but a reset never passes
+// dirty_index: entries that were never pushed cannot be "reset". Every (slot, offset)
+// batch is validated again before use (slot deleted, moved or shrunk since the push).
+import {
+  KVM_DIRTY_GFN_F_DIRTY,
+  KVM_DIRTY_GFN_F_RESET,
+  KVM_EXIT_DIRTY_RING_FULL,
+  KVM_NR_AS,
+  KVM_REQ_DIRTY_RING_SOFT_FULL,
+  KVM_USER_MEM_SLOTS,
+  SLOT_ACTIVE,
+  SLOT_NPAGES,
+  VCPU_DIRTY_INDEX,
+  VCPU_REQUESTS,
+  VCPU_RESET_INDEX,
+  VCPU_RING,
+  VCPU_RING_ENTRIES,
+  VCPU_RING_FULL_EXITS,
+  VCPU_RING_PRIV,
+  VCPU_RING_PUSHES,
+  VCPU_RING_SOFT_LIMIT,
+  VM_NR_VCPUS,
+  VM_RING_SIZE,
+  VM_RING_WARN,
+  VM_VCPU_TABLE,
+  EINVAL,
+} from "./layout";
+import { enable_log_dirty_pt_masked } from "./dirty_bitmap";
+import { slot_ptr } from "./memslot";
+import { write_lock, write_unlock } from "./mmu_lock";
+import { flush_remote_tlbs } from "./tlb";
+
+const SOFT_FULL_REQ: u32 = 1 << KVM_REQ_DIRTY_RING_SOFT_FULL;
+
+@inline function used(vcpu: usize): u32 {
+  return atomic.load<u32>(vcpu + VCPU_DIRTY_INDEX) - atomic.load<u32>(vcpu + VCPU_RESET_INDEX);
+}
+
+@inline export function dirty_ring_soft_full(vcpu: usize): bool {
+  return used(vcpu) >= load<u32>(vcpu + VCPU_RING_SOFT_LIMIT);
+}
+
+@inline function dirty_ring_full(vcpu: usize): bool {
+  return used(vcpu) >= load<u32>(vcpu + VCPU_RING_ENTRIES);
+}
+
+/** kvm_dirty_ring_alloc: attach a zeroed ring (and its private copy) to a vCPU. */
+export function dirty_ring_alloc(vcpu: usize, ring: usize, priv: usize, entries: u32, reserved: u32): void {
+  store<u32>(vcpu + VCPU_RING, <u32>ring);
+  store<u32>(vcpu + VCPU_RING_PRIV, <u32>priv);
+  store<u32>(vcpu + VCPU_RING_ENTRIES, entries);
+  store<u32>(vcpu + VCPU_RING_SOFT_LIMIT, entries - reserved);
+  store<u32>(vcpu + VCPU_DIRTY_INDEX, 0);
+  store<u32>(vcpu + VCPU_RESET_INDEX, 0);
+}
+
+/** kvm_dirty_ring_push: publish (slot, offset); raise the soft-full request at the limit. */
+export function dirty_ring_push(vm: usize, vcpu: usize, slot: u32, offset: u64): void {
+  // It should never get full; if it does, the entry is overwritten (WARN_ON_ONCE).
+  if (dirty_ring_full(vcpu)) atomic.add<u32>(vm + VM_RING_WARN, 1);
+  const index = load<u32>(vcpu + VCPU_DIRTY_INDEX);
+  const at = <usize>(index & (load<u32>(vcpu + VCPU_RING_ENTRIES) - 1)) << 4;
+  const e = <usize>load<u32>(vcpu + VCPU_RING) + at;
+  const p = <usize>load<u32>(vcpu + VCPU_RING_PRIV) + at;
+  store<u32>(p + 4, slot);
+  store<u64>(p + 8, offset);
+  store<u32>(e + 4, slot);
+  store<u64>(e + 8, offset);
+  atomic.store<u32>(e, KVM_DIRTY_GFN_F_DIRTY); // publish after the data
+  atomic.store<u32>(vcpu + VCPU_DIRTY_INDEX, index + 1);
+  store<u64>(vcpu + VCPU_RING_PUSHES, load<u64>(vcpu + VCPU_RING_PUSHES) + 1);
+  if (dirty_ring_soft_full(vcpu)) atomic.or<u32>(vcpu + VCPU_REQUESTS, SOFT_FULL_REQ);
+}
+
+/**
+ * kvm_dirty_ring_check_request, at every guest entry: while the request is pending and the
+ * ring is still soft-full the vCPU exits with KVM_EXIT_DIRTY_RING_FULL (request kept);
+ * once a reset brought usage under the limit the request is consumed. Returns the exit
+ * reason or 0.
+ */
+export function dirty_ring_check_request(vcpu: usize): u32 {
+  if ((atomic.load<u32>(vcpu + VCPU_REQUESTS) & SOFT_FULL_REQ) == 0) return 0;
+  if (dirty_ring_soft_full(vcpu)) {
+    store<u64>(vcpu + VCPU_RING_FULL_EXITS, load<u64>(vcpu + VCPU_RING_FULL_EXITS) + 1);
+    return KVM_EXIT_DIRTY_RING_FULL;
+  }
+  atomic.and<u32>(vcpu + VCPU_REQUESTS, ~SOFT_FULL_REQ);
+  return 0;
+}
+
+/** kvm_reset_dirty_gfn: re-arm a (slot, offset, mask) batch unless it no longer fits. */
+function reset_gfn(vm: usize, slot: u32, offset: u64, mask: u64): void {
+  if (mask == 0) return;
+  const as_id = slot >> 16;
+  const id = slot & 0xffff;
+  if (as_id >= KVM_NR_AS || id >= KVM_USER_MEM_SLOTS) return;
+  const s = slot_ptr(vm, as_id, id);
+  if (load<u32>(s + SLOT_ACTIVE) == 0) return;
+  // KVM tests offset + __fls(mask) >= npages, which can wrap for a u64 offset near 2^64;
+  // this form cannot, so a batch never reaches outside its slot.
+  const npages = load<u64>(s + SLOT_NPAGES);
+  const fls = <u64>(63 - clz<u64>(mask));
+  if (offset >= npages || fls >= npages - offset) return;
+  write_lock(vm);
+  enable_log_dirty_pt_masked(vm, s, as_id, offset, mask);
+  write_unlock(vm);
+}
+
+/**
+ * kvm_dirty_ring_reset for one vCPU: walk from reset_index while entries are harvested,
+ * coalescing consecutive entries of one slot into (slot, base, 64-bit mask) batches —
+ * forward within 64 pages, or backward when no bit is lost — and re-arm each batch.
+ * Returns the number of entries reset.
+ */
+export function dirty_ring_reset(vm: usize, vcpu: usize): u32 {
+  const ring = <usize>load<u32>(vcpu + VCPU_RING);
+  if (ring == 0) return 0;
+  const priv = <usize>load<u32>(vcpu + VCPU_RING_PRIV);
+  const size_mask = load<u32>(vcpu + VCPU_RING_ENTRIES) - 1;
+  const dirty = atomic.load<u32>(vcpu + VCPU_DIRTY_INDEX);
+  let index = load<u32>(vcpu + VCPU_RESET_INDEX);
+  let count: u32 = 0;
+  let cur_slot: u32 = 0;
+  let cur_offset: u64 = 0;
+  let mask: u64 = 0;
+  while (index != dirty) {
+    const at = <usize>(index & size_mask) << 4;
+    const e = ring + at;
+    if ((atomic.load<u32>(e) & KVM_DIRTY_GFN_F_RESET) == 0) break;
+    const next_slot = load<u32>(priv + at + 4);
+    const next_offset = load<u64>(priv + at + 8);
+    atomic.store<u32>(e, 0);
+    index++;
+    atomic.store<u32>(vcpu + VCPU_RESET_INDEX, index);
+    count++;
+    if (mask != 0 && next_slot == cur_slot) {
+      const delta = <i64>(next_offset - cur_offset);
+      if (delta >= 0 && delta < 64) {
+        mask |= (<u64>1) << delta;
+        continue;
+      }
+      // Backwards visit: shift the window down only if no set bit falls off the top.
+      if (delta > -64 && delta < 0 && (mask << -delta) >> -delta == mask) {
+        cur_offset = next_offset;
+        mask = (mask << -delta) | 1;
+        continue;
+      }
+    }
+    reset_gfn(vm, cur_slot, cur_offset, mask);
+    cur_slot = next_slot;
+    cur_offset = next_offset;
+    mask = 1;
+  }
+  reset_gfn(vm, cur_slot, cur_offset, mask);
+  return count;
+}
+
+/**
+ * KVM_RESET_DIRTY_RINGS: reset every vCPU's ring (in creation order), then one remote
+ * TLB flush if anything was reset. Returns the number of entries reset, or -EINVAL when
+ * the VM has no rings.
+ */
+export function kvm_reset_dirty_rings(vm: usize): i32 {
+  if (load<u32>(vm + VM_RING_SIZE) == 0) return -EINVAL;
+  const table = <usize>load<u32>(vm + VM_VCPU_TABLE);
+  const n = load<u32>(vm + VM_NR_VCPUS);
+  let total: u32 = 0;
+  for (let i: u32 = 0; i < n; i++) total += dirty_ring_reset(vm, <usize>load<u32>(table + (<usize>i << 2)));
+  if (total != 0) flush_remote_tlbs(vm);
+  return <i32>total;
+}
