@@ -25,7 +25,9 @@ import {
   SLOT_BASE_GFN,
   SLOT_BITMAP,
   SLOT_NPAGES,
+  VM_NR_VCPUS,
   VM_PML,
+  VM_VCPU_TABLE,
 } from "./layout";
 import {
   manual_protect,
@@ -40,6 +42,7 @@ import {
 } from "./memslot";
 import { write_lock, write_unlock } from "./mmu_lock";
 import { OP_SPLIT, tdp_clear_dirty_masked, tdp_range, tdp_write_protect_gfn } from "./tdp";
+import { pml_flush } from "./pml";
 import { flush_remote_tlbs } from "./tlb";
 
 /** set_bit_le(rel, slot->dirty_bitmap), then the summary bit. */
@@ -95,6 +98,7 @@ export function kvm_get_dirty_log(vm: usize, slot_id: u32): i32 {
   if (r < 0) return <i32>r;
   const s = <usize>r;
   const as_id = slot_id >> 16;
+  kvm_arch_sync_dirty_log(vm);
   const summary = slot_summary(s);
   const nsum = <usize>slot_summary_words(s);
   const scratch = slot_scratch(s);
@@ -157,6 +161,7 @@ export function kvm_clear_dirty_log_check(vm: usize, slot_id: u32, first: u64, n
   if (r < 0) return <i32>r;
   const npages = load<u64>(<usize>r + SLOT_NPAGES);
   if (first > npages || num > npages - first || (num < npages - first && (num & 63) != 0)) return -EINVAL;
+  kvm_arch_sync_dirty_log(vm);
   return 0;
 }
 
@@ -202,4 +207,15 @@ export function kvm_dirty_log_scratch(vm: usize, slot_id: u32): usize {
 /** Where the host copies CLEAR's user bitmap: the second bitmap. */
 export function kvm_dirty_log_second(vm: usize, slot_id: u32): usize {
   return slot_second(slot_ptr(vm, slot_id >> 16, slot_id & 0xffff));
+}
+
+/**
+ * kvm_arch_sync_dirty_log: with PML, kick every vCPU so its logged pages reach the log.
+ * In this single-threaded core the kick drains each buffer at once.
+ */
+export function kvm_arch_sync_dirty_log(vm: usize): void {
+  if (load<u32>(vm + VM_PML) == 0) return;
+  const table = <usize>load<u32>(vm + VM_VCPU_TABLE);
+  const n = load<u32>(vm + VM_NR_VCPUS);
+  for (let i: u32 = 0; i < n; i++) pml_flush(vm, <usize>load<u32>(table + (<usize>i << 2)));
 }

@@ -34,6 +34,7 @@ import {
   VCPU_STORES,
 } from "./layout";
 import { dirty_ring_check_request } from "./dirty_ring";
+import { pml_active, pml_flush, pml_log_write } from "./pml";
 import { mark_page_dirty_in_slot } from "./mark_dirty";
 import { memslot_lookup, slot_host_present, slot_logged, slot_max_mapping_level, slot_ptr } from "./memslot";
 import { read_lock, read_unlock } from "./mmu_lock";
@@ -77,6 +78,7 @@ function exit_mmio(vcpu: usize, gpa: u64): u32 {
  * installed, or another thread changed the entry first), or an exit reason.
  */
 function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): u32 {
+  pml_flush(vm, vcpu); // every VM exit drains the PML buffer
   const gfn = gpa >> 12;
   const slot = memslot_lookup(vm, as_id, gfn);
   if (slot == 0) return exit_mmio(vcpu, gpa);
@@ -140,6 +142,12 @@ export function kvm_vcpu_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u3
     const spte = atomic.load<u64>(p);
     if (is_present(spte)) {
       if ((spte & SPTE_W) != 0) {
+        if ((spte & SPTE_D) == 0 && level == 1 && pml_active(vm, vcpu) && !pml_log_write(vcpu, p, gpa)) {
+          // PML-full exit: drain, re-enter, retry the store
+          pml_flush(vm, vcpu);
+          r = dirty_ring_check_request(vcpu);
+          continue;
+        }
         const host = host_addr(spte, level, gpa);
         if (host != 0) store<u64>(host, value);
         store<u64>(vcpu + VCPU_STORES, load<u64>(vcpu + VCPU_STORES) + 1);
@@ -149,6 +157,7 @@ export function kvm_vcpu_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u3
         // fast_page_fault: lockless; refuses huge SPTEs of a dirty-logged slot.
         const slot = memslot_lookup(vm, as_id, gfn);
         if (slot != 0 && (level == 1 || !slot_logged(slot))) {
+          pml_flush(vm, vcpu); // an EPT-violation exit
           if (atomic.cmpxchg<u64>(p, spte, spte | SPTE_W | SPTE_D) == spte) {
             mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
             store<u64>(vcpu + VCPU_FAST_FAULTS, load<u64>(vcpu + VCPU_FAST_FAULTS) + 1);
@@ -206,4 +215,9 @@ export function memslot_host_touch(vm: usize, slot_id: u32, first: u64, count: u
   if (first > npages || count > npages - first) return -EINVAL;
   set_bits(slot_host_present(s), first, count);
   return 0;
+}
+
+/** A kick: the vCPU exits (draining its PML buffer) and will re-check requests on entry. */
+export function kvm_vcpu_kick(vm: usize, vcpu: usize): void {
+  pml_flush(vm, vcpu);
 }

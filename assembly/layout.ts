@@ -105,6 +105,9 @@ export const VCPU_DIRTY_INDEX: u32 = 64; // u32: ring->dirty_index (free-running
 export const VCPU_RESET_INDEX: u32 = 68; // u32: ring->reset_index (free-running, resetter only)
 export const VCPU_RING_FULL_EXITS: u32 = 72; // u64: KVM_EXIT_DIRTY_RING_FULL exits
 export const VCPU_RING_PUSHES: u32 = 80; // u64: entries pushed
+export const VCPU_PML_BUF: u32 = 88; // u32: PML buffer, 512 u64 GPAs (0 = no PML)
+export const VCPU_PML_INDEX: u32 = 92; // u32: GUEST_PML_INDEX, 511 = empty, > 511 = full (u16 wrap)
+export const VCPU_PML_FULL_EXITS: u32 = 96; // u64: EXIT_REASON_PML_FULL exits
 
 // ---- vCPU requests (kvm_make_request bit numbers) ----
 export const KVM_REQ_TLB_FLUSH: u32 = 0;

@@ -3,10 +3,10 @@
 // pushes to that vCPU's ring; otherwise the slot's bitmap gets the bit (if it has one).
 // A ring VM without a bitmap and without a running vCPU loses the report, as the kernel
 // does after its WARN (counted in VM_NO_VCPU_WARN).
-import { SLOT_BASE_GFN, SLOT_BITMAP, VM_NO_VCPU_WARN, VM_RING_SIZE } from "./layout";
+import { SLOT_BASE_GFN, SLOT_BITMAP, VCPU_AS, VM_NO_VCPU_WARN, VM_RING_SIZE } from "./layout";
 import { bitmap_set } from "./dirty_bitmap";
 import { dirty_ring_push } from "./dirty_ring";
-import { slot_id_of, slot_logged } from "./memslot";
+import { memslot_lookup, slot_id_of, slot_logged } from "./memslot";
 
 /** Report gfn of `slot` dirty; `vcpu` is the running vCPU's block, or 0 for none. */
 export function mark_page_dirty_in_slot(vm: usize, vcpu: usize, slot: usize, gfn: u64): void {
@@ -20,4 +20,10 @@ export function mark_page_dirty_in_slot(vm: usize, vcpu: usize, slot: usize, gfn
   } else if (ring) {
     atomic.add<u32>(vm + VM_NO_VCPU_WARN, 1);
   }
+}
+
+/** kvm_vcpu_mark_page_dirty: gfn in the vCPU's address space (AS 1 while in SMM). */
+export function kvm_vcpu_mark_page_dirty(vm: usize, vcpu: usize, gfn: u64): void {
+  const slot = memslot_lookup(vm, load<u32>(vcpu + VCPU_AS), gfn);
+  if (slot != 0) mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
 }

@@ -53,6 +53,7 @@ import {
   VM_MANUAL_PROTECT,
   VM_NR_LOGGING,
   VM_NSORTED,
+  VM_PML,
   VM_RING_SIZE,
   VM_RING_WITH_BITMAP,
   VM_SLOTS,
@@ -60,7 +61,7 @@ import {
   VM_ZAPS,
 } from "./layout";
 import { write_lock, write_unlock } from "./mmu_lock";
-import { OP_SPLIT, OP_WRPROT, OP_ZAP_2M_TABLES, tdp_range, tdp_zap_all } from "./tdp";
+import { OP_CLEAR_D, OP_SPLIT, OP_WRPROT, OP_ZAP_2M_TABLES, tdp_range, tdp_zap_all } from "./tdp";
 import { flush_remote_tlbs } from "./tlb";
 
 // ---- metadata region geometry ----
@@ -353,7 +354,8 @@ function apply_flags(vm: usize, s: usize, as_id: u32, logging: bool): void {
   }
   if (manual_protect_and_init_set(vm)) return; // all pages already count as dirty
   tdp_range(vm, as_id, start, end, OP_SPLIT, 1); // eager_page_split
-  tdp_range(vm, as_id, start, end, OP_WRPROT, 1);
+  // PML: clear D on 4K leaves (W on huge ones); otherwise write-protect every level.
+  tdp_range(vm, as_id, start, end, load<u32>(vm + VM_PML) != 0 ? OP_CLEAR_D : OP_WRPROT, 1);
   flush_remote_tlbs(vm); // unconditional kvm_flush_remote_tlbs_memslot
 }
 

@@ -23,6 +23,7 @@ import {
   VM_VCPU_TABLE,
 } from "./layout";
 import { dirty_ring_alloc } from "./dirty_ring";
+import { pml_init } from "./pml";
 import { pool_alloc } from "./pt_pool";
 
 /** Initialise a zeroed VM block. Returns 0, or -1 if the pool cannot hold the two roots. */
@@ -54,10 +55,11 @@ export function kvm_vm_init(
 /**
  * Initialise a zeroed vCPU block and add it to the VM's vCPU table. On a ring VM the host
  * passes the zeroed ring (ring_size bytes, shared with userspace) and the core's private
- * copy of it (same size).
+ * copy of it (same size); on a PML VM a zeroed 4 KiB PML buffer.
  */
-export function kvm_vcpu_init(vm: usize, vcpu: usize, id: u32, ring: usize, priv: usize): void {
+export function kvm_vcpu_init(vm: usize, vcpu: usize, id: u32, ring: usize, priv: usize, pml_buffer: usize): void {
   store<u32>(vcpu + VCPU_ID, id);
+  if (pml_buffer != 0) pml_init(vcpu, pml_buffer);
   const ring_bytes = load<u32>(vm + VM_RING_SIZE);
   if (ring_bytes != 0) {
     // rsvd entries: KVM_DIRTY_RING_RSVD_ENTRIES + the PML buffer when the VM models PML

@@ -12,7 +12,8 @@ export interface CoreExports {
     vcpuTable: number,
     pml: number,
   ): number;
-  kvm_vcpu_init(vm: number, vcpu: number, id: number, ring: number, priv: number): void;
+  kvm_vcpu_init(vm: number, vcpu: number, id: number, ring: number, priv: number, pmlBuffer: number): void;
+  kvm_vcpu_kick(vm: number, vcpu: number): void;
   kvm_enable_dirty_log_ring(vm: number, bytes: number): number;
   kvm_enable_dirty_ring_with_bitmap(vm: number, flags: number): number;
   kvm_reset_dirty_rings(vm: number): number;

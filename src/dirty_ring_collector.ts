@@ -63,10 +63,15 @@ export interface RingHarvest {
   offsets: Map<number, number[]>;
 }
 
-/** Harvest every vCPU's ring, then KVM_RESET_DIRTY_RINGS. */
-export function harvestDirtyRings(vm: Vm): RingHarvest {
+/**
+ * Harvest every vCPU's ring, then KVM_RESET_DIRTY_RINGS. Like QEMU's kvm_dirty_ring_flush,
+ * it first kicks every vCPU so that pages still in PML buffers reach the rings
+ * (`kick: false` harvests only what is already published, like its background reaper).
+ */
+export function harvestDirtyRings(vm: Vm, options: { kick?: boolean } = {}): RingHarvest {
   const offsets = new Map<number, number[]>();
   let entries = 0;
+  if (options.kick ?? true) for (const vcpu of vm.vcpuList) vcpu.kick();
   for (const vcpu of vm.vcpuList) {
     entries += collectDirtyRing(vcpu, (slot, offset) => {
       let list = offsets.get(slot);

@@ -41,6 +41,7 @@ export const VCPU_DIRTY_INDEX = 64;
 export const VCPU_RESET_INDEX = 68;
 export const VCPU_RING_FULL_EXITS = 72;
 export const VCPU_RING_PUSHES = 80;
+export const VCPU_PML_FULL_EXITS = 96;
 
 export const KVM_NR_AS = 2;
 export const PAGE_SIZE = 4096;

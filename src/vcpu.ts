@@ -13,6 +13,8 @@ export interface VcpuStats {
   ringPushes: bigint;
   /** KVM_EXIT_DIRTY_RING_FULL exits taken. */
   ringFullExits: bigint;
+  /** PML-full exits taken. */
+  pmlFullExits: bigint;
 }
 
 /** The kernel-private ring indices (struct kvm_dirty_ring), for tests and tools. */
@@ -81,6 +83,14 @@ export class Vcpu {
     return this.core.kvm_vcpu_write_strided(this.vm.addr, this.addr, gpaArg(gpa), s, count >>> 0, v) >>> 0;
   }
 
+  /**
+   * Kick the vCPU out of guest mode: on a PML VM its buffer is drained into the ring or
+   * bitmap (every VM exit does that). QEMU kicks all vCPUs before a final ring harvest.
+   */
+  kick(): void {
+    this.core.kvm_vcpu_kick(this.vm.addr, this.addr);
+  }
+
   /** run->exit_reason of the last access (0 when it retired). */
   get exitReason(): number {
     return this.view().getUint32(this.addr + L.VCPU_EXIT_REASON, true);
@@ -107,6 +117,7 @@ export class Vcpu {
       slowFaults: v.getBigUint64(this.addr + L.VCPU_SLOW_FAULTS, true),
       ringPushes: v.getBigUint64(this.addr + L.VCPU_RING_PUSHES, true),
       ringFullExits: v.getBigUint64(this.addr + L.VCPU_RING_FULL_EXITS, true),
+      pmlFullExits: v.getBigUint64(this.addr + L.VCPU_PML_FULL_EXITS, true),
     };
   }
 

@@ -102,6 +102,8 @@ export class Vm {
   private readonly slots = new Map<number, SlotRegions>();
   private readonly vcpus = new Map<number, Vcpu>();
   private readonly irqchip: boolean;
+  /** The VM models Intel PML. */
+  readonly pml: boolean;
   private disposed = false;
 
   constructor(module: WebAssembly.Module, memory: WebAssembly.Memory, core: CoreExports, options: VmOptions) {
@@ -109,6 +111,7 @@ export class Vm {
     this.memory = memory;
     this.core = core;
     this.irqchip = options.irqchip ?? false;
+    this.pml = options.pml ?? false;
     const limit = Math.min(options.maxMemoryBytes ?? 4096 * MIB, CORE_MAX_PAGES * 65536);
     this.regions = new RegionAllocator(memory, GUARD, limit);
     const vm = this.regions.alloc(L.VM_SIZE, 4096);
@@ -395,8 +398,9 @@ export class Vm {
     // the ring is mmapped by userspace at KVM_DIRTY_LOG_PAGE_OFFSET: page aligned
     const ring = ringBytes ? this.regions.alloc(ringBytes, L.PAGE_SIZE) : 0;
     const priv = ringBytes ? this.regions.alloc(ringBytes, 64) : 0;
-    if (!addr || (ringBytes && (!ring || !priv))) throw new KvmError("ENOMEM", call);
-    this.core.kvm_vcpu_init(this.addr, addr, id, ring, priv);
+    const pml = this.pml ? this.regions.alloc(L.PAGE_SIZE, L.PAGE_SIZE) : 0;
+    if (!addr || (ringBytes && (!ring || !priv)) || (this.pml && !pml)) throw new KvmError("ENOMEM", call);
+    this.core.kvm_vcpu_init(this.addr, addr, id, ring, priv, pml);
     const vcpu = new Vcpu(this, this.core, addr, id);
     this.vcpus.set(id, vcpu);
     return vcpu;
