@@ -18,6 +18,7 @@
 // Invariant: the store is performed only through an SPTE that was writable when loaded, and
 // every W 0→1 transition this path makes in a logged slot reports the page before the store.
 import {
+  EFAULT,
   EINVAL,
   KVM_EXIT_MMIO,
   KVM_MEM_READONLY,
@@ -220,4 +221,22 @@ export function memslot_host_touch(vm: usize, slot_id: u32, first: u64, count: u
 /** A kick: the vCPU exits (draining its PML buffer) and will re-check requests on entry. */
 export function kvm_vcpu_kick(vm: usize, vcpu: usize): void {
   pml_flush(vm, vcpu);
+}
+
+/**
+ * kvm_write_guest / kvm_vcpu_write_guest: KVM itself writes 8 bytes of guest memory through
+ * the memslot's host mapping (no SPTE involved) and marks the page dirty. `vcpu` is the
+ * running vCPU (its address space; ring push) or 0 for none (address space 0; on a ring VM
+ * only a WITH_BITMAP bitmap can catch it). Returns 0 or -EFAULT (no slot, read-only slot).
+ */
+export function kvm_write_guest(vm: usize, vcpu: usize, gpa: u64, value: u64): i32 {
+  const gfn = gpa >> 12;
+  const slot = memslot_lookup(vm, vcpu != 0 ? load<u32>(vcpu + VCPU_AS) : 0, gfn);
+  if (slot == 0 || (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_READONLY) != 0) return -EFAULT;
+  const rel = gfn - load<u64>(slot + SLOT_BASE_GFN);
+  const backing = <usize>load<u32>(slot + SLOT_BACKING);
+  if (backing != 0) store<u64>(backing + <usize>((rel << 12) | (gpa & 0xfff)), value);
+  set_bits(slot_host_present(slot), rel, 1);
+  mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
+  return 0;
 }

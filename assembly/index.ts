@@ -12,5 +12,5 @@ export {
   kvm_dirty_log_scratch,
   kvm_dirty_log_second,
 } from "./dirty_bitmap";
-export { kvm_vcpu_write, kvm_vcpu_read, kvm_vcpu_write_strided, kvm_vcpu_kick, memslot_host_touch } from "./fault";
+export { kvm_vcpu_write, kvm_vcpu_read, kvm_vcpu_write_strided, kvm_vcpu_kick, kvm_write_guest, memslot_host_touch } from "./fault";
 export { tdp_walk } from "./tdp";

@@ -14,6 +14,7 @@ export interface CoreExports {
   ): number;
   kvm_vcpu_init(vm: number, vcpu: number, id: number, ring: number, priv: number, pmlBuffer: number): void;
   kvm_vcpu_kick(vm: number, vcpu: number): void;
+  kvm_write_guest(vm: number, vcpu: number, gpa: bigint, value: bigint): number;
   kvm_enable_dirty_log_ring(vm: number, bytes: number): number;
   kvm_enable_dirty_ring_with_bitmap(vm: number, flags: number): number;
   kvm_reset_dirty_rings(vm: number): number;

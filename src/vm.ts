@@ -334,6 +334,19 @@ export class Vm {
     if (r.backing) this.u8().set(data, r.backing + offset);
   }
 
+  /**
+   * kvm_write_guest: KVM itself (a device model, a PV clock, …) writes 8 bytes of guest
+   * memory outside any vCPU context and marks the page dirty through mark_page_dirty_in_slot.
+   * On a ring VM only KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP's bitmap can record it; without
+   * one the report is lost (the kernel WARNs; counted in `stats.noVcpuWarnings`).
+   */
+  kvmWriteGuest(gpa: number | bigint, value: number | bigint): void {
+    const call = "kvm_write_guest";
+    const g = u64(gpa, call);
+    if (g & 7n) throw new KvmError("EINVAL", call);
+    check(this.core.kvm_write_guest(this.addr, 0, g, BigInt.asUintN(64, BigInt(value))), call);
+  }
+
   /** Memslot generation of an address space (kvm_memslots(kvm, as)->generation). */
   generation(asId = 0): bigint {
     return this.view().getBigUint64(this.addr + L.VM_GEN + asId * 8, true);
