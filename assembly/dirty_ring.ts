@@ -18,16 +18,20 @@
 //   (= entries − 64, − 512 more with PML); full ⇔ used ≥ entries.
 //   Entry for count c: ring[c & (entries − 1)].
 //
-// Untrusted userspace: the ring is writable by the collector, so the core keeps its own
-// copy of each entry's (slot, offset) at push time (VCPU_RING_PRIV) and resets from that
-// copy — a collector that scribbles over slot/offset cannot un-arm a page it never saw
-// (KVM re-reads the shared fields; dirtlog's stricter rule only differs for such a
-// collector). Flags still drive the walk, as in KVM, but a reset never passes
-// dirty_index: entries that were never pushed cannot be "reset". Every (slot, offset)
-// batch is validated again before use (slot deleted, moved or shrunk since the push).
+// Untrusted userspace: the ring is writable by the collector. For an honest collector
+// (flags only ever 1 → 2) dirtlog behaves exactly as KVM; against a scribbling one it is
+// stricter, so that no collector write can leave a page un-armed:
+//   - the core keeps its own copy of each entry's (slot, offset) at push time
+//     (VCPU_RING_PRIV) and resets from it, so rewriting slot/offset cannot make the reset
+//     re-arm the wrong page (KVM re-reads the shared fields);
+//   - the reset walks only entries that were pushed (never past dirty_index) and stops
+//     only at an entry whose flags are exactly DIRTY (not yet harvested); any other value
+//     counts as harvested (KVM stops at any value without the RESET bit, so a zeroed
+//     harvested entry would stall its ring for good).
+// Every (slot, offset) batch is validated again before use: the slot may have been
+// deleted, moved or re-created smaller since the push.
 import {
   KVM_DIRTY_GFN_F_DIRTY,
-  KVM_DIRTY_GFN_F_RESET,
   KVM_EXIT_DIRTY_RING_FULL,
   KVM_NR_AS,
   KVM_REQ_DIRTY_RING_SOFT_FULL,
@@ -150,7 +154,7 @@ export function dirty_ring_reset(vm: usize, vcpu: usize): u32 {
   while (index != dirty) {
     const at = <usize>(index & size_mask) << 4;
     const e = ring + at;
-    if ((atomic.load<u32>(e) & KVM_DIRTY_GFN_F_RESET) == 0) break;
+    if (atomic.load<u32>(e) == KVM_DIRTY_GFN_F_DIRTY) break; // not harvested yet
     const next_slot = load<u32>(priv + at + 4);
     const next_offset = load<u64>(priv + at + 8);
     atomic.store<u32>(e, 0);

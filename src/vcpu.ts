@@ -91,6 +91,17 @@ export class Vcpu {
     this.core.kvm_vcpu_kick(this.vm.addr, this.addr);
   }
 
+  /**
+   * kvm_vcpu_write_guest: KVM writes 8 bytes of guest memory on this vCPU's behalf (an
+   * emulated instruction, a PV area update) through the memslot mapping — no SPTE, no
+   * ring-full check — and marks the page dirty (ring push on a ring VM). This is why the
+   * ring keeps a reserve: such pushes can land after the soft limit.
+   */
+  kvmWriteGuest(gpa: number | bigint, value: number | bigint): void {
+    const ret = this.core.kvm_write_guest(this.vm.addr, this.addr, gpaArg(gpa), BigInt.asUintN(64, BigInt(value)));
+    if (ret < 0) throw KvmError.fromReturn(ret, "kvm_vcpu_write_guest");
+  }
+
   /** run->exit_reason of the last access (0 when it retired). */
   get exitReason(): number {
     return this.view().getUint32(this.addr + L.VCPU_EXIT_REASON, true);
