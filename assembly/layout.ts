@@ -33,6 +33,9 @@ export const KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE: u32 = 1;
 export const KVM_DIRTY_LOG_INITIALLY_SET: u32 = 2;
 export const KVM_EXIT_IO: u32 = 2;
 export const KVM_EXIT_MMIO: u32 = 6;
+export const KVM_EXIT_SHUTDOWN: u32 = 8;
+export const KVM_EXIT_INTR: u32 = 10;
+export const KVM_EXIT_INTERNAL_ERROR: u32 = 17;
 export const KVM_EXIT_DIRTY_RING_FULL: u32 = 31;
 
 export const KVM_NR_AS: u32 = 2; // x86 with SMM: 0 = normal, 1 = SMM
@@ -47,6 +50,10 @@ export const KVM_MR_DELETE: i32 = 1;
 export const KVM_MR_MOVE: i32 = 2;
 export const KVM_MR_FLAGS_ONLY: i32 = 3;
 export const KVM_MR_NONE: i32 = 4;
+// A MOVE that x86's kvm_arch_prepare_memory_region rejects (last gfn beyond the MMU's
+// reach): the kernel has already published the INVALID copy and zapped everything, and
+// undoes it with a second publish, then fails with EINVAL.
+export const KVM_MR_MOVE_REJECTED: i32 = 5;
 
 // ---- VM control block ----
 export const VM_SIZE: u32 = 4096;
@@ -74,6 +81,8 @@ export const VM_ZAPS: u32 = 104; // u64: zap-all events (memslot DELETE/MOVE)
 export const VM_SPLITS: u32 = 112; // u64: huge mappings split
 export const VM_VCPU_TABLE: u32 = 120; // u32: address of KVM_MAX_VCPU_IDS u32 vCPU block addresses
 export const VM_NO_VCPU_WARN: u32 = 124; // u32: ring VM writes without a running vCPU (kernel WARN)
+export const VM_ITERATION: u32 = 128; // u64: the value guest workloads store (dirty_log_test's `iteration`)
+export const VM_TLB_MODEL: u32 = 136; // u32: 1 = vCPUs cache translations (the TLB model is on)
 
 // ---- memslot (SLOT_SIZE bytes, at slots + ((as << 15) | id) * SLOT_SIZE) ----
 export const SLOT_SIZE: u32 = 64;
@@ -108,10 +117,35 @@ export const VCPU_RING_PUSHES: u32 = 80; // u64: entries pushed
 export const VCPU_PML_BUF: u32 = 88; // u32: PML buffer, 512 u64 GPAs (0 = no PML)
 export const VCPU_PML_INDEX: u32 = 92; // u32: GUEST_PML_INDEX, 511 = empty, > 511 = full (u16 wrap)
 export const VCPU_PML_FULL_EXITS: u32 = 96; // u64: EXIT_REASON_PML_FULL exits
+export const VCPU_MODE: u32 = 104; // u32: vcpu->mode (OUTSIDE_GUEST_MODE, IN_GUEST_MODE, ...)
+export const VCPU_TLB: u32 = 108; // u32: this vCPU's TLB (TLB_ENTRIES × 16 bytes)
+export const VCPU_RNG: u32 = 112; // u64: workload xorshift64* state
+export const VCPU_TLB_FLUSHES: u32 = 120; // u64: local TLB flushes performed
+// guest workload (workload.ts)
+export const VCPU_WL_KIND: u32 = 128; // u32: WL_* generator
+export const VCPU_WL_BATCH: u32 = 132; // u32: stores per KVM_RUN before KVM_EXIT_IO
+export const VCPU_WL_BASE: u32 = 136; // u64: first gpa of the vCPU's region
+export const VCPU_WL_PAGES: u32 = 144; // u32: pages in the region
+export const VCPU_WL_STRIDE: u32 = 148; // u32: pages between strided stores
+export const VCPU_WL_CURSOR: u32 = 152; // u32: next page of sequential / strided walks
+export const VCPU_WL_HOT_PAGES: u32 = 156; // u32: hot-set size in pages
+export const VCPU_WL_HOT_FRAC: u32 = 160; // u32: share of stores to the hot set, in 1/65536
+export const VCPU_WL_ZIPF: u32 = 164; // u32: address of a u32 CDF over the region's pages
+export const VCPU_WL_PENDING: u32 = 168; // u64: gpa + 1 of a store that has not retired (0 = none)
+export const VCPU_WL_LIMIT: u32 = 176; // u64: stores after which the guest shuts down (0 = never)
+export const VCPU_WL_DONE: u32 = 184; // u64: stores the workload retired
+export const VCPU_LAST_GPA: u32 = 192; // u64: gpa of the last store that retired
+
+// vcpu->mode (include/linux/kvm_host.h)
+export const OUTSIDE_GUEST_MODE: u32 = 0;
+export const IN_GUEST_MODE: u32 = 1;
+export const READING_SHADOW_PAGE_TABLES: u32 = 3;
+export const TLB_ENTRIES: u32 = 256;
 
 // ---- vCPU requests (kvm_make_request bit numbers) ----
 export const KVM_REQ_TLB_FLUSH: u32 = 0;
 export const KVM_REQ_DIRTY_RING_SOFT_FULL: u32 = 3;
+export const KVM_REQ_EXIT: u32 = 31; // dirtlog: a signal / immediate_exit, KVM_RUN returns KVM_EXIT_INTR
 
 // ---- dirty ring ----
 export const KVM_DIRTY_GFN_F_DIRTY: u32 = 1;

@@ -36,6 +36,7 @@ import {
   KVM_MR_DELETE,
   KVM_MR_FLAGS_ONLY,
   KVM_MR_MOVE,
+  KVM_MR_MOVE_REJECTED,
   KVM_MR_NONE,
   KVM_NR_AS,
   KVM_USER_MEM_SLOTS,
@@ -222,7 +223,8 @@ function publish(vm: usize, as_id: u32, swaps: u32): void {
 
 /**
  * Validate a KVM_SET_USER_MEMORY_REGION call without changing anything.
- * Returns the change kind (KVM_MR_*) or -errno, in the kernel's check order.
+ * Returns the change kind (KVM_MR_*) or -errno, in the kernel's check order
+ * (KVM_MR_MOVE_REJECTED: commit it, then fail with EINVAL, as the kernel does).
  * `internal` selects kvm_set_internal_memslot's rules (ids 32764..32766, flags 0).
  */
 export function memslot_prepare(
@@ -270,7 +272,7 @@ export function memslot_prepare(
     else return KVM_MR_NONE;
   }
   if (overlaps(vm, as_id, id, base, npages)) return -EEXIST;
-  if (base + npages - 1 > KVM_MAX_GFN) return -EINVAL;
+  if (base + npages - 1 > KVM_MAX_GFN) return change == KVM_MR_MOVE ? KVM_MR_MOVE_REJECTED : -EINVAL;
   return change;
 }
 
@@ -300,13 +302,19 @@ export function memslot_commit(
   const old_logged = change != KVM_MR_CREATE && slot_logged(s);
   const new_logged = change != KVM_MR_DELETE && (flags & KVM_MEM_LOG_DIRTY_PAGES) != 0;
 
-  if (change == KVM_MR_DELETE || change == KVM_MR_MOVE) {
+  if (change == KVM_MR_DELETE || change == KVM_MR_MOVE || change == KVM_MR_MOVE_REJECTED) {
     // kvm_invalidate_memslot: publish an INVALID copy, then zap every mapping (x86's
     // default zap-all on a memslot flush; other slots lose their mappings too).
     publish(vm, as_id, 1);
     tdp_zap_all(vm, KVM_NR_AS);
     atomic.add<u64>(vm + VM_ZAPS, 1);
     flush_remote_tlbs(vm);
+    if (change == KVM_MR_MOVE_REJECTED) {
+      // kvm_activate_memslot(invalid_slot, old): the old slot is published again
+      publish(vm, as_id, 1);
+      write_unlock(vm);
+      return change;
+    }
     sorted_remove(vm, as_id, id);
   }
   if (change == KVM_MR_DELETE) {

@@ -39,6 +39,8 @@ export const KVM_MR_DELETE = 1;
 export const KVM_MR_MOVE = 2;
 export const KVM_MR_FLAGS_ONLY = 3;
 export const KVM_MR_NONE = 4;
+/** dirtlog: a MOVE rejected after the INVALID publish and zap (see assembly/layout.ts). */
+export const KVM_MR_MOVE_REJECTED = 5;
 
 export const KVM_DIRTY_GFN_F_DIRTY = 1 << 0;
 export const KVM_DIRTY_GFN_F_RESET = 1 << 1;

@@ -22,6 +22,7 @@ import {
   KVM_MAX_VCPU_IDS,
   KVM_MR_CREATE,
   KVM_MR_DELETE,
+  KVM_MR_MOVE_REJECTED,
   KVM_USER_MEM_SLOTS,
   TSS_PRIVATE_MEMSLOT,
 } from "./constants.js";
@@ -102,6 +103,7 @@ export class Vm {
   private readonly slots = new Map<number, SlotRegions>();
   private readonly vcpus = new Map<number, Vcpu>();
   private readonly irqchip: boolean;
+  private identityMapAddr: bigint | undefined;
   /** The VM models Intel PML. */
   readonly pml: boolean;
   private disposed = false;
@@ -224,6 +226,7 @@ export class Vm {
     const backed = region.backed ? 1 : 0;
     const change = check(this.core.memslot_prepare(this.addr, slot, flags, gpa, size, backed, 0), call);
     this.commitRegion(slot, flags, gpa, size, backed, change, call);
+    if (change === KVM_MR_MOVE_REJECTED) throw new KvmError("EINVAL", call);
   }
 
   private commitRegion(
@@ -240,7 +243,7 @@ export class Vm {
     let backing = 0;
     if (change === KVM_MR_CREATE) {
       const metaBytes = Number(this.core.memslot_meta_bytes(size >> 12n));
-      meta = this.regions.alloc(metaBytes, 64);
+      meta = this.regions.alloc(metaBytes, 8);
       if (!meta) throw new KvmError("ENOMEM", call);
       const backingBytes = backed ? Number(size) : 0;
       backing = shared ?? (backed ? this.regions.alloc(backingBytes, BACKING_ALIGN) : 0);
@@ -292,11 +295,16 @@ export class Vm {
     this.setInternalRegion(TSS_PRIVATE_MEMSLOT, BigInt(addr), 3, call);
   }
 
-  /** KVM_SET_IDENTITY_MAP_ADDR: the 1-page identity-map internal slot (id 32766). */
+  /**
+   * KVM_SET_IDENTITY_MAP_ADDR: where the 1-page identity-map internal slot (id 32766) goes.
+   * As on VMX without unrestricted guest, the slot itself is created with the first vCPU.
+   * EINVAL once a vCPU exists.
+   */
   setIdentityMapAddr(addr: number | bigint): void {
     const call = "KVM_SET_IDENTITY_MAP_ADDR";
+    const a = u64(addr, call);
     if (this.vcpus.size > 0) throw new KvmError("EINVAL", call);
-    this.setInternalRegion(IDENTITY_PAGETABLE_PRIVATE_MEMSLOT, u64(addr, call), 1, call);
+    this.identityMapAddr = a;
   }
 
   /** Slot id that maps gpa in address space asId, or undefined. */
@@ -402,6 +410,10 @@ export class Vm {
     this.alive();
     if (!Number.isInteger(id) || id < 0 || id >= KVM_MAX_VCPU_IDS) throw new KvmError("EINVAL", call);
     if (this.vcpus.has(id)) throw new KvmError("EEXIST", call);
+    if (this.vcpus.size === 0 && this.identityMapAddr !== undefined) {
+      // init_rmode_identity_map, on the first vCPU
+      this.setInternalRegion(IDENTITY_PAGETABLE_PRIVATE_MEMSLOT, this.identityMapAddr, 1, call);
+    }
     if (this.vcpus.size === 0 && this.irqchip && !this.slots.has(APIC_ACCESS_PAGE_PRIVATE_MEMSLOT)) {
       // kvm_alloc_apic_access_page
       this.setInternalRegion(APIC_ACCESS_PAGE_PRIVATE_MEMSLOT, BigInt(APIC_DEFAULT_PHYS_BASE), 1, call);
