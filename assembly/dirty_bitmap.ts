@@ -42,7 +42,7 @@ import {
 } from "./memslot";
 import { write_lock, write_unlock } from "./mmu_lock";
 import { OP_SPLIT, tdp_clear_dirty_masked, tdp_range, tdp_write_protect_gfn } from "./tdp";
-import { pml_flush } from "./pml";
+import { kvm_vcpu_kick } from "./pml";
 import { flush_remote_tlbs } from "./tlb";
 
 /** set_bit_le(rel, slot->dirty_bitmap), then the summary bit. */
@@ -210,12 +210,13 @@ export function kvm_dirty_log_second(vm: usize, slot_id: u32): usize {
 }
 
 /**
- * kvm_arch_sync_dirty_log: with PML, kick every vCPU so its logged pages reach the log.
- * In this single-threaded core the kick drains each buffer at once.
+ * kvm_arch_sync_dirty_log: with PML, kick every vCPU so that its logged pages reach the
+ * log at its exit. The kick does not wait: a vCPU in guest mode may still be draining when
+ * GET returns (as in the kernel); a vCPU outside KVM_RUN has already drained.
  */
 export function kvm_arch_sync_dirty_log(vm: usize): void {
   if (load<u32>(vm + VM_PML) == 0) return;
   const table = <usize>load<u32>(vm + VM_VCPU_TABLE);
   const n = load<u32>(vm + VM_NR_VCPUS);
-  for (let i: u32 = 0; i < n; i++) pml_flush(vm, <usize>load<u32>(table + (<usize>i << 2)));
+  for (let i: u32 = 0; i < n; i++) kvm_vcpu_kick(<usize>load<u32>(table + (<usize>i << 2)));
 }

@@ -20,7 +20,18 @@
 import {
   EFAULT,
   EINVAL,
+  IN_GUEST_MODE,
+  KVM_EXIT_INTERNAL_ERROR,
+  KVM_EXIT_INTR,
   KVM_EXIT_MMIO,
+  KVM_REQ_EXIT,
+  KVM_REQ_KICK,
+  OUTSIDE_GUEST_MODE,
+  READING_SHADOW_PAGE_TABLES,
+  VCPU_LAST_GPA,
+  VCPU_READ_VALUE,
+  VCPU_MODE,
+  VCPU_REQUESTS,
   KVM_MEM_READONLY,
   SLOT_ACTIVE,
   SLOT_BACKING,
@@ -41,9 +52,10 @@ import { memslot_lookup, slot_host_present, slot_logged, slot_max_mapping_level,
 import { read_lock, read_unlock } from "./mmu_lock";
 import { SPTE_D, SPTE_M, SPTE_W, is_leaf, is_present, level_pages, make_leaf, spte_hpa } from "./spte";
 import { tdp_get_or_create, tdp_walk } from "./tdp";
+import { tlb_check_request, tlb_fill, tlb_lookup, tlb_on } from "./tlb";
 
-/** Exit reason when the page-table pool is exhausted (KVM_EXIT_INTERNAL_ERROR). */
-export const KVM_EXIT_INTERNAL_ERROR: u32 = 17;
+const EXIT_REQ: u32 = 1 << KVM_REQ_EXIT;
+const KICK_REQ: u32 = 1 << KVM_REQ_KICK;
 
 @inline function host_addr(spte: u64, level: u32, gpa: u64): usize {
   const hpa = spte_hpa(spte);
@@ -79,12 +91,16 @@ function exit_mmio(vcpu: usize, gpa: u64): u32 {
  * installed, or another thread changed the entry first), or an exit reason.
  */
 function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): u32 {
-  pml_flush(vm, vcpu); // every VM exit drains the PML buffer
   const gfn = gpa >> 12;
+  // Under the read side of mmu_lock: memslot updates take the write side, so the slot
+  // found here stays valid until the new SPTE is installed.
+  read_lock(vm);
   const slot = memslot_lookup(vm, as_id, gfn);
-  if (slot == 0) return exit_mmio(vcpu, gpa);
-  const readonly = (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_READONLY) != 0;
-  if (write && readonly) return exit_mmio(vcpu, gpa);
+  const readonly = slot != 0 && (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_READONLY) != 0;
+  if (slot == 0 || (write && readonly)) {
+    read_unlock(vm);
+    return exit_mmio(vcpu, gpa);
+  }
   const base = load<u64>(slot + SLOT_BASE_GFN);
   const present = slot_host_present(slot);
   // The host pfn lookup returns a writable page on a read fault when the page already
@@ -92,7 +108,6 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
   const writable = !readonly && (write || test_bit(present, gfn - base));
   let level = slot_max_mapping_level(slot, gfn);
   if (!writable && !readonly) level = 1; // the shared zero page is 4K
-  read_lock(vm);
   const w = tdp_get_or_create(vm, as_id, gfn, level);
   if (w == 0) {
     read_unlock(vm);
@@ -109,7 +124,8 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
   const frame = gfn & ~(span - 1);
   const backing = <u64>load<u32>(slot + SLOT_BACKING);
   const hpa = backing == 0 ? 0 : backing + ((frame - base) << 12);
-  const spte = make_leaf(hpa, level, writable, !readonly);
+  // the zero page and read-only host pages are never host-writable: (0,0,0)
+  const spte = make_leaf(hpa, level, writable, writable);
   if (atomic.cmpxchg<u64>(p, old, spte) == old) {
     if (writable) {
       set_bits(present, frame - base, span); // the host page (THP for huge) now exists
@@ -121,76 +137,153 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
   return 0;
 }
 
+/**
+ * Guest entry (vcpu_enter_guest): publish IN_GUEST_MODE, then handle requests — a TLB
+ * flush is done and acknowledged, a soft-full ring or a stop request exits. Returns the
+ * exit reason, or 0 when the vCPU is in guest mode.
+ */
+export function vcpu_enter_guest(vm: usize, vcpu: usize): u32 {
+  while (true) {
+    atomic.store<u32>(vcpu + VCPU_MODE, IN_GUEST_MODE);
+    const req = atomic.load<u32>(vcpu + VCPU_REQUESTS);
+    if (req == 0) return 0;
+    atomic.store<u32>(vcpu + VCPU_MODE, OUTSIDE_GUEST_MODE);
+    tlb_check_request(vcpu);
+    if ((req & KICK_REQ) != 0) {
+      atomic.and<u32>(vcpu + VCPU_REQUESTS, ~KICK_REQ);
+      pml_flush(vm, vcpu);
+    }
+    const r = dirty_ring_check_request(vcpu);
+    if (r != 0) return r;
+    if ((req & EXIT_REQ) != 0) {
+      atomic.and<u32>(vcpu + VCPU_REQUESTS, ~EXIT_REQ);
+      return KVM_EXIT_INTR;
+    }
+  }
+  return 0;
+}
+
+/** Leave guest mode (a VM exit): from here on a flusher no longer waits for this vCPU. */
+@inline export function vcpu_exit_guest(vm: usize, vcpu: usize): void {
+  atomic.store<u32>(vcpu + VCPU_MODE, OUTSIDE_GUEST_MODE);
+  pml_flush(vm, vcpu); // every VM exit drains the PML buffer
+}
+
+/**
+ * The guest executes one 8-byte store at gpa; the vCPU is in guest mode. Returns 0 when
+ * the store retired (still in guest mode), or the exit reason (outside guest mode).
+ * Faults are VM exits: the vCPU leaves guest mode, handles the fault and re-enters
+ * (vcpu_enter_guest), where a soft-full ring exits before the store retires.
+ */
+export function guest_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
+  const gfn = gpa >> 12;
+  const tlb = tlb_on(vm);
+  if (tlb) {
+    const host = tlb_lookup(vcpu, gfn);
+    if (host != 0) {
+      // a cached writable translation: no walk, no fault (even if the SPTE lost W since)
+      if (host != 1) store<u64>(host + <usize>(gpa & 0xff8), value);
+      return 0;
+    }
+  }
+  const as_id = load<u32>(vcpu + VCPU_AS);
+  while (true) {
+    const w = tdp_walk(vm, as_id, gfn);
+    const p = w & ~7;
+    const level = <u32>(w & 7);
+    const spte = atomic.load<u64>(p);
+    let r: u32 = 0;
+    if (is_present(spte)) {
+      if ((spte & SPTE_W) != 0) {
+        if ((spte & SPTE_D) == 0 && level == 1 && pml_active(vm, vcpu) && !pml_log_write(vcpu, p, gpa)) {
+          // PML-full exit: drain, re-enter, retry the store
+          vcpu_exit_guest(vm, vcpu);
+          r = vcpu_enter_guest(vm, vcpu);
+          if (r != 0) return r;
+          continue;
+        }
+        const host = host_addr(spte, level, gpa);
+        if (tlb) tlb_fill(vcpu, gfn, host & ~(<usize>0xfff));
+        if (host != 0) store<u64>(host, value);
+        return 0;
+      }
+      if ((spte & SPTE_M) != 0) {
+        // fast_page_fault: an EPT-violation exit handled without mmu_lock. Lockless walkers
+        // announce READING_SHADOW_PAGE_TABLES so that a zap's flush waits for them.
+        vcpu_exit_guest(vm, vcpu);
+        atomic.store<u32>(vcpu + VCPU_MODE, READING_SHADOW_PAGE_TABLES);
+        const slot = memslot_lookup(vm, as_id, gfn);
+        // refuses huge SPTEs of a dirty-logged slot (they are split by the slow path)
+        if (slot != 0 && (level == 1 || !slot_logged(slot))) {
+          if (atomic.cmpxchg<u64>(p, spte, spte | SPTE_W | SPTE_D) == spte) {
+            mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
+            store<u64>(vcpu + VCPU_FAST_FAULTS, load<u64>(vcpu + VCPU_FAST_FAULTS) + 1);
+          }
+          atomic.store<u32>(vcpu + VCPU_MODE, OUTSIDE_GUEST_MODE);
+          r = vcpu_enter_guest(vm, vcpu);
+          if (r != 0) return r;
+          continue;
+        }
+        atomic.store<u32>(vcpu + VCPU_MODE, OUTSIDE_GUEST_MODE);
+      }
+    }
+    vcpu_exit_guest(vm, vcpu);
+    r = slow_fault(vm, vcpu, as_id, gpa, true);
+    if (r == 0) r = vcpu_enter_guest(vm, vcpu);
+    if (r != 0) return r;
+  }
+  return 0;
+}
+
+/** The guest executes one 8-byte load; like guest_write (no TLB: loads always walk). */
+function guest_read(vm: usize, vcpu: usize, gpa: u64, out: usize): u32 {
+  const as_id = load<u32>(vcpu + VCPU_AS);
+  while (true) {
+    const w = tdp_walk(vm, as_id, gpa >> 12);
+    const spte = atomic.load<u64>(w & ~7);
+    if (is_present(spte)) {
+      const host = host_addr(spte, <u32>(w & 7), gpa);
+      store<u64>(out, host == 0 ? 0 : load<u64>(host));
+      return 0;
+    }
+    vcpu_exit_guest(vm, vcpu);
+    let r = slow_fault(vm, vcpu, as_id, gpa, false);
+    if (r == 0) r = vcpu_enter_guest(vm, vcpu);
+    if (r != 0) return r;
+  }
+  return 0;
+}
+
 @inline function exit_with(vcpu: usize, reason: u32): u32 {
   store<u32>(vcpu + VCPU_EXIT_REASON, reason);
   return reason;
 }
 
 /**
- * One 8-byte guest store at gpa (8-aligned). Returns 0 when it retired, else the exit
- * reason. Every guest (re-)entry — the call itself and the retry after a fault — first
- * checks requests: a soft-full dirty ring exits with KVM_EXIT_DIRTY_RING_FULL before the
- * store retires (the retried store faults again after the reset and is pushed again).
+ * One 8-byte guest store at gpa (8-aligned), as a KVM_RUN whose guest executes exactly that
+ * store. Returns 0 when it retired, else the exit reason (MMIO, DIRTY_RING_FULL — the store
+ * did not retire; the retry faults again after the reset and is pushed again —, INTR).
  */
 export function kvm_vcpu_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
-  const as_id = load<u32>(vcpu + VCPU_AS);
-  const gfn = gpa >> 12;
-  let r = dirty_ring_check_request(vcpu);
-  while (r == 0) {
-    const w = tdp_walk(vm, as_id, gfn);
-    const p = w & ~7;
-    const level = <u32>(w & 7);
-    const spte = atomic.load<u64>(p);
-    if (is_present(spte)) {
-      if ((spte & SPTE_W) != 0) {
-        if ((spte & SPTE_D) == 0 && level == 1 && pml_active(vm, vcpu) && !pml_log_write(vcpu, p, gpa)) {
-          // PML-full exit: drain, re-enter, retry the store
-          pml_flush(vm, vcpu);
-          r = dirty_ring_check_request(vcpu);
-          continue;
-        }
-        const host = host_addr(spte, level, gpa);
-        if (host != 0) store<u64>(host, value);
-        store<u64>(vcpu + VCPU_STORES, load<u64>(vcpu + VCPU_STORES) + 1);
-        return exit_with(vcpu, 0);
-      }
-      if ((spte & SPTE_M) != 0) {
-        // fast_page_fault: lockless; refuses huge SPTEs of a dirty-logged slot.
-        const slot = memslot_lookup(vm, as_id, gfn);
-        if (slot != 0 && (level == 1 || !slot_logged(slot))) {
-          pml_flush(vm, vcpu); // an EPT-violation exit
-          if (atomic.cmpxchg<u64>(p, spte, spte | SPTE_W | SPTE_D) == spte) {
-            mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
-            store<u64>(vcpu + VCPU_FAST_FAULTS, load<u64>(vcpu + VCPU_FAST_FAULTS) + 1);
-          }
-          r = dirty_ring_check_request(vcpu);
-          continue;
-        }
-      }
-    }
-    r = slow_fault(vm, vcpu, as_id, gpa, true);
-    if (r == 0) r = dirty_ring_check_request(vcpu);
+  let r = vcpu_enter_guest(vm, vcpu);
+  if (r == 0) r = guest_write(vm, vcpu, gpa, value);
+  if (r == 0) {
+    store<u64>(vcpu + VCPU_STORES, load<u64>(vcpu + VCPU_STORES) + 1);
+    store<u64>(vcpu + VCPU_LAST_GPA, gpa);
   }
+  vcpu_exit_guest(vm, vcpu);
   return exit_with(vcpu, r);
 }
 
-/** One 8-byte guest load at gpa. Sets the vCPU's exit reason (0, MMIO, or ring full). */
+/** One 8-byte guest load at gpa. Sets the vCPU's exit reason (0, MMIO, ring full, INTR). */
 export function kvm_vcpu_read(vm: usize, vcpu: usize, gpa: u64): u64 {
-  const as_id = load<u32>(vcpu + VCPU_AS);
-  let r = dirty_ring_check_request(vcpu);
-  while (r == 0) {
-    const w = tdp_walk(vm, as_id, gpa >> 12);
-    const spte = atomic.load<u64>(w & ~7);
-    if (is_present(spte)) {
-      exit_with(vcpu, 0);
-      const host = host_addr(spte, <u32>(w & 7), gpa);
-      return host == 0 ? 0 : load<u64>(host);
-    }
-    r = slow_fault(vm, vcpu, as_id, gpa, false);
-    if (r == 0) r = dirty_ring_check_request(vcpu);
-  }
+  const out = vcpu + VCPU_READ_VALUE;
+  store<u64>(out, 0);
+  let r = vcpu_enter_guest(vm, vcpu);
+  if (r == 0) r = guest_read(vm, vcpu, gpa, out);
+  vcpu_exit_guest(vm, vcpu);
   exit_with(vcpu, r);
-  return 0;
+  return load<u64>(out);
 }
 
 /**
@@ -198,10 +291,17 @@ export function kvm_vcpu_read(vm: usize, vcpu: usize, gpa: u64): u64 {
  * Returns the number of stores that retired.
  */
 export function kvm_vcpu_write_strided(vm: usize, vcpu: usize, gpa: u64, stride: u64, count: u32, value: u64): u32 {
-  for (let i: u32 = 0; i < count; i++) {
-    if (kvm_vcpu_write(vm, vcpu, gpa + (<u64>i) * stride, value) != 0) return i;
+  let r = vcpu_enter_guest(vm, vcpu);
+  let i: u32 = 0;
+  for (; r == 0 && i < count; i++) {
+    r = guest_write(vm, vcpu, gpa + (<u64>i) * stride, value);
+    if (r != 0) break;
   }
-  return count;
+  vcpu_exit_guest(vm, vcpu);
+  store<u64>(vcpu + VCPU_STORES, load<u64>(vcpu + VCPU_STORES) + i);
+  if (i > 0) store<u64>(vcpu + VCPU_LAST_GPA, gpa + (<u64>(i - 1)) * stride);
+  exit_with(vcpu, r);
+  return i;
 }
 
 /**
@@ -218,10 +318,7 @@ export function memslot_host_touch(vm: usize, slot_id: u32, first: u64, count: u
   return 0;
 }
 
-/** A kick: the vCPU exits (draining its PML buffer) and will re-check requests on entry. */
-export function kvm_vcpu_kick(vm: usize, vcpu: usize): void {
-  pml_flush(vm, vcpu);
-}
+
 
 /**
  * kvm_write_guest / kvm_vcpu_write_guest: KVM itself writes 8 bytes of guest memory through

@@ -12,5 +12,8 @@ export {
   kvm_dirty_log_scratch,
   kvm_dirty_log_second,
 } from "./dirty_bitmap";
-export { kvm_vcpu_write, kvm_vcpu_read, kvm_vcpu_write_strided, kvm_vcpu_kick, kvm_write_guest, memslot_host_touch } from "./fault";
+export { kvm_vcpu_write, kvm_vcpu_read, kvm_vcpu_write_strided, kvm_write_guest, memslot_host_touch } from "./fault";
+export { kvm_vcpu_kick } from "./pml";
+export { kvm_run } from "./run";
 export { tdp_walk } from "./tdp";
+export { flush_remote_tlbs as kvm_flush_remote_tlbs } from "./tlb";

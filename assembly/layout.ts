@@ -135,6 +135,10 @@ export const VCPU_WL_PENDING: u32 = 168; // u64: gpa + 1 of a store that has not
 export const VCPU_WL_LIMIT: u32 = 176; // u64: stores after which the guest shuts down (0 = never)
 export const VCPU_WL_DONE: u32 = 184; // u64: stores the workload retired
 export const VCPU_LAST_GPA: u32 = 192; // u64: gpa of the last store that retired
+export const VCPU_READ_VALUE: u32 = 200; // u64: result of kvm_vcpu_read
+// host-side vCPU thread control (src/vcpu-thread.ts; the core never reads these)
+export const VCPU_CTL: u32 = 208; // u32: VCPU_CTL_* state of the vCPU's worker loop
+export const VCPU_WAKE: u32 = 212; // u32: futex word the worker sleeps on (bumped on reset/resume)
 
 // vcpu->mode (include/linux/kvm_host.h)
 export const OUTSIDE_GUEST_MODE: u32 = 0;
@@ -145,6 +149,7 @@ export const TLB_ENTRIES: u32 = 256;
 // ---- vCPU requests (kvm_make_request bit numbers) ----
 export const KVM_REQ_TLB_FLUSH: u32 = 0;
 export const KVM_REQ_DIRTY_RING_SOFT_FULL: u32 = 3;
+export const KVM_REQ_KICK: u32 = 30; // dirtlog: an IPI; the vCPU exits (draining PML) and re-enters
 export const KVM_REQ_EXIT: u32 = 31; // dirtlog: a signal / immediate_exit, KVM_RUN returns KVM_EXIT_INTR
 
 // ---- dirty ring ----

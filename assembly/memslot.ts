@@ -62,7 +62,7 @@ import {
   VM_ZAPS,
 } from "./layout";
 import { write_lock, write_unlock } from "./mmu_lock";
-import { OP_CLEAR_D, OP_SPLIT, OP_WRPROT, OP_ZAP_2M_TABLES, tdp_range, tdp_zap_all } from "./tdp";
+import { OP_CLEAR_D, OP_SPLIT, OP_WRPROT, tdp_range, tdp_recover_huge, tdp_root, tdp_zap_all } from "./tdp";
 import { flush_remote_tlbs } from "./tlb";
 
 // ---- metadata region geometry ----
@@ -206,7 +206,12 @@ function bitmap_alloc(vm: usize, slot: usize): void {
   memory.fill(meta, 0xff, <usize>(w << 3));
   const tail = npages & 63;
   if (tail != 0) store<u64>(meta + <usize>((w - 1) << 3), ((<u64>1) << tail) - 1);
-  memory.fill(slot_summary(slot), 0xff, <usize>(slot_summary_words(slot) << 3));
+  const sw = slot_summary_words(slot);
+  const summary = slot_summary(slot);
+  memory.fill(summary, 0xff, <usize>(sw << 3));
+  // summary bits exist only for real bitmap words
+  const wtail = w & 63;
+  if (wtail != 0) store<u64>(summary + <usize>((sw - 1) << 3), ((<u64>1) << wtail) - 1);
 }
 
 @inline export function manual_protect_and_init_set(vm: usize): bool {
@@ -353,10 +358,17 @@ function apply_flags(vm: usize, s: usize, as_id: u32, logging: bool): void {
   const start = load<u64>(s + SLOT_BASE_GFN);
   const end = start + load<u64>(s + SLOT_NPAGES);
   if (!logging) {
-    // Recover huge pages: zap 4K tables whose 2M frame may be mapped huge again.
-    const congruent = ((start ^ (load<u64>(s + SLOT_HVA) >> 12)) & 511) == 0;
-    if (load<u32>(s + SLOT_MAX_LEVEL) >= 2 && congruent) {
-      if (tdp_range(vm, as_id, start, end, OP_ZAP_2M_TABLES, 1) != 0) flush_remote_tlbs(vm);
+    // Recover huge pages in place (kvm_mmu_recover_huge_pages): no zap, mappings stay.
+    const hva_gfn = load<u64>(s + SLOT_HVA) >> 12;
+    let congruent: u32 = 0;
+    if (((start ^ hva_gfn) & 511) == 0) congruent |= 1;
+    if (((start ^ hva_gfn) & 262143) == 0) congruent |= 2;
+    const max_level = load<u32>(s + SLOT_MAX_LEVEL);
+    if (max_level >= 2 && congruent != 0) {
+      const root = tdp_root(vm, as_id);
+      const backing = <usize>load<u32>(s + SLOT_BACKING);
+      const n = tdp_recover_huge(vm, root, 4, 0, start, end, max_level, congruent, start, backing, slot_host_present(s));
+      if (n != 0) flush_remote_tlbs(vm);
     }
     return;
   }

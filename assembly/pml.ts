@@ -10,7 +10,18 @@
 // Every VM exit drains the buffer (vmx_flush_pml_buffer) oldest first into
 // kvm_vcpu_mark_page_dirty, i.e. into the vCPU's ring or the slot's bitmap.
 // PML runs only while at least one memslot has dirty logging.
-import { PML_LOG_NR_ENTRIES, VCPU_PML_BUF, VCPU_PML_FULL_EXITS, VCPU_PML_INDEX, VM_NR_LOGGING } from "./layout";
+// Only the vCPU's own thread touches its buffer: a kick from another thread is a request
+// (KVM_REQ_KICK) that makes the vCPU exit and drain. Every return to userspace is an exit,
+// so a vCPU outside KVM_RUN always has an empty buffer.
+import {
+  KVM_REQ_KICK,
+  PML_LOG_NR_ENTRIES,
+  VCPU_REQUESTS,
+  VCPU_PML_BUF,
+  VCPU_PML_FULL_EXITS,
+  VCPU_PML_INDEX,
+  VM_NR_LOGGING,
+} from "./layout";
 import { kvm_vcpu_mark_page_dirty } from "./mark_dirty";
 import { SPTE_D } from "./spte";
 
@@ -57,4 +68,12 @@ export function pml_flush(vm: usize, vcpu: usize): void {
     kvm_vcpu_mark_page_dirty(vm, vcpu, load<u64>(buf + (<usize>i << 3)) >> 12);
   }
   store<u32>(vcpu + VCPU_PML_INDEX, PML_HEAD_INDEX);
+}
+
+/**
+ * kvm_vcpu_kick: make a vCPU in guest mode exit (draining its PML buffer) and re-enter.
+ * Does not wait. A vCPU outside KVM_RUN has nothing to drain (every exit drains).
+ */
+export function kvm_vcpu_kick(vcpu: usize): void {
+  atomic.or<u32>(vcpu + VCPU_REQUESTS, 1 << KVM_REQ_KICK);
 }

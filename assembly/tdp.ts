@@ -30,7 +30,6 @@ import {
 // range operations of tdp_range_op
 export const OP_WRPROT: u32 = 0; // clear W on leaves >= min_level (dirty-log protection)
 export const OP_SPLIT: u32 = 1; // eager split of huge leaves down to 4K
-export const OP_ZAP_2M_TABLES: u32 = 2; // zap 4K tables whose 2M frame could be huge again
 export const OP_CLEAR_D: u32 = 3; // PML: clear D on 4K leaves, W on huge ones
 
 @inline export function tdp_root(vm: usize, as_id: u32): usize {
@@ -114,8 +113,8 @@ export function tdp_get_or_create(vm: usize, as_id: u32, gfn: u64, target: u32):
 
 /**
  * Apply `op` to every present entry of [start, end) under `table` (at `level`, covering
- * gfns from `base`). Returns 1 if an MMU-writable bit was cleared or an SPTE zapped
- * (an immediate TLB flush is due), 2 if only W/D bits were cleared, 0 if nothing changed.
+ * gfns from `base`). Returns 2 if W/D bits were cleared, 0 if nothing changed (these
+ * operations never clear MMU-writable, so the flush may be deferred).
  */
 export function tdp_range_op(
   vm: usize,
@@ -159,12 +158,6 @@ export function tdp_range_op(
       continue;
     }
     const child = <usize>(spte & SPTE_PFN_MASK);
-    if (op == OP_ZAP_2M_TABLES && level == 2 && gbase >= start && gbase + span <= end) {
-      atomic.store<u64>(p, 0);
-      pool_free(vm, child);
-      result |= 1;
-      continue;
-    }
     result |= tdp_range_op(vm, child, level - 1, gbase, start, end, op, min_level);
   }
   return result;
@@ -231,4 +224,85 @@ function free_subtree(vm: usize, table: usize, level: u32): void {
 /** kvm_mmu_zap_all_fast: drop every mapping of the VM (both address spaces). */
 export function tdp_zap_all(vm: usize, nr_as: u32): void {
   for (let as_id: u32 = 0; as_id < nr_as; as_id++) free_subtree(vm, tdp_root(vm, as_id), PT_LEVELS);
+}
+
+/** The first present leaf under `table` (a table at `level`), or 0. */
+function first_leaf(table: usize, level: u32): u64 {
+  for (let i: usize = 0; i < 512; i++) {
+    const spte = atomic.load<u64>(table + (i << 3));
+    if (!is_present(spte)) continue;
+    if (is_leaf(spte, level)) return spte;
+    const leaf = first_leaf(<usize>(spte & SPTE_PFN_MASK), level - 1);
+    if (leaf != 0) return leaf;
+  }
+  return 0;
+}
+
+/**
+ * kvm_mmu_recover_huge_pages (6.12+, TDP MMU), when dirty logging is turned off: every
+ * table at a level in 2..max_level whose frame lies in [start, end) and whose frame is
+ * congruent (bit L-2 of `congruent` set for level L) is replaced in place by a huge leaf
+ * with the permissions of the first present leaf below it (make_huge_spte). Nothing is
+ * zapped, so mapped pages stay mapped. Returns the number of huge leaves installed. The
+ * slot (base gfn, backing) gives each frame's host address; each recovered frame's pages
+ * are marked in the slot's `host_present` bitmap (a huge host page exists).
+ */
+export function tdp_recover_huge(
+  vm: usize,
+  table: usize,
+  level: u32,
+  base: u64,
+  start: u64,
+  end: u64,
+  max_level: u32,
+  congruent: u32,
+  slot_base: u64,
+  backing: usize,
+  host_present: usize,
+): u32 {
+  const span = level_pages(level);
+  const i0: u32 = start > base ? <u32>((start - base) / span) : 0;
+  const last = (end - 1 - base) / span;
+  const i1: u32 = last >= 511 ? 511 : <u32>last;
+  let n: u32 = 0;
+  for (let i = i0; i <= i1; i++) {
+    const p = table + (<usize>i << 3);
+    const spte = atomic.load<u64>(p);
+    if (!is_present(spte) || is_leaf(spte, level)) continue;
+    const gbase = base + (<u64>i) * span;
+    const child = <usize>(spte & SPTE_PFN_MASK);
+    const child_level = level - 1;
+    const child_span = level_pages(child_level);
+    if (
+      child_level >= 2 &&
+      child_level <= max_level &&
+      (congruent & (1 << (child_level - 2))) != 0
+    ) {
+      // entries of `child` are candidates for huge leaves of child_level
+      for (let j: u32 = 0; j < 512; j++) {
+        const q = child + (<usize>j << 3);
+        const c = atomic.load<u64>(q);
+        const fbase = gbase + (<u64>j) * child_span;
+        if (!is_present(c) || is_leaf(c, child_level) || fbase < start || fbase + child_span > end) continue;
+        const leaf = first_leaf(<usize>(c & SPTE_PFN_MASK), child_level - 1);
+        if (leaf == 0) continue;
+        const hpa: u64 = backing == 0 ? 0 : <u64>backing + ((fbase - slot_base) << 12);
+        const huge = (leaf & ~SPTE_PFN_MASK) | SPTE_PS | hpa;
+        if (atomic.cmpxchg<u64>(q, c, huge) != c) continue;
+        free_subtree(vm, <usize>(c & SPTE_PFN_MASK), child_level - 1);
+        pool_free(vm, <usize>(c & SPTE_PFN_MASK));
+        set_range(host_present, fbase - slot_base, child_span);
+        n++;
+      }
+    }
+    n += tdp_recover_huge(vm, child, child_level, gbase, start, end, max_level, congruent, slot_base, backing, host_present);
+  }
+  return n;
+}
+
+function set_range(bitmap: usize, from: u64, count: u64): void {
+  for (let n = from; n < from + count; n++) {
+    const word = bitmap + <usize>((n >> 6) << 3);
+    atomic.or<u64>(word, (<u64>1) << (n & 63));
+  }
 }

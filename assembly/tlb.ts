@@ -1,9 +1,89 @@
-// tlb — remote TLB flushes (kvm_flush_remote_tlbs). In this single-threaded core a flush
-// is an event counted in VM_TLB_FLUSHES; tests pin when one is due (spec §5.3, §8):
-// once at the end of GET (classic) / CLEAR when anything was re-protected, immediately
-// when MMU-writable is cleared or SPTEs are zapped, unconditionally after enabling logging.
-import { VM_TLB_FLUSHES } from "./layout";
+// tlb — each vCPU's TLB model and remote TLB flushes
+// (virt/kvm/kvm_main.c kvm_flush_remote_tlbs / kvm_make_all_cpus_request, spec §5.3, §8).
+//
+// A vCPU caches writable 4K translations (gfn → host page) for its guest stores:
+//   TLB_ENTRIES u64 per vCPU, direct-mapped by gfn & (TLB_ENTRIES − 1)
+//   entry = (gfn + 1) << 21 | 1 << 20 | host page number (20 bits); 0 = invalid
+// A cached translation keeps working after its SPTE loses W, until the vCPU handles a
+// KVM_REQ_TLB_FLUSH — exactly the window the kernel's flush protocol closes, so a
+// missing or late flush shows up as a lost dirty page. VM_TLB_MODEL = 0 turns the cache
+// off (every store walks the SPTEs) to measure its cost.
+//
+// Flush protocol (kvm_make_all_cpus_request with wait): set the request on every vCPU,
+// then wait for each vCPU until it has acknowledged (cleared the request) or is outside
+// guest mode. A vCPU in READING_SHADOW_PAGE_TABLES (a lockless fast-path walk) is always
+// waited for, so page-table pages freed under the write lock cannot be reused while a
+// lockless walker still reads them. A vCPU entering guest mode sets IN_GUEST_MODE and then
+// checks requests (both seq-cst), so it cannot miss a request made while it was outside.
+import {
+  IN_GUEST_MODE,
+  KVM_REQ_TLB_FLUSH,
+  OUTSIDE_GUEST_MODE,
+  TLB_ENTRIES,
+  VCPU_MODE,
+  VCPU_REQUESTS,
+  VCPU_TLB,
+  VCPU_TLB_FLUSHES,
+  VM_NR_VCPUS,
+  VM_TLB_FLUSHES,
+  VM_TLB_MODEL,
+  VM_VCPU_TABLE,
+} from "./layout";
 
+const TLB_FLUSH_REQ: u32 = 1 << KVM_REQ_TLB_FLUSH;
+const VALID: u64 = 1 << 20;
+
+@inline export function tlb_on(vm: usize): bool {
+  return load<u32>(vm + VM_TLB_MODEL) != 0;
+}
+
+/** Host address of the cached writable translation of gfn's page, 1 for "cached, no bytes", or 0. */
+@inline export function tlb_lookup(vcpu: usize, gfn: u64): usize {
+  const tlb = <usize>load<u32>(vcpu + VCPU_TLB);
+  const e = load<u64>(tlb + (<usize>(gfn & (TLB_ENTRIES - 1)) << 3));
+  if (e >> 21 != gfn + 1) return 0;
+  const page = <usize>(e & 0xfffff) << 12;
+  return page == 0 ? 1 : page;
+}
+
+/** Cache a writable translation of gfn to the host page at `host` (0 = no bytes). */
+@inline export function tlb_fill(vcpu: usize, gfn: u64, host: usize): void {
+  const tlb = <usize>load<u32>(vcpu + VCPU_TLB);
+  store<u64>(tlb + (<usize>(gfn & (TLB_ENTRIES - 1)) << 3), ((gfn + 1) << 21) | VALID | <u64>(host >> 12));
+}
+
+/** The vCPU's own flush (on its thread). */
+export function tlb_flush_local(vcpu: usize): void {
+  const tlb = <usize>load<u32>(vcpu + VCPU_TLB);
+  if (tlb != 0) memory.fill(tlb, 0, TLB_ENTRIES << 3);
+  store<u64>(vcpu + VCPU_TLB_FLUSHES, load<u64>(vcpu + VCPU_TLB_FLUSHES) + 1);
+}
+
+/** Handle a pending KVM_REQ_TLB_FLUSH on the vCPU's thread. */
+@inline export function tlb_check_request(vcpu: usize): void {
+  if ((atomic.load<u32>(vcpu + VCPU_REQUESTS) & TLB_FLUSH_REQ) != 0) {
+    atomic.and<u32>(vcpu + VCPU_REQUESTS, ~TLB_FLUSH_REQ);
+    tlb_flush_local(vcpu);
+  }
+}
+
+/**
+ * kvm_flush_remote_tlbs: request a flush on every vCPU and wait until each one has
+ * acknowledged or is outside guest mode. Never called from a vCPU thread.
+ */
 export function flush_remote_tlbs(vm: usize): void {
   atomic.add<u64>(vm + VM_TLB_FLUSHES, 1);
+  const table = <usize>load<u32>(vm + VM_VCPU_TABLE);
+  const n = atomic.load<u32>(vm + VM_NR_VCPUS);
+  for (let i: u32 = 0; i < n; i++) {
+    atomic.or<u32>(<usize>load<u32>(table + (<usize>i << 2)) + VCPU_REQUESTS, TLB_FLUSH_REQ);
+  }
+  for (let i: u32 = 0; i < n; i++) {
+    const vcpu = <usize>load<u32>(table + (<usize>i << 2));
+    while (true) {
+      const mode = atomic.load<u32>(vcpu + VCPU_MODE);
+      if (mode == OUTSIDE_GUEST_MODE) break;
+      if (mode == IN_GUEST_MODE && (atomic.load<u32>(vcpu + VCPU_REQUESTS) & TLB_FLUSH_REQ) == 0) break;
+    }
+  }
 }

@@ -21,6 +21,8 @@ import {
   VM_SLOTS,
   VM_SORTED,
   VM_VCPU_TABLE,
+  VM_TLB_MODEL,
+  VCPU_TLB,
 } from "./layout";
 import { dirty_ring_alloc } from "./dirty_ring";
 import { pml_init } from "./pml";
@@ -35,9 +37,11 @@ export function kvm_vm_init(
   pool_pages: u32,
   vcpu_table: usize,
   pml: u32,
+  tlb_model: u32,
 ): i32 {
   store<u32>(vm + VM_VCPU_TABLE, <u32>vcpu_table);
   store<u32>(vm + VM_PML, pml);
+  store<u32>(vm + VM_TLB_MODEL, tlb_model);
   store<u32>(vm + VM_SLOTS, <u32>slots);
   store<u32>(vm + VM_SORTED, <u32>sorted);
   store<u32>(vm + VM_POOL_BASE, <u32>pool_base);
@@ -55,10 +59,20 @@ export function kvm_vm_init(
 /**
  * Initialise a zeroed vCPU block and add it to the VM's vCPU table. On a ring VM the host
  * passes the zeroed ring (ring_size bytes, shared with userspace) and the core's private
- * copy of it (same size); on a PML VM a zeroed 4 KiB PML buffer.
+ * copy of it (same size); on a PML VM a zeroed 4 KiB PML buffer; and the vCPU's TLB
+ * (TLB_ENTRIES u64, zeroed).
  */
-export function kvm_vcpu_init(vm: usize, vcpu: usize, id: u32, ring: usize, priv: usize, pml_buffer: usize): void {
+export function kvm_vcpu_init(
+  vm: usize,
+  vcpu: usize,
+  id: u32,
+  ring: usize,
+  priv: usize,
+  pml_buffer: usize,
+  tlb: usize,
+): void {
   store<u32>(vcpu + VCPU_ID, id);
+  store<u32>(vcpu + VCPU_TLB, <u32>tlb);
   if (pml_buffer != 0) pml_init(vcpu, pml_buffer);
   const ring_bytes = load<u32>(vm + VM_RING_SIZE);
   if (ring_bytes != 0) {

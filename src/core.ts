@@ -11,9 +11,12 @@ export interface CoreExports {
     poolPages: number,
     vcpuTable: number,
     pml: number,
+    tlbModel: number,
   ): number;
-  kvm_vcpu_init(vm: number, vcpu: number, id: number, ring: number, priv: number, pmlBuffer: number): void;
-  kvm_vcpu_kick(vm: number, vcpu: number): void;
+  kvm_vcpu_init(vm: number, vcpu: number, id: number, ring: number, priv: number, pmlBuffer: number, tlb: number): void;
+  kvm_vcpu_kick(vcpu: number): void;
+  kvm_run(vm: number, vcpu: number): number;
+  kvm_flush_remote_tlbs(vm: number): void;
   kvm_write_guest(vm: number, vcpu: number, gpa: bigint, value: bigint): number;
   kvm_enable_dirty_log_ring(vm: number, bytes: number): number;
   kvm_enable_dirty_ring_with_bitmap(vm: number, flags: number): number;

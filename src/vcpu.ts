@@ -84,11 +84,12 @@ export class Vcpu {
   }
 
   /**
-   * Kick the vCPU out of guest mode: on a PML VM its buffer is drained into the ring or
-   * bitmap (every VM exit does that). QEMU kicks all vCPUs before a final ring harvest.
+   * Kick the vCPU out of guest mode (kvm_vcpu_kick, does not wait): a running vCPU exits,
+   * drains its PML buffer into the ring or bitmap and re-enters. A vCPU outside KVM_RUN has
+   * nothing to drain — every exit drains.
    */
   kick(): void {
-    this.core.kvm_vcpu_kick(this.vm.addr, this.addr);
+    this.core.kvm_vcpu_kick(this.addr);
   }
 
   /**

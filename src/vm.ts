@@ -41,6 +41,11 @@ export interface VmOptions {
   irqchip?: boolean;
   /** Model Intel PML (page-modification logging): ring reserve 576, minimum ring 1024 entries. */
   pml?: boolean;
+  /**
+   * vCPUs cache writable translations (default true): a store through a cached entry
+   * skips the SPTE walk until the vCPU handles a TLB flush request, as on hardware.
+   */
+  tlb?: boolean;
 }
 
 export interface UserMemoryRegion {
@@ -123,7 +128,15 @@ export class Vm {
     const pool = this.regions.alloc(poolPages * L.PAGE_SIZE, L.PAGE_SIZE);
     const vcpuTable = this.regions.alloc(KVM_MAX_VCPU_IDS * 4, 64);
     const pml = options.pml ? 1 : 0;
-    if (!vm || !slots || !sorted || !pool || !vcpuTable || core.kvm_vm_init(vm, slots, sorted, pool, poolPages, vcpuTable, pml) < 0) {
+    const tlb = options.tlb === false ? 0 : 1;
+    if (
+      !vm ||
+      !slots ||
+      !sorted ||
+      !pool ||
+      !vcpuTable ||
+      core.kvm_vm_init(vm, slots, sorted, pool, poolPages, vcpuTable, pml, tlb) < 0
+    ) {
       throw new KvmError("ENOMEM", "KVM_CREATE_VM");
     }
     this.addr = vm;
@@ -355,6 +368,15 @@ export class Vm {
     check(this.core.kvm_write_guest(this.addr, 0, g, BigInt.asUintN(64, BigInt(value))), call);
   }
 
+  /** The value guest workloads store (dirty_log_test's `iteration`). */
+  get iteration(): bigint {
+    return this.view().getBigUint64(this.addr + L.VM_ITERATION, true);
+  }
+  set iteration(value: bigint) {
+    const i = new BigUint64Array(this.memory.buffer, this.addr + L.VM_ITERATION, 1);
+    Atomics.store(i, 0, BigInt.asUintN(64, value));
+  }
+
   /** Memslot generation of an address space (kvm_memslots(kvm, as)->generation). */
   generation(asId = 0): bigint {
     return this.view().getBigUint64(this.addr + L.VM_GEN + asId * 8, true);
@@ -424,8 +446,9 @@ export class Vm {
     const ring = ringBytes ? this.regions.alloc(ringBytes, L.PAGE_SIZE) : 0;
     const priv = ringBytes ? this.regions.alloc(ringBytes, 64) : 0;
     const pml = this.pml ? this.regions.alloc(L.PAGE_SIZE, L.PAGE_SIZE) : 0;
-    if (!addr || (ringBytes && (!ring || !priv)) || (this.pml && !pml)) throw new KvmError("ENOMEM", call);
-    this.core.kvm_vcpu_init(this.addr, addr, id, ring, priv, pml);
+    const tlb = this.regions.alloc(L.TLB_ENTRIES * 8, 64);
+    if (!addr || !tlb || (ringBytes && (!ring || !priv)) || (this.pml && !pml)) throw new KvmError("ENOMEM", call);
+    this.core.kvm_vcpu_init(this.addr, addr, id, ring, priv, pml, tlb);
     const vcpu = new Vcpu(this, this.core, addr, id);
     this.vcpus.set(id, vcpu);
     return vcpu;

@@ -1,0 +1,81 @@
+// run — KVM_RUN: the vCPU enters guest mode and executes its guest workload (workload.ts)
+// until an exit:
+//   KVM_EXIT_IO               the batch of VCPU_WL_BATCH stores is done
+//   KVM_EXIT_SHUTDOWN         the workload reached VCPU_WL_LIMIT stores
+//   KVM_EXIT_DIRTY_RING_FULL  the ring is soft-full (the pending store has not retired)
+//   KVM_EXIT_MMIO             a store hit no slot or a read-only slot (not retired)
+//   KVM_EXIT_INTR             the host asked the vCPU to stop (KVM_REQ_EXIT)
+// A store that did not retire stays pending (VCPU_WL_PENDING) and is retried first on the
+// next KVM_RUN, like a faulting instruction. Requests are checked before every store: a
+// request is the model of an IPI, so a flush or kick is served within one store.
+import {
+  KVM_EXIT_IO,
+  KVM_EXIT_SHUTDOWN,
+  VCPU_EXIT_REASON,
+  VCPU_ID,
+  VCPU_LAST_GPA,
+  VCPU_REQUESTS,
+  VCPU_RNG,
+  VCPU_STORES,
+  VCPU_WL_BATCH,
+  VCPU_WL_DONE,
+  VCPU_WL_LIMIT,
+  VCPU_WL_PENDING,
+  VM_ITERATION,
+} from "./layout";
+import { guest_write, vcpu_enter_guest, vcpu_exit_guest } from "./fault";
+import { rng_next, workload_gpa, workload_next_page } from "./workload";
+
+/** KVM_RUN with the vCPU's guest workload. Returns the exit reason. */
+export function kvm_run(vm: usize, vcpu: usize): u32 {
+  let r = vcpu_enter_guest(vm, vcpu);
+  const batch = load<u32>(vcpu + VCPU_WL_BATCH);
+  const limit = load<u64>(vcpu + VCPU_WL_LIMIT);
+  let done = load<u64>(vcpu + VCPU_WL_DONE);
+  let pending = load<u64>(vcpu + VCPU_WL_PENDING);
+  let rng = load<u64>(vcpu + VCPU_RNG);
+  if (rng == 0) rng = 0x9e3779b97f4a7c15 ^ ((<u64>load<u32>(vcpu + VCPU_ID) + 1) * 0xbf58476d1ce4e5b9);
+  let last: u64 = load<u64>(vcpu + VCPU_LAST_GPA);
+  let i: u32 = 0;
+  while (r == 0) {
+    if (limit != 0 && done >= limit) {
+      r = KVM_EXIT_SHUTDOWN;
+      break;
+    }
+    if (i >= batch) {
+      r = KVM_EXIT_IO;
+      break;
+    }
+    if (atomic.load<u32>(vcpu + VCPU_REQUESTS) != 0) {
+      // an IPI: exit, serve the requests, re-enter (or exit to userspace)
+      vcpu_exit_guest(vm, vcpu);
+      r = vcpu_enter_guest(vm, vcpu);
+      if (r != 0) break;
+    }
+    let gpa: u64;
+    if (pending != 0) {
+      gpa = pending - 1;
+    } else {
+      rng = rng_next(rng);
+      gpa = workload_gpa(vcpu, workload_next_page(vcpu, rng));
+    }
+    // dirty_log_test's guest stores the current iteration into the page's first 8 bytes
+    r = guest_write(vm, vcpu, gpa, atomic.load<u64>(vm + VM_ITERATION));
+    if (r != 0) {
+      pending = gpa + 1;
+      break;
+    }
+    pending = 0;
+    last = gpa;
+    done++;
+    i++;
+  }
+  store<u64>(vcpu + VCPU_WL_DONE, done);
+  store<u64>(vcpu + VCPU_WL_PENDING, pending);
+  store<u64>(vcpu + VCPU_RNG, rng);
+  store<u64>(vcpu + VCPU_LAST_GPA, last);
+  store<u64>(vcpu + VCPU_STORES, load<u64>(vcpu + VCPU_STORES) + i);
+  vcpu_exit_guest(vm, vcpu);
+  store<u32>(vcpu + VCPU_EXIT_REASON, r);
+  return r;
+}
