@@ -83,6 +83,8 @@ export const VM_VCPU_TABLE: u32 = 120; // u32: address of KVM_MAX_VCPU_IDS u32 v
 export const VM_NO_VCPU_WARN: u32 = 124; // u32: ring VM writes without a running vCPU (kernel WARN)
 export const VM_ITERATION: u32 = 128; // u64: the value guest workloads store (dirty_log_test's `iteration`)
 export const VM_TLB_MODEL: u32 = 136; // u32: 1 = vCPUs cache translations (the TLB model is on)
+export const VM_DEBUG: u32 = 140; // u32: fault injection for tests (VM_DEBUG_* bits)
+export const VM_DEBUG_SKIP_TLB_FLUSH: u32 = 1; // remote flushes are counted but never requested
 
 // ---- memslot (SLOT_SIZE bytes, at slots + ((as << 15) | id) * SLOT_SIZE) ----
 export const SLOT_SIZE: u32 = 64;

@@ -27,6 +27,8 @@ import {
   VM_NR_VCPUS,
   VM_TLB_FLUSHES,
   VM_TLB_MODEL,
+  VM_DEBUG,
+  VM_DEBUG_SKIP_TLB_FLUSH,
   VM_VCPU_TABLE,
 } from "./layout";
 
@@ -73,6 +75,8 @@ export function tlb_flush_local(vcpu: usize): void {
  */
 export function flush_remote_tlbs(vm: usize): void {
   atomic.add<u64>(vm + VM_TLB_FLUSHES, 1);
+  // fault injection: the bug class this protocol exists for (tests show it loses pages)
+  if ((load<u32>(vm + VM_DEBUG) & VM_DEBUG_SKIP_TLB_FLUSH) != 0) return;
   const table = <usize>load<u32>(vm + VM_VCPU_TABLE);
   const n = atomic.load<u32>(vm + VM_NR_VCPUS);
   for (let i: u32 = 0; i < n; i++) {

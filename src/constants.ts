@@ -23,6 +23,7 @@ export const KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP = 225;
 export const KVM_EXIT_IO = 2;
 export const KVM_EXIT_MMIO = 6;
 export const KVM_EXIT_SHUTDOWN = 8;
+export const KVM_EXIT_INTR = 10;
 export const KVM_EXIT_INTERNAL_ERROR = 17;
 export const KVM_EXIT_DIRTY_RING_FULL = 31;
 

@@ -5,3 +5,5 @@ export { createVm, Vm, type VmOptions, type UserMemoryRegion, type VmStats } fro
 export { Vcpu, type VcpuStats, type DirtyRingState } from "./vcpu.js";
 export { coreModule } from "./core.js";
 export { collectDirtyRing, harvestDirtyRings, type RingHarvest } from "./dirty_ring_collector.js";
+export { type Workload, type WorkloadPattern, splitRegion, zipfCdf } from "./workload.js";
+export { runDirtyLogTest, type DirtyLogTestOptions, type DirtyLogTestResult, type LogMode } from "./dirty_log_test.js";

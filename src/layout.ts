@@ -19,6 +19,8 @@ export const VM_VCPU_TABLE = 120;
 export const VM_NO_VCPU_WARN = 124;
 export const VM_ITERATION = 128;
 export const VM_TLB_MODEL = 136;
+export const VM_DEBUG = 140;
+export const VM_DEBUG_SKIP_TLB_FLUSH = 1;
 
 export const SLOT_SIZE = 64;
 export const SLOT_BASE_GFN = 0;

@@ -3,7 +3,9 @@
 import type { CoreExports } from "./core.js";
 import { KvmError } from "./errors.js";
 import * as L from "./layout.js";
+import { VcpuThread } from "./vcpu-thread.js";
 import type { Vm } from "./vm.js";
+import { type Workload, writeWorkload } from "./workload.js";
 
 export interface VcpuStats {
   stores: bigint;
@@ -15,6 +17,8 @@ export interface VcpuStats {
   ringFullExits: bigint;
   /** PML-full exits taken. */
   pmlFullExits: bigint;
+  /** TLB flush requests this vCPU has served. */
+  tlbFlushes: bigint;
 }
 
 /** The kernel-private ring indices (struct kvm_dirty_ring), for tests and tools. */
@@ -37,6 +41,7 @@ export class Vcpu {
   readonly dirtyRing: Uint8Array;
   private readonly vm: Vm;
   private readonly core: CoreExports;
+  private thread: VcpuThread | undefined;
 
   constructor(vm: Vm, core: CoreExports, addr: number, id: number) {
     this.vm = vm;
@@ -103,6 +108,85 @@ export class Vcpu {
     if (ret < 0) throw KvmError.fromReturn(ret, "kvm_vcpu_write_guest");
   }
 
+  // ---- KVM_RUN and the vCPU's thread ----
+
+  /**
+   * Set the guest workload that KVM_RUN executes (inside WASM). Resets its progress.
+   * Call while the vCPU is not running.
+   */
+  setWorkload(workload: Workload): void {
+    writeWorkload(this.vm, this.addr, workload);
+  }
+
+  /** Give the vCPU its own thread (a worker instantiating the same compiled core). */
+  async spawn(): Promise<void> {
+    this.thread ??= await VcpuThread.spawn(this.vm.module, this.vm.memory, this.vm.addr, this.addr);
+  }
+
+  /** Does the vCPU have its own thread? */
+  get threaded(): boolean {
+    return this.thread !== undefined;
+  }
+
+  /**
+   * KVM_RUN: execute the guest workload until an exit; resolves with the exit reason
+   * (KVM_EXIT_IO when a batch is done, KVM_EXIT_DIRTY_RING_FULL, KVM_EXIT_MMIO,
+   * KVM_EXIT_SHUTDOWN at the workload's limit, KVM_EXIT_INTR after requestExit()). Runs on
+   * the vCPU's thread when it has one, else on the calling thread.
+   */
+  run(): Promise<number> {
+    if (this.thread) return this.thread.run();
+    return Promise.resolve(this.core.kvm_run(this.vm.addr, this.addr));
+  }
+
+  /** KVM_RUN on the calling thread. */
+  runSync(): number {
+    return this.core.kvm_run(this.vm.addr, this.addr);
+  }
+
+  /**
+   * Run KVM_RUN in a loop on the vCPU's thread, like a VMM's vCPU thread: batches re-enter,
+   * a full ring waits for a reset, `rate` (stores/s) paces the guest. Resolves with the
+   * exit that ended the loop (SHUTDOWN, MMIO, …; INTR after terminate()).
+   */
+  async startLoop(options: { rate?: number } = {}): Promise<number> {
+    await this.spawn();
+    return (this.thread as VcpuThread).startLoop(options.rate ?? 0);
+  }
+
+  /** Pause the loop and wait until the vCPU is parked outside guest mode. */
+  pause(): Promise<void> {
+    return this.thread ? this.thread.pause() : Promise.resolve();
+  }
+
+  /** Resume a paused loop. */
+  resume(): void {
+    this.thread?.resume();
+  }
+
+  /** Make a running KVM_RUN return KVM_EXIT_INTR (a signal / immediate_exit). */
+  requestExit(): void {
+    const req = new Int32Array(this.vm.memory.buffer, this.addr + L.VCPU_REQUESTS, 1);
+    Atomics.or(req, 0, 1 << L.KVM_REQ_EXIT);
+  }
+
+  /** @internal wake a loop sleeping on a full ring */
+  wake(): void {
+    this.thread?.wake();
+  }
+
+  /** End the vCPU's thread (its loop first). */
+  async terminate(): Promise<void> {
+    const t = this.thread;
+    this.thread = undefined;
+    await t?.terminate();
+  }
+
+  /** Stores the workload has retired so far. */
+  get workloadStores(): bigint {
+    return this.view().getBigUint64(this.addr + L.VCPU_WL_DONE, true);
+  }
+
   /** run->exit_reason of the last access (0 when it retired). */
   get exitReason(): number {
     return this.view().getUint32(this.addr + L.VCPU_EXIT_REASON, true);
@@ -111,6 +195,11 @@ export class Vcpu {
   /** run->mmio.phys_addr of the last KVM_EXIT_MMIO. */
   get mmioPhysAddr(): bigint {
     return this.view().getBigUint64(this.addr + L.VCPU_MMIO_GPA, true);
+  }
+
+  /** gpa of the last store that retired. */
+  get lastGpa(): bigint {
+    return this.view().getBigUint64(this.addr + L.VCPU_LAST_GPA, true);
   }
 
   /** Enter (true) or leave (false) SMM: the vCPU then uses address space 1 (or 0). */
@@ -130,6 +219,7 @@ export class Vcpu {
       ringPushes: v.getBigUint64(this.addr + L.VCPU_RING_PUSHES, true),
       ringFullExits: v.getBigUint64(this.addr + L.VCPU_RING_FULL_EXITS, true),
       pmlFullExits: v.getBigUint64(this.addr + L.VCPU_PML_FULL_EXITS, true),
+      tlbFlushes: v.getBigUint64(this.addr + L.VCPU_TLB_FLUSHES, true),
     };
   }
 

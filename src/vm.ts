@@ -219,7 +219,9 @@ export class Vm {
   /** KVM_RESET_DIRTY_RINGS: re-arm every harvested entry; returns the number reset. */
   resetDirtyRings(): number {
     this.alive();
-    return check(this.core.kvm_reset_dirty_rings(this.addr), "KVM_RESET_DIRTY_RINGS");
+    const n = check(this.core.kvm_reset_dirty_rings(this.addr), "KVM_RESET_DIRTY_RINGS");
+    if (n > 0) for (const v of this.vcpus.values()) v.wake(); // vCPU loops waiting on a full ring
+    return n;
   }
 
   /** The vCPUs in creation order. */
@@ -368,6 +370,15 @@ export class Vm {
     check(this.core.kvm_write_guest(this.addr, 0, g, BigInt.asUintN(64, BigInt(value))), call);
   }
 
+  /**
+   * Fault injection for tests: with `skipTlbFlush`, remote TLB flushes are counted but
+   * never requested, so vCPUs keep writing through stale translations — the bug class the
+   * flush protocol prevents (the no-loss test shows it losing pages).
+   */
+  setDebug(flags: { skipTlbFlush?: boolean }): void {
+    this.view().setUint32(this.addr + L.VM_DEBUG, flags.skipTlbFlush ? L.VM_DEBUG_SKIP_TLB_FLUSH : 0, true);
+  }
+
   /** The value guest workloads store (dirty_log_test's `iteration`). */
   get iteration(): bigint {
     return this.view().getBigUint64(this.addr + L.VM_ITERATION, true);
@@ -475,8 +486,27 @@ export class Vm {
     return { spte, level: spte & (1n << 11n) ? w & 7 : 0 };
   }
 
-  /** Release the VM. Its memory is garbage once nothing references it. */
+  /** @internal A zeroed region of the VM's memory (workload tables). */
+  allocRegion(bytes: number, align = 64): number {
+    const a = this.regions.alloc(bytes, align);
+    if (!a) throw new KvmError("ENOMEM", "allocRegion");
+    return a;
+  }
+
+  /** @internal */
+  releaseRegion(addr: number, bytes: number): void {
+    this.regions.release(addr, bytes);
+  }
+
+  /** End every vCPU thread, then dispose. */
+  async close(): Promise<void> {
+    await Promise.all([...this.vcpus.values()].map((v) => v.terminate()));
+    this.dispose();
+  }
+
+  /** Release the VM (vCPU threads are told to end; use close() to wait for them). */
   dispose(): void {
+    for (const v of this.vcpus.values()) void v.terminate();
     this.disposed = true;
     this.slots.clear();
     this.vcpus.clear();
