@@ -151,7 +151,10 @@ export function dirty_ring_reset(vm: usize, vcpu: usize): u32 {
   let cur_slot: u32 = 0;
   let cur_offset: u64 = 0;
   let mask: u64 = 0;
-  while (index != dirty) {
+  // at most one lap per call: after a hard-full overwrite dirty_index may be more than a
+  // ring ahead, and an entry zeroed earlier in this call must not count a second time
+  const entries = size_mask + 1;
+  while (index != dirty && count < entries) {
     const at = <usize>(index & size_mask) << 4;
     const e = ring + at;
     if (atomic.load<u32>(e) == KVM_DIRTY_GFN_F_DIRTY) break; // not harvested yet

@@ -139,14 +139,17 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
 
 /**
  * Guest entry (vcpu_enter_guest): publish IN_GUEST_MODE, then handle requests — a TLB
- * flush is done and acknowledged, a soft-full ring or a stop request exits. Returns the
- * exit reason, or 0 when the vCPU is in guest mode.
+ * flush is done and acknowledged, a kick drains PML, a soft-full ring exits. Returns the
+ * exit reason, or 0 when the vCPU is in guest mode. (Stop requests wait for an instruction
+ * boundary: vcpu_check_exit_request.)
  */
 export function vcpu_enter_guest(vm: usize, vcpu: usize): u32 {
   while (true) {
+    // mode first, then requests (both seq-cst): a flusher that saw us outside guest mode
+    // made its request before this load, so we serve it here
     atomic.store<u32>(vcpu + VCPU_MODE, IN_GUEST_MODE);
     const req = atomic.load<u32>(vcpu + VCPU_REQUESTS);
-    if (req == 0) return 0;
+    if ((req & ~EXIT_REQ) == 0) return 0;
     atomic.store<u32>(vcpu + VCPU_MODE, OUTSIDE_GUEST_MODE);
     tlb_check_request(vcpu);
     if ((req & KICK_REQ) != 0) {
@@ -155,12 +158,19 @@ export function vcpu_enter_guest(vm: usize, vcpu: usize): u32 {
     }
     const r = dirty_ring_check_request(vcpu);
     if (r != 0) return r;
-    if ((req & EXIT_REQ) != 0) {
-      atomic.and<u32>(vcpu + VCPU_REQUESTS, ~EXIT_REQ);
-      return KVM_EXIT_INTR;
-    }
   }
   return 0;
+}
+
+/**
+ * At an instruction boundary (no store half-done): a stop request (KVM_REQ_EXIT) makes
+ * KVM_RUN return KVM_EXIT_INTR. Checked only between guest stores, never between a fault
+ * and the retry of its store, so a stop cannot leave a reported page unwritten.
+ */
+export function vcpu_check_exit_request(vcpu: usize): u32 {
+  if ((atomic.load<u32>(vcpu + VCPU_REQUESTS) & EXIT_REQ) == 0) return 0;
+  atomic.and<u32>(vcpu + VCPU_REQUESTS, ~EXIT_REQ);
+  return KVM_EXIT_INTR;
 }
 
 /** Leave guest mode (a VM exit): from here on a flusher no longer waits for this vCPU. */
@@ -177,16 +187,16 @@ export function vcpu_enter_guest(vm: usize, vcpu: usize): u32 {
  */
 export function guest_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
   const gfn = gpa >> 12;
+  const as_id = load<u32>(vcpu + VCPU_AS);
   const tlb = tlb_on(vm);
   if (tlb) {
-    const host = tlb_lookup(vcpu, gfn);
+    const host = tlb_lookup(vcpu, as_id, gfn);
     if (host != 0) {
       // a cached writable translation: no walk, no fault (even if the SPTE lost W since)
       if (host != 1) store<u64>(host + <usize>(gpa & 0xff8), value);
       return 0;
     }
   }
-  const as_id = load<u32>(vcpu + VCPU_AS);
   while (true) {
     const w = tdp_walk(vm, as_id, gfn);
     const p = w & ~7;
@@ -203,7 +213,7 @@ export function guest_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
           continue;
         }
         const host = host_addr(spte, level, gpa);
-        if (tlb) tlb_fill(vcpu, gfn, host & ~(<usize>0xfff));
+        if (tlb) tlb_fill(vcpu, as_id, gfn, host & ~(<usize>0xfff));
         if (host != 0) store<u64>(host, value);
         return 0;
       }
@@ -265,7 +275,8 @@ function guest_read(vm: usize, vcpu: usize, gpa: u64, out: usize): u32 {
  * did not retire; the retry faults again after the reset and is pushed again —, INTR).
  */
 export function kvm_vcpu_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
-  let r = vcpu_enter_guest(vm, vcpu);
+  let r = vcpu_check_exit_request(vcpu);
+  if (r == 0) r = vcpu_enter_guest(vm, vcpu);
   if (r == 0) r = guest_write(vm, vcpu, gpa, value);
   if (r == 0) {
     store<u64>(vcpu + VCPU_STORES, load<u64>(vcpu + VCPU_STORES) + 1);
@@ -279,7 +290,8 @@ export function kvm_vcpu_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u3
 export function kvm_vcpu_read(vm: usize, vcpu: usize, gpa: u64): u64 {
   const out = vcpu + VCPU_READ_VALUE;
   store<u64>(out, 0);
-  let r = vcpu_enter_guest(vm, vcpu);
+  let r = vcpu_check_exit_request(vcpu);
+  if (r == 0) r = vcpu_enter_guest(vm, vcpu);
   if (r == 0) r = guest_read(vm, vcpu, gpa, out);
   vcpu_exit_guest(vm, vcpu);
   exit_with(vcpu, r);
@@ -291,7 +303,8 @@ export function kvm_vcpu_read(vm: usize, vcpu: usize, gpa: u64): u64 {
  * Returns the number of stores that retired.
  */
 export function kvm_vcpu_write_strided(vm: usize, vcpu: usize, gpa: u64, stride: u64, count: u32, value: u64): u32 {
-  let r = vcpu_enter_guest(vm, vcpu);
+  let r = vcpu_check_exit_request(vcpu);
+  if (r == 0) r = vcpu_enter_guest(vm, vcpu);
   let i: u32 = 0;
   for (; r == 0 && i < count; i++) {
     r = guest_write(vm, vcpu, gpa + (<u64>i) * stride, value);

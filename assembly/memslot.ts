@@ -348,7 +348,11 @@ export function memslot_commit(
     const nr = vm + VM_NR_LOGGING;
     store<u32>(nr, new_logged ? load<u32>(nr) + 1 : load<u32>(nr) - 1);
   }
-  if (change == KVM_MR_FLAGS_ONLY && old_logged != new_logged) apply_flags(vm, s, as_id, new_logged);
+  // kvm_mmu_slot_apply_flags: nothing to do unless FLAGS_ONLY on a writable slot (CREATE has
+  // no mappings yet, MOVE/DELETE zapped them; read-only slots never have writable SPTEs)
+  if (change == KVM_MR_FLAGS_ONLY && old_logged != new_logged && (flags & KVM_MEM_READONLY) == 0) {
+    apply_flags(vm, s, as_id, new_logged);
+  }
   write_unlock(vm);
   return change;
 }

@@ -1,9 +1,11 @@
 // tlb — each vCPU's TLB model and remote TLB flushes
 // (virt/kvm/kvm_main.c kvm_flush_remote_tlbs / kvm_make_all_cpus_request, spec §5.3, §8).
 //
-// A vCPU caches writable 4K translations (gfn → host page) for its guest stores:
+// A vCPU caches writable 4K translations ((address space, gfn) → host page) for its stores:
 //   TLB_ENTRIES u64 per vCPU, direct-mapped by gfn & (TLB_ENTRIES − 1)
-//   entry = (gfn + 1) << 21 | 1 << 20 | host page number (20 bits); 0 = invalid
+//   entry = tag << 21 | 1 << 20 | host page number (20 bits), tag = (gfn << 1 | as_id) + 1;
+//   0 = invalid. Entries are tagged by address space like TLB entries are tagged by EPT
+//   root, so entering or leaving SMM never reuses the other space's translations.
 // A cached translation keeps working after its SPTE loses W, until the vCPU handles a
 // KVM_REQ_TLB_FLUSH — exactly the window the kernel's flush protocol closes, so a
 // missing or late flush shows up as a lost dirty page. VM_TLB_MODEL = 0 turns the cache
@@ -40,18 +42,19 @@ const VALID: u64 = 1 << 20;
 }
 
 /** Host address of the cached writable translation of gfn's page, 1 for "cached, no bytes", or 0. */
-@inline export function tlb_lookup(vcpu: usize, gfn: u64): usize {
+@inline export function tlb_lookup(vcpu: usize, as_id: u32, gfn: u64): usize {
   const tlb = <usize>load<u32>(vcpu + VCPU_TLB);
   const e = load<u64>(tlb + (<usize>(gfn & (TLB_ENTRIES - 1)) << 3));
-  if (e >> 21 != gfn + 1) return 0;
+  if (e >> 21 != ((gfn << 1) | as_id) + 1) return 0;
   const page = <usize>(e & 0xfffff) << 12;
   return page == 0 ? 1 : page;
 }
 
 /** Cache a writable translation of gfn to the host page at `host` (0 = no bytes). */
-@inline export function tlb_fill(vcpu: usize, gfn: u64, host: usize): void {
+@inline export function tlb_fill(vcpu: usize, as_id: u32, gfn: u64, host: usize): void {
   const tlb = <usize>load<u32>(vcpu + VCPU_TLB);
-  store<u64>(tlb + (<usize>(gfn & (TLB_ENTRIES - 1)) << 3), ((gfn + 1) << 21) | VALID | <u64>(host >> 12));
+  const tag = ((gfn << 1) | as_id) + 1;
+  store<u64>(tlb + (<usize>(gfn & (TLB_ENTRIES - 1)) << 3), (tag << 21) | VALID | <u64>(host >> 12));
 }
 
 /** The vCPU's own flush (on its thread). */

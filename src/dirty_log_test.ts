@@ -14,7 +14,7 @@ import {
 } from "./constants.js";
 import { collectDirtyRing } from "./dirty_ring_collector.js";
 import { type Vm, createVm } from "./vm.js";
-import type { WorkloadPattern } from "./workload.js";
+import { type WorkloadPattern, splitRegion } from "./workload.js";
 
 export type LogMode = "dirty-log" | "clear-log" | "dirty-ring";
 
@@ -33,6 +33,8 @@ export interface DirtyLogTestOptions {
   /** Guest pages; the kernel uses 2^n + 3 so the bitmap has a ragged end. */
   pages?: number;
   pattern?: WorkloadPattern;
+  /** Each vCPU writes its own partition (default: all vCPUs share the whole region). */
+  partition?: boolean;
   /** Fault injection: never deliver remote TLB flushes (the result must show lost pages). */
   skipTlbFlush?: boolean;
 }
@@ -90,7 +92,8 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
   const memory = vm.guestMemory(slot) as Uint8Array;
   const values = new BigUint64Array(memory.buffer, memory.byteOffset, pages * 512);
   const vcpus = Array.from({ length: nVcpus }, (_, i) => vm.createVcpu(i));
-  for (const v of vcpus) v.setWorkload({ pattern: options.pattern ?? "uniform", gpa: GPA, pages, batch: 1024 });
+  const regions = options.partition ? splitRegion(GPA, pages, nVcpus) : splitRegion(GPA, pages, nVcpus, true);
+  vcpus.forEach((v, i) => v.setWorkload({ pattern: options.pattern ?? "uniform", ...regions[i], batch: 1024 }));
 
   const bytes = Math.ceil(pages / 64) * 8;
   const bmap = [new Uint8Array(bytes), new Uint8Array(bytes)];
@@ -177,7 +180,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
           result.firstError ??= `iteration ${iteration}: page ${p} reported with value ${val}`;
         } else if (val >= it) {
           result.lost++;
-          result.firstError ??= `iteration ${iteration}: page ${p} holds ${val} but was not reported`;
+          result.firstError ??= `iteration ${iteration}: page ${p} holds ${val} but was not reported (spte 0x${vm.spte(0, GPA + p * 4096).spte.toString(16)})`;
         }
       }
     }

@@ -42,6 +42,7 @@ export class Vcpu {
   private readonly vm: Vm;
   private readonly core: CoreExports;
   private thread: VcpuThread | undefined;
+  private starting: Promise<void> | undefined;
 
   constructor(vm: Vm, core: CoreExports, addr: number, id: number) {
     this.vm = vm;
@@ -149,14 +150,16 @@ export class Vcpu {
    * a full ring waits for a reset, `rate` (stores/s) paces the guest. Resolves with the
    * exit that ended the loop (SHUTDOWN, MMIO, …; INTR after terminate()).
    */
-  async startLoop(options: { rate?: number } = {}): Promise<number> {
-    await this.spawn();
-    return (this.thread as VcpuThread).startLoop(options.rate ?? 0);
+  startLoop(options: { rate?: number } = {}): Promise<number> {
+    // pause()/terminate() wait for this start, so they never miss a loop still spawning
+    this.starting = this.spawn();
+    return this.starting.then(() => (this.thread as VcpuThread).startLoop(options.rate ?? 0));
   }
 
   /** Pause the loop and wait until the vCPU is parked outside guest mode. */
-  pause(): Promise<void> {
-    return this.thread ? this.thread.pause() : Promise.resolve();
+  async pause(): Promise<void> {
+    await this.starting;
+    await this.thread?.pause();
   }
 
   /** Resume a paused loop. */
@@ -177,6 +180,7 @@ export class Vcpu {
 
   /** End the vCPU's thread (its loop first). */
   async terminate(): Promise<void> {
+    await this.starting;
     const t = this.thread;
     this.thread = undefined;
     await t?.terminate();

@@ -1,0 +1,746 @@
+// Reference model of dirtlog's semantics in plain TypeScript: slow, small, written from the
+// kernel spec (../shared/spec/kvm-tracking.md §1, §2, §5.2–5.6, §9) and the real-kernel
+// anchors, for the property test in property.test.ts. No bit tricks: bitmaps are byte
+// arrays walked page by page, the page table is a tree of plain objects, slots a Map.
+//
+// What it models (one VM, dirty-bitmap mode: no ring, no PML, no internal slots):
+//   - two address spaces of memslots: CREATE / MOVE / FLAGS_ONLY / DELETE / no-op, with the
+//     kernel's validation order and errno (§1.3), generations (§1.4; a MOVE rejected by the
+//     arch max-gfn check has already invalidated and zapped), bitmap lifetime (§1.5) and
+//     kvm_mmu_slot_apply_flags (§1.6: eager split + write-protect, nothing with manual
+//     protect + INITIALLY_SET, huge-page recovery when logging stops, nothing for read-only
+//     slots);
+//   - KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (§2.2), GET (§2.4) and CLEAR (§2.5) with their checks
+//     in order, and the INITIALLY_SET huge-page step of re-arming (§2.6);
+//   - a TDP page table per address space (leaves at 4K, 2M, 1G) carrying the
+//     (host-writable, MMU-writable, W) triples of §5.2; the fast path (§5.6) and the slow
+//     path (§5.5) of guest stores; loads; MMIO exits; zap-all on MOVE/DELETE (§1.4);
+//   - a per-page "host page exists" flag: set by guest writes and VMM writes, for a whole
+//     frame when it is mapped huge (THP). A read fault maps writable, and logs, iff the host
+//     page exists; otherwise it maps the zero page read-only at 4K (not logged).
+//
+// Conventions shared with the core where the spec is silent (dirtlog's host model):
+//   - backed slots: 2 MiB aligned backing, huge mappings up to 2M; unbacked slots: hva = the
+//     gpa at CREATE (kept by MOVE), huge mappings up to 1G;
+//   - a fault whose target level already holds a table does not collapse it: it maps 4K;
+//   - huge-page recovery is the 6.12+ in-place kind (kvm_mmu_recover_huge_pages): a table
+//     at a huge level becomes a leaf with the permissions of its first present leaf.
+// Not modelled: TLBs (a correct flush protocol is invisible here), the page-table pool's
+// capacity (the test keeps clear of it), MMU-notifier invalidations from VMM writes.
+//
+// Conventions: numbers, not bigints, for gfns and page counts (all < 2^53); no bitwise
+// operators on values that may exceed 32 bits.
+
+export const PAGE_SIZE = 4096;
+export const KVM_MEM_LOG_DIRTY_PAGES = 1;
+export const KVM_MEM_READONLY = 2;
+export const KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1;
+export const KVM_DIRTY_LOG_INITIALLY_SET = 2;
+export const KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = 168;
+export const KVM_EXIT_MMIO = 6;
+
+const NR_AS = 2;
+const KVM_USER_MEM_SLOTS = 32764;
+const KVM_MEM_MAX_NR_PAGES = 0x7fffffff;
+const KVM_MAX_GFN = 0xf_ffff_ffff; // 4-level TDP: 48-bit guest physical addresses
+const U64 = 1n << 64n;
+
+/** A rejected call: errno name as the kernel would return it. */
+export class ModelError extends Error {
+  constructor(
+    readonly errno: string,
+    call: string,
+  ) {
+    super(`${call}: ${errno}`);
+  }
+}
+
+/**
+ * Rules that can be flipped on purpose, to show the property test is able to fail.
+ *   readFaultNeverReports  a read fault that maps a page writable does not log it
+ *   classicGetNoRearm      classic GET returns the bits but does not write-protect
+ *   moveZapsOwnAsOnly      MOVE/DELETE zap only the address space of the slot
+ */
+export type PlantedBug = "readFaultNeverReports" | "classicGetNoRearm" | "moveZapsOwnAsOnly";
+
+export interface ModelOptions {
+  plant?: PlantedBug;
+}
+
+// ---- page table ----
+// A leaf: the (H, M, W) triple of spec §5.2. Zero-page / host-read-only mappings are 0 0 0.
+interface Leaf {
+  kind: "leaf";
+  h: boolean;
+  m: boolean;
+  w: boolean;
+}
+interface Table {
+  kind: "table";
+  e: Array<Leaf | Table | undefined>; // 512 entries
+}
+
+function newTable(): Table {
+  return { kind: "table", e: new Array(512).fill(undefined) };
+}
+/** Pages covered by one entry at `level` (1 = 4K, 2 = 2M, 3 = 1G, 4 = 512G). */
+function span(level: number): number {
+  return 512 ** (level - 1);
+}
+function indexAt(gfn: number, level: number): number {
+  return Math.floor(gfn / span(level)) % 512;
+}
+
+export interface Slot {
+  as: number;
+  id: number;
+  base: number; // base gfn
+  npages: number;
+  flags: number;
+  backed: boolean;
+  /** userspace_addr >> 12, fixed at CREATE (only its residue modulo the huge sizes matters). */
+  hvaPfn: number;
+  /** Largest mapping level the host backing allows: 2 (THP) backed, 3 unbacked. */
+  maxLevel: number;
+  /** Live dirty bitmap, ALIGN(npages, 64) / 8 bytes, or null (no bitmap). */
+  bitmap: Uint8Array | null;
+  /** Host page exists, one byte per page. */
+  present: Uint8Array;
+  /** Guest bytes of a backed slot, page index → 4 KiB, pages never written are zero. */
+  mem: Map<number, Uint8Array> | null;
+}
+
+export interface SpteView {
+  level: number;
+  h: boolean;
+  m: boolean;
+  w: boolean;
+}
+
+export class RefModel {
+  /** KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 args[0]. */
+  manual = 0;
+  readonly gen: bigint[] = [0n, 1n];
+  /** key = as << 16 | id */
+  readonly slots = new Map<number, Slot>();
+  private readonly roots: Table[] = [newTable(), newTable()];
+  private readonly plant?: PlantedBug;
+  /** How often each interesting path ran (coverage of the property test). */
+  readonly events = new Map<string, number>();
+  private ev(name: string): void {
+    this.events.set(name, (this.events.get(name) ?? 0) + 1);
+  }
+
+  constructor(opts: ModelOptions = {}) {
+    this.plant = opts.plant;
+  }
+
+  // ------------------------------------------------------------------ helpers
+  private logged(s: Slot): boolean {
+    return (s.flags & KVM_MEM_LOG_DIRTY_PAGES) !== 0;
+  }
+  private readonly_(s: Slot): boolean {
+    return (s.flags & KVM_MEM_READONLY) !== 0;
+  }
+
+  /** __gfn_to_memslot. */
+  slotAt(as: number, gfn: number): Slot | undefined {
+    for (const s of this.slots.values()) {
+      if (s.as === as && gfn >= s.base && gfn < s.base + s.npages) return s;
+    }
+    return undefined;
+  }
+
+  /** Number of logged slots (nr_memslots_dirty_logging). */
+  get nrLogging(): number {
+    let n = 0;
+    for (const s of this.slots.values()) if (this.logged(s)) n++;
+    return n;
+  }
+
+  private bitmapBytes(npages: number): number {
+    return Math.ceil(npages / 64) * 8;
+  }
+  private testBit(b: Uint8Array, p: number): boolean {
+    return (b[p >> 3] & (1 << (p & 7))) !== 0;
+  }
+  private setBit(b: Uint8Array, p: number): void {
+    b[p >> 3] |= 1 << (p & 7);
+  }
+  private clearBit(b: Uint8Array, p: number): void {
+    b[p >> 3] &= ~(1 << (p & 7));
+  }
+
+  /** mark_page_dirty_in_slot (bitmap mode): only logged slots with a bitmap. */
+  private markDirty(s: Slot, gfn: number): void {
+    if (!this.logged(s) || !s.bitmap) return;
+    this.setBit(s.bitmap, gfn - s.base);
+  }
+
+  // ------------------------------------------------------------------ page table
+  /** The leaf covering gfn (or the non-present entry) and its level. */
+  private walk(as: number, gfn: number): { leaf: Leaf | undefined; level: number; table: Table; idx: number } {
+    let table = this.roots[as];
+    let level = 4;
+    for (;;) {
+      const idx = indexAt(gfn, level);
+      const e = table.e[idx];
+      if (e === undefined || e.kind === "leaf") return { leaf: e, level, table, idx };
+      table = e;
+      level--;
+    }
+  }
+
+  /** What the model maps at gfn (for debugging against vm.spte()). */
+  spte(as: number, gfn: number): SpteView | undefined {
+    const w = this.walk(as, gfn);
+    return w.leaf ? { level: w.level, h: w.leaf.h, m: w.leaf.m, w: w.leaf.w } : undefined;
+  }
+
+  /** Page-table pages in use (two roots + every table), as the core's pool counts them. */
+  tablePages(): number {
+    const count = (t: Table): number => {
+      let n = 1;
+      for (const e of t.e) if (e && e.kind === "table") n += count(e);
+      return n;
+    };
+    return count(this.roots[0]) + count(this.roots[1]);
+  }
+
+  /** Pages an operation could take from the pool at most (eager/INITIALLY_SET splits). */
+  splitCostBound(): number {
+    let n = 0;
+    const visit = (t: Table, level: number): void => {
+      for (const e of t.e) {
+        if (!e) continue;
+        if (e.kind === "table") visit(e, level - 1);
+        else if (level === 3) n += 513;
+        else if (level === 2) n += 1;
+      }
+    };
+    for (const r of this.roots) visit(r, 4);
+    return n + 8;
+  }
+
+  /** A huge leaf becomes a table of 512 children with the same permissions. */
+  private split(table: Table, idx: number): Table {
+    const leaf = table.e[idx] as Leaf;
+    this.ev("split");
+    const child = newTable();
+    for (let i = 0; i < 512; i++) child.e[i] = { kind: "leaf", h: leaf.h, m: leaf.m, w: leaf.w };
+    table.e[idx] = child;
+    return child;
+  }
+
+  /**
+   * The entry where a fault for gfn installs its leaf, at level `target` if possible:
+   * tables are created on the way and huge leaves above the target are split. As in the
+   * core's TDP walk, a table already present at the target level is not collapsed: the
+   * fault then maps 4K below it.
+   */
+  private entryFor(as: number, gfn: number, target: number): { table: Table; idx: number; level: number } {
+    let table = this.roots[as];
+    let level = 4;
+    for (;;) {
+      const idx = indexAt(gfn, level);
+      const e = table.e[idx];
+      if (level === target) {
+        if (e === undefined || e.kind === "leaf") return { table, idx, level };
+        target = 1;
+      }
+      if (e === undefined) {
+        table.e[idx] = newTable();
+        continue;
+      }
+      if (e.kind === "leaf") {
+        this.split(table, idx);
+        continue;
+      }
+      table = e;
+      level--;
+    }
+  }
+
+  /** Visit every leaf overlapping [start, end) with its level and first gfn. */
+  private leavesIn(
+    as: number,
+    start: number,
+    end: number,
+    fn: (leaf: Leaf, level: number, gfn: number, table: Table, idx: number) => void,
+  ): void {
+    const visit = (t: Table, level: number, base: number): void => {
+      const sp = span(level);
+      for (let i = 0; i < 512; i++) {
+        const g = base + i * sp;
+        if (g + sp <= start || g >= end) continue;
+        const e = t.e[i];
+        if (!e) continue;
+        if (e.kind === "table") visit(e, level - 1, g);
+        else fn(e, level, g, t, i);
+      }
+    };
+    visit(this.roots[as], 4, 0);
+  }
+
+  /** Eager split: every huge leaf overlapping [start, end) down to 4K (children in range). */
+  private splitRange(as: number, start: number, end: number): void {
+    for (const level of [3, 2]) {
+      const todo: Array<[Table, number]> = [];
+      this.leavesIn(as, start, end, (_l, lv, _g, t, i) => {
+        if (lv === level) todo.push([t, i]);
+      });
+      for (const [t, i] of todo) this.split(t, i);
+    }
+  }
+
+  /** Dirty-log write protection of a range: clear W on every leaf (M kept: state 1 1 0). */
+  private wrprotRange(as: number, start: number, end: number): void {
+    this.leavesIn(as, start, end, (leaf) => {
+      leaf.w = false;
+    });
+  }
+
+  /** Shadow-style write protection of the leaf covering gfn if its level >= minLevel. */
+  private writeProtectGfn(as: number, gfn: number, minLevel: number): void {
+    const w = this.walk(as, gfn);
+    if (w.leaf && w.level >= minLevel) {
+      w.leaf.w = false;
+      w.leaf.m = false;
+    }
+  }
+
+  /** kvm_mmu_zap_all_fast: every mapping of the VM, both address spaces. */
+  private zapAll(as: number): void {
+    for (let a = 0; a < NR_AS; a++) {
+      if (this.plant === "moveZapsOwnAsOnly" && a !== as) continue;
+      this.roots[a] = newTable();
+    }
+  }
+
+  // ------------------------------------------------------------------ huge pages
+  /**
+   * lpage_info + host mapping level: a mapping of `level` at gfn's frame is allowed iff the
+   * backing allows that level, the frame lies inside the slot and base_gfn ≡ hva >> 12
+   * modulo the frame size (spec §1.7).
+   */
+  private levelAllowed(s: Slot, gfn: number, level: number): boolean {
+    if (level > s.maxLevel) return false;
+    const sp = span(level);
+    const frame = gfn - (gfn % sp);
+    if (frame < s.base || frame + sp > s.base + s.npages) return false;
+    return s.base % sp === s.hvaPfn % sp;
+  }
+
+  /** kvm_mmu_hugepage_adjust: never huge while dirty-logged (§4.3, §9.4). */
+  private maxMappingLevel(s: Slot, gfn: number): number {
+    if (this.logged(s)) return 1;
+    if (this.levelAllowed(s, gfn, 3)) return 3;
+    if (this.levelAllowed(s, gfn, 2)) return 2;
+    return 1;
+  }
+
+  // ------------------------------------------------------------------ KVM_ENABLE_CAP
+  enableCap(cap: number, arg0: number | bigint, flags = 0): void {
+    const call = "KVM_ENABLE_CAP";
+    if (cap !== KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) throw new ModelError("EINVAL", call);
+    const v = BigInt.asUintN(64, BigInt(arg0));
+    // flags must be 0; args[0] ⊆ {ENABLE}, plus INITIALLY_SET only with ENABLE: 0, 1, 3.
+    if (flags !== 0 || (v !== 0n && v !== 1n && v !== 3n)) throw new ModelError("EINVAL", call);
+    this.manual = Number(v);
+  }
+
+  // ------------------------------------------------------------------ memslots
+  setUserMemoryRegion(r: {
+    slot: number;
+    flags: number;
+    guestPhysAddr: number | bigint;
+    memorySize: number | bigint;
+    backed: boolean;
+  }): void {
+    const call = "KVM_SET_USER_MEMORY_REGION";
+    const slotArg = r.slot >>> 0;
+    const flags = r.flags >>> 0;
+    const gpa = BigInt.asUintN(64, BigInt(r.guestPhysAddr));
+    const size = BigInt.asUintN(64, BigInt(r.memorySize));
+    const as = slotArg >>> 16;
+    const id = slotArg & 0xffff;
+    // §1.3, in order (all EINVAL up to the overlap check)
+    if (flags & ~(KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY)) throw new ModelError("EINVAL", call);
+    if (id >= KVM_USER_MEM_SLOTS) throw new ModelError("EINVAL", call);
+    if (size % 4096n !== 0n || gpa % 4096n !== 0n) throw new ModelError("EINVAL", call);
+    if (as >= NR_AS) throw new ModelError("EINVAL", call);
+    if (gpa + size >= U64) throw new ModelError("EINVAL", call);
+    const npagesBig = size / 4096n;
+    if (npagesBig > BigInt(KVM_MEM_MAX_NR_PAGES)) throw new ModelError("EINVAL", call);
+    const npages = Number(npagesBig);
+    const baseBig = gpa / 4096n;
+    const key = (as << 16) | id;
+    const old = this.slots.get(key);
+
+    if (npages === 0) {
+      if (!old) throw new ModelError("EINVAL", call);
+      // DELETE: INVALID copy published, zap-all, then the removal published.
+      this.gen[as] += 4n;
+      this.zapAll(as);
+      this.slots.delete(key);
+      this.ev("DELETE");
+      return;
+    }
+
+    let change: "create" | "move" | "flags";
+    if (!old) {
+      change = "create";
+    } else {
+      if (npages !== old.npages || ((flags ^ old.flags) & KVM_MEM_READONLY) !== 0 || r.backed !== old.backed) {
+        throw new ModelError("EINVAL", call);
+      }
+      if (baseBig !== BigInt(old.base)) change = "move";
+      else if (flags !== old.flags) change = "flags";
+      else return; // nothing to do: no swap, generation unchanged
+    }
+    if (change !== "flags") {
+      // EEXIST: another id of the same address space meets [base, base + npages)
+      const end = baseBig + npagesBig;
+      for (const s of this.slots.values()) {
+        if (s.as !== as || s.id === id) continue;
+        if (BigInt(s.base) < end && BigInt(s.base + s.npages) > baseBig) throw new ModelError("EEXIST", call);
+      }
+      if (baseBig + npagesBig - 1n > BigInt(KVM_MAX_GFN)) {
+        // x86 kvm_arch_prepare_memory_region. A MOVE has already been through
+        // kvm_invalidate_memslot (INVALID copy published, zap-all) when it fails here;
+        // kvm_set_memslot then re-publishes the old slot: two swaps, old slot kept.
+        if (change === "move") {
+          this.ev("MOVE rejected (max gfn)");
+          this.gen[as] += 4n;
+          this.zapAll(as);
+        }
+        throw new ModelError("EINVAL", call);
+      }
+    }
+    const base = Number(baseBig);
+
+    if (change === "create") {
+      const s: Slot = {
+        as,
+        id,
+        base,
+        npages,
+        flags,
+        backed: r.backed,
+        // dirtlog's backing is 2 MiB aligned; an unbacked slot's hva is its gpa at CREATE
+        hvaPfn: r.backed ? 0 : base,
+        maxLevel: r.backed ? 2 : 3,
+        bitmap: null,
+        present: new Uint8Array(npages),
+        mem: r.backed ? new Map() : null,
+      };
+      this.updateBitmap(s);
+      this.slots.set(key, s);
+      this.ev("CREATE");
+      this.gen[as] += 2n;
+      return;
+    }
+    const s = old as Slot;
+    if (change === "move") {
+      this.ev(`MOVE${s.bitmap ? " with bitmap" : ""}`);
+      this.gen[as] += 4n;
+      this.zapAll(as);
+      s.base = base;
+      s.flags = flags;
+      this.updateBitmap(s); // bits keep their slot offsets (§1.5)
+      return;
+    }
+    // FLAGS_ONLY
+    const wasLogged = this.logged(s);
+    this.ev(`FLAGS_ONLY logging ${wasLogged ? "off" : "on"}${this.readonly_(s) ? " (RO)" : ""}`);
+    s.flags = flags;
+    this.updateBitmap(s);
+    this.gen[as] += 2n;
+    const nowLogged = this.logged(s);
+    // §1.6 step 2: nothing for read-only slots
+    if (wasLogged !== nowLogged && !this.readonly_(s)) this.applyFlags(s, nowLogged);
+  }
+
+  /** kvm_prepare_memory_region / commit: keep, drop or allocate the bitmap (§1.5). */
+  private updateBitmap(s: Slot): void {
+    if (!this.logged(s)) {
+      s.bitmap = null;
+      return;
+    }
+    if (s.bitmap) return; // reused, bits preserved
+    s.bitmap = new Uint8Array(this.bitmapBytes(s.npages));
+    if (this.manual & KVM_DIRTY_LOG_INITIALLY_SET) for (let p = 0; p < s.npages; p++) this.setBit(s.bitmap, p);
+  }
+
+  /** kvm_mmu_slot_apply_flags for a FLAGS_ONLY change toggling dirty logging (§1.6). */
+  private applyFlags(s: Slot, logging: boolean): void {
+    const start = s.base;
+    const end = s.base + s.npages;
+    if (!logging) {
+      this.recoverHugePages(s);
+      return;
+    }
+    if (this.manual & KVM_DIRTY_LOG_INITIALLY_SET) return; // all pages already count as dirty
+    this.splitRange(s.as, start, end); // eager_page_split
+    this.wrprotRange(s.as, start, end);
+  }
+
+  /**
+   * Logging turned off: kvm_mmu_recover_huge_pages (6.12+; spec §1.6 step 3, §5.9). Pre-order
+   * over the slot's range, every table at the 1G or 2M level whose frame may be mapped huge
+   * (frame inside the slot, congruent, allowed by the backing) is replaced in place by a
+   * huge leaf with the permissions of the first present leaf below it (make_huge_spte);
+   * a table with no leaf is left alone. Nothing is unmapped. The huge host page behind a
+   * recovered frame exists (THP), as for a huge fault.
+   */
+  private recoverHugePages(s: Slot): void {
+    const start = s.base;
+    const end = s.base + s.npages;
+    const firstLeaf = (t: Table): Leaf | undefined => {
+      for (const e of t.e) {
+        if (!e) continue;
+        if (e.kind === "leaf") return e;
+        const l = firstLeaf(e);
+        if (l) return l;
+      }
+      return undefined;
+    };
+    const visit = (t: Table, level: number, base: number): void => {
+      const sp = span(level);
+      for (let i = 0; i < 512; i++) {
+        const g = base + i * sp;
+        const e = t.e[i];
+        if (!e || e.kind === "leaf" || g + sp <= start || g >= end) continue;
+        if (level <= 3 && this.levelAllowed(s, g, level)) {
+          const leaf = firstLeaf(e);
+          if (leaf) {
+            t.e[i] = { kind: "leaf", h: leaf.h, m: leaf.m, w: leaf.w };
+            s.present.fill(1, g - s.base, g - s.base + sp);
+            this.ev(`recover ${level === 3 ? "1G" : "2M"} (logging off)`);
+            continue;
+          }
+        }
+        if (level > 2) visit(e, level - 1, g);
+      }
+    };
+    visit(this.roots[s.as], 4, 0);
+  }
+
+  generation(as: number): bigint {
+    return this.gen[as];
+  }
+
+  // ------------------------------------------------------------------ dirty log
+  /** Common checks of GET/CLEAR (§2.3): EINVAL for the id, ENOENT without a bitmap. */
+  private dirtyLogSlot(slotArg: number, call: string, firstPage?: bigint): Slot {
+    const as = slotArg >>> 16;
+    const id = slotArg & 0xffff;
+    if (as >= NR_AS || id >= KVM_USER_MEM_SLOTS) throw new ModelError("EINVAL", call);
+    if (firstPage !== undefined && firstPage % 64n !== 0n) throw new ModelError("EINVAL", call);
+    const s = this.slots.get((as << 16) | id);
+    if (!s?.bitmap) throw new ModelError("ENOENT", call);
+    return s;
+  }
+
+  /**
+   * kvm_arch_mmu_enable_log_dirty_pt_masked (§2.6) for the pages of one 64-bit word:
+   * `pages` are slot offsets, all in word `offset / 64`, ascending.
+   */
+  private rearm(s: Slot, pages: number[]): void {
+    if (pages.length === 0) return;
+    if (this.manual & KVM_DIRTY_LOG_INITIALLY_SET) {
+      this.ev("re-arm with INITIALLY_SET step");
+      const start = s.base + pages[0];
+      const end = s.base + pages[pages.length - 1];
+      this.splitRange(s.as, start, end + 1);
+      this.writeProtectGfn(s.as, start, 2);
+      if (Math.floor(start / 512) !== Math.floor(end / 512)) this.writeProtectGfn(s.as, end, 2);
+    }
+    // no PML: clear W on the 4K leaves (huge leaves are skipped)
+    for (const p of pages) {
+      const w = this.walk(s.as, s.base + p);
+      if (w.leaf && w.level === 1) w.leaf.w = false;
+    }
+  }
+
+  /** KVM_GET_DIRTY_LOG (§2.4). */
+  getDirtyLog(slotArg: number): Uint8Array {
+    const s = this.dirtyLogSlot(slotArg >>> 0, "KVM_GET_DIRTY_LOG");
+    const bitmap = s.bitmap as Uint8Array;
+    if (this.manual & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE) {
+      this.ev("GET manual");
+      return bitmap.slice();
+    }
+    this.ev("GET classic");
+    const out = new Uint8Array(bitmap.length);
+    for (let w = 0; w < bitmap.length / 8; w++) {
+      const pages: number[] = [];
+      for (let p = w * 64; p < w * 64 + 64; p++) if (this.testBit(bitmap, p)) pages.push(p);
+      if (pages.length === 0) continue;
+      for (const p of pages) {
+        this.clearBit(bitmap, p);
+        this.setBit(out, p);
+      }
+      if (this.plant !== "classicGetNoRearm") this.rearm(s, pages);
+    }
+    return out;
+  }
+
+  /** KVM_CLEAR_DIRTY_LOG (§2.5). `user` is the userspace buffer. */
+  clearDirtyLog(slotArg: number, firstPage: number | bigint, numPages: number | bigint, user: Uint8Array): void {
+    const call = "KVM_CLEAR_DIRTY_LOG";
+    const first = BigInt.asUintN(64, BigInt(firstPage));
+    const num = BigInt.asUintN(32, BigInt(numPages)); // u32 field
+    const s = this.dirtyLogSlot(slotArg >>> 0, call, first);
+    const npages = BigInt(s.npages);
+    if (first > npages || num > npages - first || (num < npages - first && num % 64n !== 0n)) {
+      throw new ModelError("EINVAL", call);
+    }
+    const n = Number((num + 63n) / 64n) * 8;
+    if (user.byteLength < n) throw new ModelError("EFAULT", call);
+    const bitmap = s.bitmap as Uint8Array;
+    const f = Number(first);
+    for (let k = 0; k < n / 8; k++) {
+      const pages: number[] = [];
+      for (let i = 0; i < 64; i++) {
+        const bit = k * 64 + i;
+        if (!this.testBit(user, bit)) continue;
+        const p = f + bit;
+        if (p < s.npages && this.testBit(bitmap, p)) pages.push(p);
+      }
+      for (const p of pages) this.clearBit(bitmap, p);
+      if (pages.length) this.ev("CLEAR re-arm");
+      this.rearm(s, pages);
+    }
+  }
+
+  // ------------------------------------------------------------------ guest accesses
+  private memValue(s: Slot, gpa: number): bigint {
+    if (!s.mem) return 0n;
+    const off = gpa - s.base * PAGE_SIZE;
+    const page = s.mem.get(Math.floor(off / PAGE_SIZE));
+    if (!page) return 0n;
+    return new DataView(page.buffer, page.byteOffset).getBigUint64(off % PAGE_SIZE, true);
+  }
+  private memPage(s: Slot, index: number): Uint8Array {
+    const mem = s.mem as Map<number, Uint8Array>;
+    let page = mem.get(index);
+    if (!page) {
+      page = new Uint8Array(PAGE_SIZE);
+      mem.set(index, page);
+    }
+    return page;
+  }
+  private memStore(s: Slot, gpa: number, value: bigint): void {
+    if (!s.mem) return;
+    const off = gpa - s.base * PAGE_SIZE;
+    const page = this.memPage(s, Math.floor(off / PAGE_SIZE));
+    new DataView(page.buffer, page.byteOffset).setBigUint64(off % PAGE_SIZE, value, true);
+  }
+
+  /**
+   * Slow page fault (§5.5): map gfn at the allowed level. A write, or a read of a page
+   * whose host page exists, installs a writable SPTE (1 1 1), which sets the host pages of
+   * the whole frame (THP) and is logged in a dirty-logged slot; any other read maps the
+   * zero page read-only at 4K (0 0 0). Returns an exit reason or 0 (walk again).
+   */
+  private slowFault(as: number, gpa: number, write: boolean): number {
+    const gfn = Math.floor(gpa / PAGE_SIZE);
+    const s = this.slotAt(as, gfn);
+    if (!s) {
+      this.ev("MMIO (no slot)");
+      return KVM_EXIT_MMIO;
+    }
+    const ro = this.readonly_(s);
+    if (write && ro) {
+      this.ev("MMIO (read-only slot)");
+      return KVM_EXIT_MMIO;
+    }
+    const writable = !ro && (write || s.present[gfn - s.base] === 1);
+    let level = this.maxMappingLevel(s, gfn);
+    if (!writable && !ro) level = 1; // the shared zero page is 4K
+    const at = this.entryFor(as, gfn, level);
+    const old = at.table.e[at.idx];
+    if (old && old.kind === "leaf" && (!write || old.w)) return 0;
+    // read-only slot: host mapping read-only (0 0 0); zero page: also 0 0 0
+    at.table.e[at.idx] = {
+      kind: "leaf",
+      h: writable,
+      m: writable,
+      w: writable,
+    };
+    this.ev(
+      `map ${["", "4K", "2M", "1G"][at.level]} ${writable ? "writable" : "read-only"} (${write ? "write" : "read"})`,
+    );
+    if (write && at.level < level) this.ev("map below target (table kept)");
+    if (writable) {
+      const sp = span(at.level);
+      const frame = gfn - (gfn % sp);
+      s.present.fill(1, frame - s.base, frame - s.base + sp);
+      if (write || this.plant !== "readFaultNeverReports") this.markDirty(s, gfn);
+      if (!write && this.logged(s)) this.ev("read fault reported");
+    }
+    return 0;
+  }
+
+  /** One 8-byte guest store from a vCPU in address space `as`; returns the exit reason. */
+  write(as: number, gpa: number, value: bigint): number {
+    const gfn = Math.floor(gpa / PAGE_SIZE);
+    for (let tries = 0; tries < 8; tries++) {
+      const w = this.walk(as, gfn);
+      if (w.leaf) {
+        if (w.leaf.w) {
+          const s = this.slotAt(as, gfn) as Slot;
+          this.memStore(s, gpa, value);
+          return 0;
+        }
+        if (w.leaf.m) {
+          // fast_page_fault (§5.6): lockless W restore, refused for huge SPTEs of a
+          // dirty-logged slot; the cmpxchg winner logs the page.
+          const s = this.slotAt(as, gfn);
+          if (s && (w.level === 1 || !this.logged(s))) {
+            this.ev(`fast fault${this.logged(s) ? " (logged)" : ""}`);
+            w.leaf.w = true;
+            this.markDirty(s, gfn);
+            continue;
+          }
+        }
+      }
+      const r = this.slowFault(as, gpa, true);
+      if (r) return r;
+    }
+    throw new Error("model: write did not converge");
+  }
+
+  /** One 8-byte guest load; reads of mapped pages never fault (and never report). */
+  read(as: number, gpa: number): { value: bigint; exit: number } {
+    const gfn = Math.floor(gpa / PAGE_SIZE);
+    for (let tries = 0; tries < 8; tries++) {
+      const w = this.walk(as, gfn);
+      if (w.leaf) {
+        const s = this.slotAt(as, gfn) as Slot;
+        return { value: this.memValue(s, gpa), exit: 0 };
+      }
+      const r = this.slowFault(as, gpa, false);
+      if (r) return { value: 0n, exit: r };
+    }
+    throw new Error("model: read did not converge");
+  }
+
+  /** The VMM writes through its mapping: host pages exist, bytes land; nothing reported. */
+  writeUserMemory(slotArg: number, offset: number, data: Uint8Array): void {
+    const call = "writeUserMemory";
+    const key = slotArg >>> 0;
+    const s = this.slots.get(key);
+    if (!s || !Number.isInteger(offset) || offset < 0) throw new ModelError("EINVAL", call);
+    const first = Math.floor(offset / PAGE_SIZE);
+    const last = Math.ceil((offset + data.byteLength) / PAGE_SIZE);
+    if (first > s.npages || last - first > s.npages - first) throw new ModelError("EINVAL", call);
+    s.present.fill(1, first, last);
+    if (!s.mem) return;
+    for (let i = 0; i < data.byteLength; i++) {
+      const o = offset + i;
+      this.memPage(s, Math.floor(o / PAGE_SIZE))[o % PAGE_SIZE] = data[i];
+    }
+  }
+}
