@@ -1,9 +1,10 @@
 // dirtlog — a model of Linux KVM's guest-memory dirty tracking over a WebAssembly core.
 export * from "./constants.js";
 export { KvmError, ERRNO, type ErrnoName } from "./errors.js";
-export { createVm, Vm, type VmOptions, type UserMemoryRegion, type VmStats } from "./vm.js";
+export { createVm, Vm, type VmOptions, type UserMemoryRegion, type VmStats, type MemslotInfo } from "./vm.js";
 export { Vcpu, type VcpuStats, type DirtyRingState } from "./vcpu.js";
 export { coreModule } from "./core.js";
 export { collectDirtyRing, harvestDirtyRings, type RingHarvest } from "./dirty_ring_collector.js";
 export { type Workload, type WorkloadPattern, splitRegion, zipfCdf } from "./workload.js";
 export { runDirtyLogTest, type DirtyLogTestOptions, type DirtyLogTestResult, type LogMode } from "./dirty_log_test.js";
+export { migrate, hashMemory, type MigrateOptions, type MigrationResult, type MigrationRound } from "./migrate.js";

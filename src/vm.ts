@@ -59,6 +59,15 @@ export interface UserMemoryRegion {
   backed?: boolean;
 }
 
+export interface MemslotInfo {
+  /** as_id << 16 | id */
+  slot: number;
+  flags: number;
+  guestPhysAddr: bigint;
+  npages: number;
+  backed: boolean;
+}
+
 export interface VmStats {
   tlbFlushes: bigint;
   /** Pushes into a hard-full ring (the kernel's WARN_ON_ONCE). */
@@ -211,6 +220,11 @@ export class Vm {
     }
   }
 
+  /** KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is enabled (GET copies; CLEAR re-arms). */
+  get manualDirtyLogProtect(): boolean {
+    return (this.view().getUint32(this.addr + L.VM_MANUAL_PROTECT, true) & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE) !== 0;
+  }
+
   /** Dirty ring size in bytes (0 = bitmap mode). */
   get dirtyRingSize(): number {
     return this.view().getUint32(this.addr + L.VM_RING_SIZE, true);
@@ -329,6 +343,21 @@ export class Vm {
     const slots = this.view().getUint32(this.addr + L.VM_SLOTS, true);
     const idx = (s - slots) / L.SLOT_SIZE;
     return ((idx >> 15) << 16) | (idx & 0x7fff);
+  }
+
+  /** The memslots that exist (user and internal), in no particular order. */
+  memslots(): MemslotInfo[] {
+    const v = this.view();
+    return [...this.slots.entries()].map(([slot, r]) => {
+      const s = this.slotAddr(slot);
+      return {
+        slot,
+        flags: v.getUint32(s + L.SLOT_FLAGS, true),
+        guestPhysAddr: v.getBigUint64(s + L.SLOT_BASE_GFN, true) * 4096n,
+        npages: Number(v.getBigUint64(s + L.SLOT_NPAGES, true)),
+        backed: r.backing !== 0,
+      };
+    });
   }
 
   /** Guest bytes of a backed slot (a view into the shared memory), or undefined. */
