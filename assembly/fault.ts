@@ -31,6 +31,8 @@ import {
   VCPU_LAST_GPA,
   VCPU_READ_VALUE,
   VCPU_MODE,
+  VCPU_PSC_TABLE,
+  VCPU_PSC_TAG,
   VCPU_REQUESTS,
   KVM_MEM_READONLY,
   SLOT_ACTIVE,
@@ -197,8 +199,14 @@ export function guest_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
       return 0;
     }
   }
+  const psc_tag = ((gfn >> 9) << 1 | <u64>as_id) + 1;
   while (true) {
-    const w = tdp_walk(vm, as_id, gfn);
+    let w: usize;
+    if (tlb && load<u64>(vcpu + VCPU_PSC_TAG) == psc_tag) {
+      w = (<usize>load<u32>(vcpu + VCPU_PSC_TABLE) + (<usize>(gfn & 511) << 3)) | 1;
+    } else {
+      w = tdp_walk(vm, as_id, gfn);
+    }
     const p = w & ~7;
     const level = <u32>(w & 7);
     const spte = atomic.load<u64>(p);
@@ -213,7 +221,13 @@ export function guest_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
           continue;
         }
         const host = host_addr(spte, level, gpa);
-        if (tlb) tlb_fill(vcpu, as_id, gfn, host & ~(<usize>0xfff));
+        if (tlb) {
+          tlb_fill(vcpu, as_id, gfn, host & ~(<usize>0xfff));
+          if (level == 1) {
+            store<u64>(vcpu + VCPU_PSC_TAG, psc_tag);
+            store<u32>(vcpu + VCPU_PSC_TABLE, <u32>(p & ~(<usize>0xfff)));
+          }
+        }
         if (host != 0) store<u64>(host, value);
         return 0;
       }

@@ -141,12 +141,14 @@ export const VCPU_READ_VALUE: u32 = 200; // u64: result of kvm_vcpu_read
 // host-side vCPU thread control (src/vcpu-thread.ts; the core never reads these)
 export const VCPU_CTL: u32 = 208; // u32: VCPU_CTL_* state of the vCPU's worker loop
 export const VCPU_WAKE: u32 = 212; // u32: futex word the worker sleeps on (bumped on reset/resume)
+export const VCPU_PSC_TAG: u32 = 216; // u64: paging-structure cache tag ((gfn >> 9) << 1 | as) + 1, 0 = empty
+export const VCPU_PSC_TABLE: u32 = 224; // u32: the cached leaf (4K) page table
 
 // vcpu->mode (include/linux/kvm_host.h)
 export const OUTSIDE_GUEST_MODE: u32 = 0;
 export const IN_GUEST_MODE: u32 = 1;
 export const READING_SHADOW_PAGE_TABLES: u32 = 3;
-export const TLB_ENTRIES: u32 = 256;
+export const TLB_ENTRIES: u32 = 2048;
 
 // ---- vCPU requests (kvm_make_request bit numbers) ----
 export const KVM_REQ_TLB_FLUSH: u32 = 0;

@@ -11,6 +11,9 @@
 // request (KVM_REQ_EXIT) is taken only between stores, like dirty_log_test's guest, which
 // stops itself at GUEST_SYNC: a page is never reported by a fault whose store then waits.
 import {
+  TLB_ENTRIES,
+  VCPU_AS,
+  VCPU_TLB,
   KVM_EXIT_IO,
   KVM_EXIT_SHUTDOWN,
   VCPU_EXIT_REASON,
@@ -26,30 +29,41 @@ import {
   VM_ITERATION,
 } from "./layout";
 import { guest_write, vcpu_check_exit_request, vcpu_enter_guest, vcpu_exit_guest } from "./fault";
+import { tlb_on } from "./tlb";
 import { rng_next, workload_gpa, workload_next_page } from "./workload";
 
 /** KVM_RUN with the vCPU's guest workload. Returns the exit reason. */
 export function kvm_run(vm: usize, vcpu: usize): u32 {
   let r = vcpu_check_exit_request(vcpu);
   if (r == 0) r = vcpu_enter_guest(vm, vcpu);
-  const batch = load<u32>(vcpu + VCPU_WL_BATCH);
   const limit = load<u64>(vcpu + VCPU_WL_LIMIT);
   let done = load<u64>(vcpu + VCPU_WL_DONE);
+  // stores this KVM_RUN may retire: the batch, or what is left before the limit
+  let budget = <u64>load<u32>(vcpu + VCPU_WL_BATCH);
+  let shutdown = false;
+  if (limit != 0) {
+    const left = done >= limit ? 0 : limit - done;
+    if (left <= budget) {
+      budget = left;
+      shutdown = true;
+    }
+  }
   let pending = load<u64>(vcpu + VCPU_WL_PENDING);
   let rng = load<u64>(vcpu + VCPU_RNG);
   if (rng == 0) rng = 0x9e3779b97f4a7c15 ^ ((<u64>load<u32>(vcpu + VCPU_ID) + 1) * 0xbf58476d1ce4e5b9);
   let last: u64 = load<u64>(vcpu + VCPU_LAST_GPA);
-  let i: u32 = 0;
+  // the TLB-hit store is inlined here; everything else goes through guest_write
+  const tlb = tlb_on(vm) ? <usize>load<u32>(vcpu + VCPU_TLB) : 0;
+  const as_id = <u64>load<u32>(vcpu + VCPU_AS);
+  const requests = vcpu + VCPU_REQUESTS;
+  const iteration = vm + VM_ITERATION;
+  let i: u64 = 0;
   while (r == 0) {
-    if (limit != 0 && done >= limit) {
-      r = KVM_EXIT_SHUTDOWN;
+    if (i >= budget) {
+      r = shutdown ? KVM_EXIT_SHUTDOWN : KVM_EXIT_IO;
       break;
     }
-    if (i >= batch) {
-      r = KVM_EXIT_IO;
-      break;
-    }
-    if (atomic.load<u32>(vcpu + VCPU_REQUESTS) != 0) {
+    if (atomic.load<u32>(requests) != 0) {
       // an IPI: exit, serve the requests, re-enter (or exit to userspace); a stop request
       // is taken here, at an instruction boundary
       vcpu_exit_guest(vm, vcpu);
@@ -65,16 +79,29 @@ export function kvm_run(vm: usize, vcpu: usize): u32 {
       gpa = workload_gpa(vcpu, workload_next_page(vcpu, rng));
     }
     // dirty_log_test's guest stores the current iteration into the page's first 8 bytes
-    r = guest_write(vm, vcpu, gpa, atomic.load<u64>(vm + VM_ITERATION));
+    const value = atomic.load<u64>(iteration);
+    const gfn = gpa >> 12;
+    if (tlb != 0) {
+      const e = load<u64>(tlb + (<usize>(gfn & (TLB_ENTRIES - 1)) << 3));
+      if (e >> 21 == ((gfn << 1) | as_id) + 1) {
+        const page = <usize>(e & 0xfffff) << 12;
+        if (page != 0) store<u64>(page + <usize>(gpa & 0xff8), value);
+        pending = 0;
+        last = gpa;
+        i++;
+        continue;
+      }
+    }
+    r = guest_write(vm, vcpu, gpa, value);
     if (r != 0) {
       pending = gpa + 1;
       break;
     }
     pending = 0;
     last = gpa;
-    done++;
     i++;
   }
+  done += i;
   store<u64>(vcpu + VCPU_WL_DONE, done);
   store<u64>(vcpu + VCPU_WL_PENDING, pending);
   store<u64>(vcpu + VCPU_RNG, rng);

@@ -12,8 +12,10 @@ const SLOT_GPA = 0x1_0000_0000;
 const SLOT_BYTES = 1 << 30;
 const PAGE = 4096;
 const RUNS = 5;
-/** Untimed (but checked) runs per rate before the timed ones: JIT and caches. */
-const WARMUP_RUNS = 3;
+/** Untimed (but checked) runs per rate before the timed ones (JIT, caches): at least this many… */
+const WARMUP_RUNS = 20;
+/** …and at least this long. */
+const WARMUP_MS = 150;
 /** Dirty rate in percent → write every k-th page. */
 const RATES: ReadonlyArray<[number, number]> = [
   [1, 100],
@@ -26,7 +28,8 @@ const USAGE = `usage: dirtlog [--backed] [--json] [--help]
 
 Runs the built-in scenario: a VM with one dirty-logged 1 GiB slot, mapped by a warm-up
 pass; for dirty rates 1 %, 10 %, 50 % and 100 % the guest writes every k-th page and the
-host times the classic KVM_GET_DIRTY_LOG (median of ${RUNS} runs after ${WARMUP_RUNS} warm-up runs).
+host times the classic KVM_GET_DIRTY_LOG: the median of ${RUNS} runs, after at least
+${WARMUP_RUNS} untimed runs and ${WARMUP_MS} ms per rate. Every GET's bitmap is checked.
 
   --backed   give the slot guest memory in the shared memory (the warm-up pass then also
              pays the OS's first-touch page faults; default: unbacked, tracking only)
@@ -108,6 +111,7 @@ async function main(): Promise<number> {
   const warm = inspect(vm.getDirtyLog(0), npages, 1);
   progress(`warm-up done in ${(Number(process.hrtime.bigint() - t) / 1e6).toFixed(0)} ms, first GET reported ${warm.reported} pages`);
   let ok = warm.exact;
+  if (!ok) progress(`MISMATCH: the warm-up GET reported ${warm.reported} of ${npages} pages`);
 
   const results: RateResult[] = [];
   for (const [percent, k] of RATES) {
@@ -115,15 +119,17 @@ async function main(): Promise<number> {
     const runsUs: number[] = [];
     const pagesReported: number[] = [];
     let exact = true;
-    for (let run = -WARMUP_RUNS; run < RUNS; run++) {
-      // runs < 0 warm the JIT and caches; they are checked but not timed
-      if (vcpu.writeStrided(SLOT_GPA, k * PAGE, n, run + 10) !== n) throw new Error("guest writes stopped early");
+    const warmUntil = process.hrtime.bigint() + BigInt(WARMUP_MS * 1e6);
+    for (let run = 0; runsUs.length < RUNS; run++) {
+      // the first runs warm the JIT and caches: checked, not timed
+      const timed = run >= WARMUP_RUNS && process.hrtime.bigint() >= warmUntil;
+      if (vcpu.writeStrided(SLOT_GPA, k * PAGE, n, run + 2) !== n) throw new Error("guest writes stopped early");
       t = process.hrtime.bigint();
       const bitmap = vm.getDirtyLog(0);
       const ns = Number(process.hrtime.bigint() - t);
       const r = inspect(bitmap, npages, k);
       exact &&= r.exact;
-      if (run >= 0) {
+      if (timed) {
         runsUs.push(ns / 1000);
         pagesReported.push(r.reported);
       }
@@ -154,7 +160,7 @@ async function main(): Promise<number> {
       slotBytes: SLOT_BYTES,
       backed: opts.backed,
       runsPerRate: RUNS,
-      warmupRunsPerRate: WARMUP_RUNS,
+      warmup: { minRuns: WARMUP_RUNS, minMs: WARMUP_MS },
       node: process.version,
       cpu: cpus()[0]?.model ?? "unknown",
       results,

@@ -65,7 +65,7 @@ export const VCPU_WL_DONE = 184;
 export const VCPU_LAST_GPA = 192;
 export const VCPU_CTL = 208;
 export const VCPU_WAKE = 212;
-export const TLB_ENTRIES = 256;
+export const TLB_ENTRIES = 2048;
 export const KVM_REQ_EXIT = 31;
 
 export const KVM_NR_AS = 2;
