@@ -28,6 +28,7 @@ import {
   VM_NR_VCPUS,
   VM_PML,
   VM_VCPU_TABLE,
+  VM_WALK_CACHE,
 } from "./layout";
 import {
   manual_protect,
@@ -41,7 +42,7 @@ import {
   use_dirty_bitmap,
 } from "./memslot";
 import { write_lock, write_unlock } from "./mmu_lock";
-import { OP_SPLIT, tdp_clear_dirty_masked, tdp_range, tdp_write_protect_gfn } from "./tdp";
+import { OP_SPLIT, tdp_clear_dirty_masked, tdp_range, tdp_walk_cache_reset, tdp_write_protect_gfn } from "./tdp";
 import { kvm_vcpu_kick } from "./pml";
 import { flush_remote_tlbs } from "./tlb";
 
@@ -70,10 +71,11 @@ export function enable_log_dirty_pt_masked(vm: usize, slot: usize, as_id: u32, o
     const start = gfn + ctz<u64>(mask);
     const end = gfn + 63 - clz<u64>(mask);
     tdp_range(vm, as_id, start, end + 1, OP_SPLIT, 1);
+    tdp_walk_cache_reset(vm + VM_WALK_CACHE); // splits may have built leaf tables
     tdp_write_protect_gfn(vm, as_id, start, 2);
     if (start >> 9 != end >> 9) tdp_write_protect_gfn(vm, as_id, end, 2);
   }
-  tdp_clear_dirty_masked(vm, as_id, gfn, mask, load<u32>(vm + VM_PML) == 0);
+  tdp_clear_dirty_masked(vm, as_id, gfn, mask, load<u32>(vm + VM_PML) == 0, vm + VM_WALK_CACHE);
 }
 
 /** Common checks of GET and CLEAR (spec §2.3); returns the slot or -errno. */
@@ -112,6 +114,7 @@ export function kvm_get_dirty_log(vm: usize, slot_id: u32): i32 {
   const live = <usize>load<u32>(s + SLOT_BITMAP);
   const second = slot_second(s);
   write_lock(vm);
+  tdp_walk_cache_reset(vm + VM_WALK_CACHE);
   for (let i: usize = 0; i < nsum; i++) {
     const sp = summary + (i << 3);
     if (load<u64>(sp) == 0) continue; // fast skip of empty regions
@@ -179,6 +182,7 @@ export function kvm_clear_dirty_log(vm: usize, slot_id: u32, first: u64, num: u6
   const n = <usize>((num + 63) >> 6);
   let flush = false;
   write_lock(vm);
+  tdp_walk_cache_reset(vm + VM_WALK_CACHE);
   for (let w = w0; w < w0 + n; w++) {
     const up = second + (w << 3);
     const user = load<u64>(up);

@@ -32,6 +32,7 @@
 // deleted, moved or re-created smaller since the push.
 import {
   KVM_DIRTY_GFN_F_DIRTY,
+  KVM_DIRTY_GFN_F_RESET,
   KVM_EXIT_DIRTY_RING_FULL,
   KVM_NR_AS,
   KVM_REQ_DIRTY_RING_SOFT_FULL,
@@ -51,11 +52,13 @@ import {
   VM_RING_SIZE,
   VM_RING_WARN,
   VM_VCPU_TABLE,
+  VM_WALK_CACHE,
   EINVAL,
 } from "./layout";
 import { enable_log_dirty_pt_masked } from "./dirty_bitmap";
 import { slot_ptr } from "./memslot";
 import { write_lock, write_unlock } from "./mmu_lock";
+import { tdp_walk_cache_reset } from "./tdp";
 import { flush_remote_tlbs } from "./tlb";
 
 const SOFT_FULL_REQ: u32 = 1 << KVM_REQ_DIRTY_RING_SOFT_FULL;
@@ -130,6 +133,7 @@ function reset_gfn(vm: usize, slot: u32, offset: u64, mask: u64): void {
   const fls = <u64>(63 - clz<u64>(mask));
   if (offset >= npages || fls >= npages - offset) return;
   write_lock(vm);
+  tdp_walk_cache_reset(vm + VM_WALK_CACHE); // faults may have built tables since the last batch
   enable_log_dirty_pt_masked(vm, s, as_id, offset, mask);
   write_unlock(vm);
 }
@@ -145,7 +149,7 @@ export function dirty_ring_reset(vm: usize, vcpu: usize): u32 {
   if (ring == 0) return 0;
   const priv = <usize>load<u32>(vcpu + VCPU_RING_PRIV);
   const size_mask = load<u32>(vcpu + VCPU_RING_ENTRIES) - 1;
-  const dirty = atomic.load<u32>(vcpu + VCPU_DIRTY_INDEX);
+  let dirty = atomic.load<u32>(vcpu + VCPU_DIRTY_INDEX);
   let index = load<u32>(vcpu + VCPU_RESET_INDEX);
   let count: u32 = 0;
   let cur_slot: u32 = 0;
@@ -154,10 +158,19 @@ export function dirty_ring_reset(vm: usize, vcpu: usize): u32 {
   // at most one lap per call: after a hard-full overwrite dirty_index may be more than a
   // ring ahead, and an entry zeroed earlier in this call must not count a second time
   const entries = size_mask + 1;
-  while (index != dirty && count < entries) {
+  while (count < entries) {
     const at = <usize>(index & size_mask) << 4;
     const e = ring + at;
-    if (atomic.load<u32>(e) == KVM_DIRTY_GFN_F_DIRTY) break; // not harvested yet
+    const flags = atomic.load<u32>(e);
+    if (flags == KVM_DIRTY_GFN_F_DIRTY) break; // not harvested yet
+    if (index == dirty) {
+      // Past the last push we know of. A push publishes its flags just before it advances
+      // dirty_index, so a harvested entry here may be one whose push is finishing on its
+      // vCPU: wait for dirty_index briefly; an entry that was never pushed is not walked.
+      if ((flags & KVM_DIRTY_GFN_F_RESET) == 0) break;
+      for (let spin = 0; spin < 65536 && dirty == index; spin++) dirty = atomic.load<u32>(vcpu + VCPU_DIRTY_INDEX);
+      if (dirty == index) break;
+    }
     const next_slot = load<u32>(priv + at + 4);
     const next_offset = load<u64>(priv + at + 8);
     atomic.store<u32>(e, 0);

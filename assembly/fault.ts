@@ -29,6 +29,7 @@ import {
   OUTSIDE_GUEST_MODE,
   READING_SHADOW_PAGE_TABLES,
   VCPU_LAST_GPA,
+  VCPU_LAST_SLOT,
   VCPU_READ_VALUE,
   VCPU_MODE,
   VCPU_PSC_TABLE,
@@ -140,6 +141,23 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
 }
 
 /**
+ * The memslot of gfn for the fast path, through a per-vCPU, per-address-space cache of the
+ * last slot used. A cached slot is used only if it still exists and contains gfn; a slot
+ * deleted or moved since was zapped first, so the fast path's cmpxchg on an SPTE loaded
+ * before that fails and nothing is reported into a stale slot.
+ */
+@inline function vcpu_memslot(vm: usize, vcpu: usize, as_id: u32, gfn: u64): usize {
+  const cache = vcpu + VCPU_LAST_SLOT + (<usize>as_id << 2);
+  const s = <usize>load<u32>(cache);
+  if (s != 0 && load<u32>(s + SLOT_ACTIVE) != 0 && gfn - load<u64>(s + SLOT_BASE_GFN) < load<u64>(s + SLOT_NPAGES)) {
+    return s;
+  }
+  const found = memslot_lookup(vm, as_id, gfn);
+  store<u32>(cache, <u32>found);
+  return found;
+}
+
+/**
  * Guest entry (vcpu_enter_guest): publish IN_GUEST_MODE, then handle requests — a TLB
  * flush is done and acknowledged, a kick drains PML, a soft-full ring exits. Returns the
  * exit reason, or 0 when the vCPU is in guest mode. (Stop requests wait for an instruction
@@ -234,16 +252,26 @@ export function guest_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
       if ((spte & SPTE_M) != 0) {
         // fast_page_fault: an EPT-violation exit handled without mmu_lock. Lockless walkers
         // announce READING_SHADOW_PAGE_TABLES so that a zap's flush waits for them.
-        vcpu_exit_guest(vm, vcpu);
         atomic.store<u32>(vcpu + VCPU_MODE, READING_SHADOW_PAGE_TABLES);
-        const slot = memslot_lookup(vm, as_id, gfn);
+        pml_flush(vm, vcpu); // every exit drains the PML buffer
+        const slot = vcpu_memslot(vm, vcpu, as_id, gfn);
         // refuses huge SPTEs of a dirty-logged slot (they are split by the slow path)
         if (slot != 0 && (level == 1 || !slot_logged(slot))) {
-          if (atomic.cmpxchg<u64>(p, spte, spte | SPTE_W | SPTE_D) == spte) {
+          const fixed = spte | SPTE_W | SPTE_D;
+          const won = atomic.cmpxchg<u64>(p, spte, fixed) == spte;
+          if (won) {
             mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
             store<u64>(vcpu + VCPU_FAST_FAULTS, load<u64>(vcpu + VCPU_FAST_FAULTS) + 1);
           }
-          atomic.store<u32>(vcpu + VCPU_MODE, OUTSIDE_GUEST_MODE);
+          // re-enter: mode first, then requests. With none pending the store retires
+          // through the SPTE we just fixed (a flush requested later waits for this store).
+          atomic.store<u32>(vcpu + VCPU_MODE, IN_GUEST_MODE);
+          if (won && atomic.load<u32>(vcpu + VCPU_REQUESTS) == 0) {
+            const host = host_addr(fixed, level, gpa);
+            if (tlb) tlb_fill(vcpu, as_id, gfn, host & ~(<usize>0xfff));
+            if (host != 0) store<u64>(host, value);
+            return 0;
+          }
           r = vcpu_enter_guest(vm, vcpu);
           if (r != 0) return r;
           continue;

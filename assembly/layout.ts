@@ -85,6 +85,7 @@ export const VM_ITERATION: u32 = 128; // u64: the value guest workloads store (d
 export const VM_TLB_MODEL: u32 = 136; // u32: 1 = vCPUs cache translations (the TLB model is on)
 export const VM_DEBUG: u32 = 140; // u32: fault injection for tests (VM_DEBUG_* bits)
 export const VM_DEBUG_SKIP_TLB_FLUSH: u32 = 1; // remote flushes are counted but never requested
+export const VM_WALK_CACHE: u32 = 144; // u64 gfn >> 9 (+1, 0 = empty), u32 leaf table: re-protection's walk cache
 
 // ---- memslot (SLOT_SIZE bytes, at slots + ((as << 15) | id) * SLOT_SIZE) ----
 export const SLOT_SIZE: u32 = 64;
@@ -143,6 +144,7 @@ export const VCPU_CTL: u32 = 208; // u32: VCPU_CTL_* state of the vCPU's worker 
 export const VCPU_WAKE: u32 = 212; // u32: futex word the worker sleeps on (bumped on reset/resume)
 export const VCPU_PSC_TAG: u32 = 216; // u64: paging-structure cache tag ((gfn >> 9) << 1 | as) + 1, 0 = empty
 export const VCPU_PSC_TABLE: u32 = 224; // u32: the cached leaf (4K) page table
+export const VCPU_LAST_SLOT: u32 = 228; // u32 × KVM_NR_AS: last memslot the fast path used (0 = none)
 
 // vcpu->mode (include/linux/kvm_host.h)
 export const OUTSIDE_GUEST_MODE: u32 = 0;

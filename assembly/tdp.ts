@@ -187,24 +187,35 @@ export function tdp_write_protect_gfn(vm: usize, as_id: u32, gfn: u64, min_level
  * clear_dirty_pt_masked: for each set bit b of mask, clear W (wrprot) or D (PML) on the
  * 4K leaf of gfn + b. Huge leaves are skipped. The caller holds mmu_lock for write and
  * flushes TLBs afterwards (dirty-log protection keeps MMU-writable).
+ * `cache` (16 bytes: u64 (gfn >> 9) + 1, u32 leaf table) remembers the last leaf table
+ * walked, across calls of one GET/CLEAR/reset: the table structure cannot change while the
+ * write lock is held (callers empty the cache when they take the lock, and after splits).
  */
-export function tdp_clear_dirty_masked(vm: usize, as_id: u32, gfn: u64, mask: u64, wrprot: bool): void {
+export function tdp_clear_dirty_masked(vm: usize, as_id: u32, gfn: u64, mask: u64, wrprot: bool, cache: usize): void {
   const bit = wrprot ? SPTE_W : SPTE_D;
-  let table: usize = 0;
-  let table_gfn: u64 = 0xffff_ffff_ffff_ffff;
+  let table_tag = load<u64>(cache);
+  let table = <usize>load<u32>(cache + 8);
   while (mask != 0) {
     const g = gfn + ctz<u64>(mask);
     mask &= mask - 1;
-    if (g >> 9 != table_gfn) {
+    const tag = ((g >> 9) << 1 | <u64>as_id) + 1;
+    if (tag != table_tag) {
       // one walk per 512-page leaf table
-      table_gfn = g >> 9;
+      table_tag = tag;
       const w = tdp_walk(vm, as_id, g);
       table = (w & 7) == 1 ? (w & ~(<usize>0xfff)) : 0;
+      store<u64>(cache, table_tag);
+      store<u32>(cache + 8, <u32>table);
     }
     if (table == 0) continue;
     const p = table + ((<usize>(g & 511)) << 3);
     if ((atomic.load<u64>(p) & bit) != 0) atomic.and<u64>(p, ~bit);
   }
+}
+
+/** Empty a walk cache (see tdp_clear_dirty_masked). */
+@inline export function tdp_walk_cache_reset(cache: usize): void {
+  store<u64>(cache, 0);
 }
 
 function free_subtree(vm: usize, table: usize, level: u32): void {

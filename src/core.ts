@@ -17,6 +17,7 @@ export interface CoreExports {
   kvm_vcpu_kick(vcpu: number): void;
   kvm_run(vm: number, vcpu: number): number;
   kvm_flush_remote_tlbs(vm: number): void;
+  dirty_ring_reap(ring: number, entries: number, fetch: number, out: number, max: number): number;
   kvm_write_guest(vm: number, vcpu: number, gpa: bigint, value: bigint): number;
   kvm_enable_dirty_log_ring(vm: number, bytes: number): number;
   kvm_enable_dirty_ring_with_bitmap(vm: number, flags: number): number;

@@ -93,7 +93,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
   const values = new BigUint64Array(memory.buffer, memory.byteOffset, pages * 512);
   const vcpus = Array.from({ length: nVcpus }, (_, i) => vm.createVcpu(i));
   const regions = options.partition ? splitRegion(GPA, pages, nVcpus) : splitRegion(GPA, pages, nVcpus, true);
-  vcpus.forEach((v, i) => v.setWorkload({ pattern: options.pattern ?? "uniform", ...regions[i], batch: 1024 }));
+  for (const [i, v] of vcpus.entries()) v.setWorkload({ pattern: options.pattern ?? "uniform", ...regions[i], batch: 1024 });
 
   const bytes = Math.ceil(pages / 64) * 8;
   const bmap = [new Uint8Array(bytes), new Uint8Array(bytes)];

@@ -6,27 +6,29 @@
 //
 // Duplicates are normal (a page re-dirtied after a ring-full exit, reads that installed a
 // writable SPTE, ...): consumers must tolerate them.
-import { KVM_DIRTY_GFN_F_DIRTY, KVM_DIRTY_GFN_F_RESET } from "./constants.js";
 import type { Vcpu } from "./vcpu.js";
 import type { Vm } from "./vm.js";
 
 interface RingCursor {
-  flags: Int32Array;
-  words: Uint32Array;
-  mask: number;
+  ring: number;
+  entries: number;
   /** userspace's free-running fetch index */
   fetch: number;
+  /** scratch records (16 bytes: u32 slot, u32 pad, u64 offset) the WASM reaper fills */
+  out: number;
+  words: Uint32Array;
 }
 
+const BATCH = 4096;
 const cursors = new WeakMap<Vcpu, RingCursor>();
 
 function cursorOf(vcpu: Vcpu): RingCursor {
   let c = cursors.get(vcpu);
   if (!c) {
     const r = vcpu.dirtyRing;
-    const flags = new Int32Array(r.buffer, r.byteOffset, r.byteLength >> 2);
-    const words = new Uint32Array(r.buffer, r.byteOffset, r.byteLength >> 2);
-    c = { flags, words, mask: (r.byteLength >> 4) - 1, fetch: 0 };
+    const out = r.byteLength ? vcpu.vm.allocRegion(BATCH * 16, 64) : 0;
+    const words = new Uint32Array(vcpu.vm.memory.buffer, out, out ? BATCH * 4 : 0); // the memory may have grown
+    c = { ring: r.byteOffset, entries: r.byteLength >> 4, fetch: 0, out, words };
     cursors.set(vcpu, c);
   }
   return c;
@@ -35,23 +37,20 @@ function cursorOf(vcpu: Vcpu): RingCursor {
 /**
  * Harvest one vCPU's ring: calls onEntry(slot, offset) for each published entry in ring
  * order and marks it RESET. `offset` is the slot-relative page index. Returns the count.
+ * (The acquire / copy / RESET loop runs in WASM, a batch at a time.)
  */
 export function collectDirtyRing(vcpu: Vcpu, onEntry: (slot: number, offset: number) => void): number {
   const c = cursorOf(vcpu);
-  if (c.mask < 0) return 0;
-  const { flags, words, mask } = c;
-  let fetch = c.fetch;
-  let n = 0;
+  if (c.entries === 0) return 0;
+  const words = c.words;
+  let total = 0;
   while (true) {
-    const e = (fetch & mask) << 2; // 16-byte entries = 4 words
-    if (Atomics.load(flags, e) !== KVM_DIRTY_GFN_F_DIRTY) break; // acquire
-    onEntry(words[e + 1], words[e + 2] + words[e + 3] * 0x1_0000_0000);
-    Atomics.store(flags, e, KVM_DIRTY_GFN_F_RESET); // release
-    fetch = (fetch + 1) >>> 0;
-    n++;
+    const n = vcpu.vm.raw.dirty_ring_reap(c.ring, c.entries, c.fetch, c.out, BATCH);
+    for (let k = 0, w = 0; k < n; k++, w += 4) onEntry(words[w], words[w + 2] + words[w + 3] * 0x1_0000_0000);
+    c.fetch = (c.fetch + n) >>> 0;
+    total += n;
+    if (n < BATCH) return total;
   }
-  c.fetch = fetch;
-  return n;
 }
 
 export interface RingHarvest {
@@ -74,9 +73,9 @@ export function harvestDirtyRings(vm: Vm, options: { kick?: boolean } = {}): Rin
   if (options.kick ?? true) for (const vcpu of vm.vcpuList) vcpu.kick();
   for (const vcpu of vm.vcpuList) {
     entries += collectDirtyRing(vcpu, (slot, offset) => {
-      let list = offsets.get(slot);
-      if (!list) offsets.set(slot, (list = []));
-      list.push(offset);
+      const list = offsets.get(slot);
+      if (list) list.push(offset);
+      else offsets.set(slot, [offset]);
     });
   }
   const reset = vm.resetDirtyRings();

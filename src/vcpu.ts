@@ -39,7 +39,8 @@ export class Vcpu {
    * u64 offset @8), over the shared memory. Empty when the VM has no ring.
    */
   readonly dirtyRing: Uint8Array;
-  private readonly vm: Vm;
+  /** The VM this vCPU belongs to. */
+  readonly vm: Vm;
   private readonly core: CoreExports;
   private thread: VcpuThread | undefined;
   private starting: Promise<void> | undefined;

@@ -363,7 +363,7 @@ export class Vm {
   /** Guest bytes of a backed slot (a view into the shared memory), or undefined. */
   guestMemory(slot: number): Uint8Array | undefined {
     const r = this.slots.get(slot >>> 0);
-    if (!r || !r.backing) return undefined;
+    if (!r?.backing) return undefined;
     const s = this.slotAddr(slot >>> 0);
     const npages = Number(this.view().getBigUint64(s + L.SLOT_NPAGES, true));
     return new Uint8Array(this.memory.buffer, r.backing, npages * L.PAGE_SIZE);

@@ -3,7 +3,8 @@
 // anchors, for the property test in property.test.ts. No bit tricks: bitmaps are byte
 // arrays walked page by page, the page table is a tree of plain objects, slots a Map.
 //
-// What it models (one VM, dirty-bitmap mode: no ring, no PML, no internal slots):
+// What it models (one VM, no PML, no internal slots; dirty-bitmap mode, or dirty-ring mode
+// with or without KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP, see "Dirty ring" below):
 //   - two address spaces of memslots: CREATE / MOVE / FLAGS_ONLY / DELETE / no-op, with the
 //     kernel's validation order and errno (§1.3), generations (§1.4; a MOVE rejected by the
 //     arch max-gfn check has already invalidated and zapped), bitmap lifetime (§1.5) and
@@ -28,6 +29,33 @@
 // Not modelled: TLBs (a correct flush protocol is invisible here), the page-table pool's
 // capacity (the test keeps clear of it), MMU-notifier invalidations from VMM writes.
 //
+// Dirty ring (spec §3, anchors "Behaviour observed" / "Two slots on one ring"):
+//   - KVM_ENABLE_CAP(DIRTY_LOG_RING / ACQ_REL) with its checks in order (§3.3, no PML: the
+//     reserve is 64 entries), WITH_BITMAP (dirtlog offers it on its x86 model: ring enabled,
+//     flags 0, no memslot), vCPUs created afterwards get a ring of size/16 entries with
+//     soft limit entries − 64 (§3.4);
+//   - mark_page_dirty_in_slot routing (§3.8): a logged slot with a running vCPU pushes
+//     (as_id << 16 | id, slot-relative offset) to that vCPU's ring; without a vCPU the bitmap
+//     gets the bit if the slot has one (WITH_BITMAP), else the report is lost;
+//   - push (§3.5) raises the soft-full request at used ≥ soft limit; every guest entry
+//     (start of an access, and the re-entry after each fault) exits with
+//     KVM_EXIT_DIRTY_RING_FULL while the request is pending and the ring is soft-full (§3.6):
+//     the store (or load) that faulted has not retired, its retry after a reset faults again
+//     and pushes a duplicate;
+//   - the honest collector (§3.9): harvest every DIRTY entry in ring order;
+//   - KVM_RESET_DIRTY_RINGS (§3.7): per vCPU in creation order, the harvested prefix is
+//     reset with the kernel's coalescing into (slot, offset, 64-bit mask) batches; each batch
+//     is re-armed (§2.6) unless its slot is gone or offset + fls(mask) ≥ npages; returns
+//     the count, EINVAL without a ring;
+//   - GET/CLEAR → ENXIO on a ring VM without WITH_BITMAP (§2.3 step 1); bitmaps exist only
+//     when kvm_use_dirty_bitmap (§1.5);
+//   - kvm_write_guest / kvm_vcpu_write_guest (§6.4): KVM writes through the memslot mapping
+//     (no SPTE, no entry check): EFAULT for no slot or a read-only slot, else the host page
+//     exists, the bytes land and the page is marked dirty (ring push with a vCPU, bitmap
+//     without).
+// Not modelled for the ring: PML, a hard-full ring (used reaching `entries`: the model
+// throws), scribbling collectors, kicks.
+//
 // Conventions: numbers, not bigints, for gfns and page counts (all < 2^53); no bitwise
 // operators on values that may exceed 32 bits.
 
@@ -38,6 +66,12 @@ export const KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1;
 export const KVM_DIRTY_LOG_INITIALLY_SET = 2;
 export const KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = 168;
 export const KVM_EXIT_MMIO = 6;
+export const KVM_EXIT_DIRTY_RING_FULL = 31;
+export const KVM_CAP_DIRTY_LOG_RING = 192;
+export const KVM_CAP_DIRTY_LOG_RING_ACQ_REL = 223;
+export const KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP = 225;
+const KVM_DIRTY_RING_RSVD_ENTRIES = 64;
+const KVM_DIRTY_RING_MAX_ENTRIES = 65536;
 
 const NR_AS = 2;
 const KVM_USER_MEM_SLOTS = 32764;
@@ -60,8 +94,17 @@ export class ModelError extends Error {
  *   readFaultNeverReports  a read fault that maps a page writable does not log it
  *   classicGetNoRearm      classic GET returns the bits but does not write-protect
  *   moveZapsOwnAsOnly      MOVE/DELETE zap only the address space of the slot
+ *   ringResetNoRearm       KVM_RESET_DIRTY_RINGS frees the entries but re-arms nothing
+ *   ringSoftLimitIsSize    the soft limit is the ring size (no reserve): no exit at entries − 64
+ *   ringStoreBeforeExit    a store whose fault fills the ring retires before the exit
  */
-export type PlantedBug = "readFaultNeverReports" | "classicGetNoRearm" | "moveZapsOwnAsOnly";
+export type PlantedBug =
+  | "readFaultNeverReports"
+  | "classicGetNoRearm"
+  | "moveZapsOwnAsOnly"
+  | "ringResetNoRearm"
+  | "ringSoftLimitIsSize"
+  | "ringStoreBeforeExit";
 
 export interface ModelOptions {
   plant?: PlantedBug;
@@ -110,6 +153,28 @@ export interface Slot {
   mem: Map<number, Uint8Array> | null;
 }
 
+/** One vCPU's dirty ring (struct kvm_dirty_ring plus what the shared entries hold). */
+export interface Ring {
+  size: number;
+  softLimit: number;
+  /** Entries pushed and not yet reset, oldest first (dirty_index − reset_index of them). */
+  entries: Array<{ slot: number; offset: number }>;
+  /** How many of `entries` (a prefix) the collector has harvested (flags RESET). */
+  harvested: number;
+  /** Free-running dirty_index and reset_index (u32). */
+  dirtyIndex: number;
+  resetIndex: number;
+  /** KVM_REQ_DIRTY_RING_SOFT_FULL pending. */
+  softFullReq: boolean;
+}
+
+/** A ring entry as userspace reads it: flags (1 DIRTY, 2 RESET), slot, offset. */
+export interface RingEntryView {
+  flags: number;
+  slot: number;
+  offset: number;
+}
+
 export interface SpteView {
   level: number;
   h: boolean;
@@ -120,6 +185,12 @@ export interface SpteView {
 export class RefModel {
   /** KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 args[0]. */
   manual = 0;
+  /** kvm->dirty_ring_size in bytes (0: bitmap mode). */
+  ringBytes = 0;
+  /** kvm->dirty_ring_with_bitmap. */
+  withBitmap = false;
+  /** One per vCPU, in creation order (empty rings in bitmap mode: `size` 0). */
+  readonly rings: Ring[] = [];
   readonly gen: bigint[] = [0n, 1n];
   /** key = as << 16 | id */
   readonly slots = new Map<number, Slot>();
@@ -171,10 +242,157 @@ export class RefModel {
     b[p >> 3] &= ~(1 << (p & 7));
   }
 
-  /** mark_page_dirty_in_slot (bitmap mode): only logged slots with a bitmap. */
-  private markDirty(s: Slot, gfn: number): void {
-    if (!this.logged(s) || !s.bitmap) return;
-    this.setBit(s.bitmap, gfn - s.base);
+  /** kvm_use_dirty_bitmap (§3.3). */
+  get useDirtyBitmap(): boolean {
+    return this.ringBytes === 0 || this.withBitmap;
+  }
+
+  /**
+   * mark_page_dirty_in_slot (§3.8): only logged slots; on a ring VM a running vCPU (`cpu`)
+   * pushes to its ring; otherwise the bitmap, if the slot has one; otherwise lost.
+   */
+  private markDirty(s: Slot, gfn: number, cpu?: number): void {
+    if (!this.logged(s)) return;
+    if (this.ringBytes !== 0 && cpu !== undefined) {
+      this.push(cpu, ((s.as << 16) | s.id) >>> 0, gfn - s.base);
+      return;
+    }
+    if (s.bitmap) this.setBit(s.bitmap, gfn - s.base);
+    else if (this.ringBytes !== 0) this.ev("ring: lost (no vCPU, no bitmap)");
+  }
+
+  // ------------------------------------------------------------------ dirty ring
+  /** KVM_CREATE_VCPU: a ring of ringBytes / 16 entries on a ring VM. Returns the index. */
+  createVcpu(): number {
+    const size = this.ringBytes / 16;
+    const soft = this.plant === "ringSoftLimitIsSize" ? size : size - KVM_DIRTY_RING_RSVD_ENTRIES;
+    this.rings.push({
+      size,
+      softLimit: size ? soft : 0,
+      entries: [],
+      harvested: 0,
+      dirtyIndex: 0,
+      resetIndex: 0,
+      softFullReq: false,
+    });
+    return this.rings.length - 1;
+  }
+
+  /** kvm_dirty_ring_push (§3.5). */
+  private push(cpu: number, slot: number, offset: number): void {
+    const r = this.rings[cpu];
+    if (r.entries.length >= r.size) throw new Error("model: push into a hard-full ring (not modelled)");
+    r.entries.push({ slot, offset });
+    r.dirtyIndex = (r.dirtyIndex + 1) >>> 0;
+    this.ev("ring push");
+    if (r.entries.length >= r.softLimit) {
+      if (!r.softFullReq) this.ev("ring soft-full request");
+      r.softFullReq = true;
+    }
+  }
+
+  /**
+   * vcpu_enter_guest → kvm_dirty_ring_check_request (§3.6): exit while the request is
+   * pending and the ring is still soft-full; else the request is consumed.
+   */
+  private enterGuest(cpu: number): number {
+    const r = this.rings[cpu];
+    if (!r || !r.softFullReq) return 0;
+    if (r.entries.length >= r.softLimit) {
+      this.ev("ring-full exit");
+      return KVM_EXIT_DIRTY_RING_FULL;
+    }
+    r.softFullReq = false;
+    return 0;
+  }
+
+  /** The ring's entries from reset_index to dirty_index as userspace sees their flags. */
+  ringView(cpu: number): RingEntryView[] {
+    const r = this.rings[cpu];
+    return r.entries.map((e, i) => ({ flags: i < r.harvested ? 2 : 1, slot: e.slot, offset: e.offset }));
+  }
+
+  /** The collector (§3.9): every DIRTY entry in ring order, now RESET. */
+  collect(cpu: number): Array<[number, number]> {
+    const r = this.rings[cpu];
+    if (!r || r.size === 0) return [];
+    const out = r.entries.slice(r.harvested).map((e): [number, number] => [e.slot, e.offset]);
+    r.harvested = r.entries.length;
+    if (out.length) this.ev("ring collect (non-empty)");
+    return out;
+  }
+
+  /** KVM_RESET_DIRTY_RINGS (§3.7). */
+  resetDirtyRings(): number {
+    if (this.ringBytes === 0) throw new ModelError("EINVAL", "KVM_RESET_DIRTY_RINGS");
+    let total = 0;
+    for (const r of this.rings) {
+      const batch = r.entries.splice(0, r.harvested);
+      r.harvested = 0;
+      r.resetIndex = (r.resetIndex + batch.length) >>> 0;
+      total += batch.length;
+      // kvm_dirty_ring_reset's coalescing: forward within 64 pages, or backward when no
+      // set bit falls off the top of the 64-bit mask.
+      let curSlot = 0;
+      let curOff = 0;
+      let mask = 0n;
+      for (const e of batch) {
+        if (mask !== 0n && e.slot === curSlot) {
+          const d = e.offset - curOff;
+          if (d >= 0 && d < 64) {
+            mask |= 1n << BigInt(d);
+            continue;
+          }
+          if (d > -64 && d < 0 && BigInt.asUintN(64, mask << BigInt(-d)) >> BigInt(-d) === mask) {
+            curOff = e.offset;
+            mask = BigInt.asUintN(64, mask << BigInt(-d)) | 1n;
+            this.ev("ring reset: backward coalesce");
+            continue;
+          }
+        }
+        this.resetGfn(curSlot, curOff, mask);
+        curSlot = e.slot;
+        curOff = e.offset;
+        mask = 1n;
+      }
+      this.resetGfn(curSlot, curOff, mask);
+    }
+    if (total) this.ev("ring reset (non-empty)");
+    return total;
+  }
+
+  /** kvm_reset_dirty_gfn: re-arm a batch unless its slot is gone or it reaches past the end. */
+  private resetGfn(slot: number, offset: number, mask: bigint): void {
+    if (mask === 0n) return;
+    const as = slot >>> 16;
+    const id = slot & 0xffff;
+    if (as >= NR_AS || id >= KVM_USER_MEM_SLOTS) return;
+    const s = this.slots.get((as << 16) | id);
+    if (!s) {
+      this.ev("ring reset: slot gone");
+      return;
+    }
+    const pages: number[] = [];
+    for (let i = 0; i < 64; i++) if ((mask >> BigInt(i)) & 1n) pages.push(offset + i);
+    if (pages[pages.length - 1] >= s.npages) {
+      this.ev("ring reset: batch beyond slot end");
+      return;
+    }
+    if (this.plant === "ringResetNoRearm") return;
+    this.rearm(s, pages);
+  }
+
+  /**
+   * kvm_write_guest (cpu undefined: no running vCPU, address space 0) or
+   * kvm_vcpu_write_guest (`cpu` in address space `as`), 8 bytes (§6.4).
+   */
+  kvmWriteGuest(cpu: number | undefined, as: number, gpa: number, value: bigint): void {
+    const gfn = Math.floor(gpa / PAGE_SIZE);
+    const s = this.slotAt(cpu === undefined ? 0 : as, gfn);
+    if (!s || this.readonly_(s)) throw new ModelError("EFAULT", "kvm_write_guest");
+    this.memStore(s, gpa, value);
+    s.present[gfn - s.base] = 1;
+    this.markDirty(s, gfn, cpu);
   }
 
   // ------------------------------------------------------------------ page table
@@ -342,6 +560,23 @@ export class RefModel {
   // ------------------------------------------------------------------ KVM_ENABLE_CAP
   enableCap(cap: number, arg0: number | bigint, flags = 0): void {
     const call = "KVM_ENABLE_CAP";
+    if (cap === KVM_CAP_DIRTY_LOG_RING || cap === KVM_CAP_DIRTY_LOG_RING_ACQ_REL) {
+      // §3.3: args[0] reaches a u32 size; flags are not checked
+      const size = Number(BigInt.asUintN(32, BigInt(arg0)));
+      if (size === 0 || (size & (size - 1)) !== 0) throw new ModelError("EINVAL", call);
+      if (size < KVM_DIRTY_RING_RSVD_ENTRIES * 16 || size < PAGE_SIZE) throw new ModelError("EINVAL", call);
+      if (size > KVM_DIRTY_RING_MAX_ENTRIES * 16) throw new ModelError("E2BIG", call);
+      if (this.ringBytes !== 0) throw new ModelError("EINVAL", call);
+      if (this.rings.length !== 0) throw new ModelError("EINVAL", call);
+      this.ringBytes = size;
+      return;
+    }
+    if (cap === KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP) {
+      if (this.ringBytes === 0 || flags !== 0) throw new ModelError("EINVAL", call);
+      if (this.slots.size !== 0) throw new ModelError("EINVAL", call);
+      this.withBitmap = true;
+      return;
+    }
     if (cap !== KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) throw new ModelError("EINVAL", call);
     const v = BigInt.asUintN(64, BigInt(arg0));
     // flags must be 0; args[0] ⊆ {ENABLE}, plus INITIALLY_SET only with ENABLE: 0, 1, 3.
@@ -468,6 +703,7 @@ export class RefModel {
       return;
     }
     if (s.bitmap) return; // reused, bits preserved
+    if (!this.useDirtyBitmap) return; // ring-only VM: no bitmap
     s.bitmap = new Uint8Array(this.bitmapBytes(s.npages));
     if (this.manual & KVM_DIRTY_LOG_INITIALLY_SET) for (let p = 0; p < s.npages; p++) this.setBit(s.bitmap, p);
   }
@@ -533,6 +769,7 @@ export class RefModel {
   // ------------------------------------------------------------------ dirty log
   /** Common checks of GET/CLEAR (§2.3): EINVAL for the id, ENOENT without a bitmap. */
   private dirtyLogSlot(slotArg: number, call: string, firstPage?: bigint): Slot {
+    if (!this.useDirtyBitmap) throw new ModelError("ENXIO", call); // §2.3 step 1
     const as = slotArg >>> 16;
     const id = slotArg & 0xffff;
     if (as >= NR_AS || id >= KVM_USER_MEM_SLOTS) throw new ModelError("EINVAL", call);
@@ -644,7 +881,7 @@ export class RefModel {
    * the whole frame (THP) and is logged in a dirty-logged slot; any other read maps the
    * zero page read-only at 4K (0 0 0). Returns an exit reason or 0 (walk again).
    */
-  private slowFault(as: number, gpa: number, write: boolean): number {
+  private slowFault(as: number, gpa: number, write: boolean, cpu: number): number {
     const gfn = Math.floor(gpa / PAGE_SIZE);
     const s = this.slotAt(as, gfn);
     if (!s) {
@@ -677,15 +914,21 @@ export class RefModel {
       const sp = span(at.level);
       const frame = gfn - (gfn % sp);
       s.present.fill(1, frame - s.base, frame - s.base + sp);
-      if (write || this.plant !== "readFaultNeverReports") this.markDirty(s, gfn);
+      if (write || this.plant !== "readFaultNeverReports") this.markDirty(s, gfn, cpu);
       if (!write && this.logged(s)) this.ev("read fault reported");
     }
     return 0;
   }
 
-  /** One 8-byte guest store from a vCPU in address space `as`; returns the exit reason. */
-  write(as: number, gpa: number, value: bigint): number {
+  /**
+   * One 8-byte guest store from vCPU `cpu` in address space `as` (one KVM_RUN); returns the
+   * exit reason. Every fault is a VM exit and re-enters (enterGuest), where a soft-full ring
+   * exits before the store retires.
+   */
+  write(as: number, gpa: number, value: bigint, cpu = 0): number {
     const gfn = Math.floor(gpa / PAGE_SIZE);
+    let r = this.enterGuest(cpu);
+    if (r) return r;
     for (let tries = 0; tries < 8; tries++) {
       const w = this.walk(as, gfn);
       if (w.leaf) {
@@ -701,27 +944,42 @@ export class RefModel {
           if (s && (w.level === 1 || !this.logged(s))) {
             this.ev(`fast fault${this.logged(s) ? " (logged)" : ""}`);
             w.leaf.w = true;
-            this.markDirty(s, gfn);
+            this.markDirty(s, gfn, cpu);
+            r = this.enterGuest(cpu);
+            if (r && this.plant === "ringStoreBeforeExit") this.memStore(s, gpa, value);
+            if (r) return r;
             continue;
           }
         }
       }
-      const r = this.slowFault(as, gpa, true);
+      r = this.slowFault(as, gpa, true, cpu);
+      if (r) return r;
+      r = this.enterGuest(cpu);
+      if (r && this.plant === "ringStoreBeforeExit") {
+        const s = this.slotAt(as, gfn);
+        if (s) this.memStore(s, gpa, value);
+      }
       if (r) return r;
     }
     throw new Error("model: write did not converge");
   }
 
-  /** One 8-byte guest load; reads of mapped pages never fault (and never report). */
-  read(as: number, gpa: number): { value: bigint; exit: number } {
+  /**
+   * One 8-byte guest load (one KVM_RUN); reads of mapped pages never fault (and never
+   * report). An exit (MMIO, ring full) reads 0.
+   */
+  read(as: number, gpa: number, cpu = 0): { value: bigint; exit: number } {
     const gfn = Math.floor(gpa / PAGE_SIZE);
+    let r = this.enterGuest(cpu);
+    if (r) return { value: 0n, exit: r };
     for (let tries = 0; tries < 8; tries++) {
       const w = this.walk(as, gfn);
       if (w.leaf) {
         const s = this.slotAt(as, gfn) as Slot;
         return { value: this.memValue(s, gpa), exit: 0 };
       }
-      const r = this.slowFault(as, gpa, false);
+      r = this.slowFault(as, gpa, false, cpu);
+      if (!r) r = this.enterGuest(cpu);
       if (r) return { value: 0n, exit: r };
     }
     throw new Error("model: read did not converge");

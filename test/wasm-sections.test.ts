@@ -22,7 +22,7 @@ function leb(bytes: Uint8Array, at: number): [number, number] {
   }
 }
 
-export function sections(bytes: Uint8Array): Section[] {
+function sections(bytes: Uint8Array): Section[] {
   const out: Section[] = [];
   let i = 8;
   while (i < bytes.length) {
