@@ -18,13 +18,17 @@
 //   (= entries − 64, − 512 more with PML); full ⇔ used ≥ entries.
 //   Entry for count c: ring[c & (entries − 1)].
 //
+// Private copy (VCPU_RING_PRIV), 16 bytes per entry: u32 ~index (the push number, a tag),
+// u32 slot, u64 offset — written before the entry's flags are published.
+//
 // Untrusted userspace: the ring is writable by the collector. For an honest collector
 // (flags only ever 1 → 2) dirtlog behaves exactly as KVM; against a scribbling one it is
 // stricter, so that no collector write can leave a page un-armed:
 //   - the core keeps its own copy of each entry's (slot, offset) at push time
 //     (VCPU_RING_PRIV) and resets from it, so rewriting slot/offset cannot make the reset
 //     re-arm the wrong page (KVM re-reads the shared fields);
-//   - the reset walks only entries that were pushed (never past dirty_index) and stops
+//   - the reset walks only entries that were pushed (below dirty_index, or tagged as pushed
+//     in the private copy: a push publishes flags before it advances dirty_index) and stops
 //     only at an entry whose flags are exactly DIRTY (not yet harvested); any other value
 //     counts as harvested (KVM stops at any value without the RESET bit, so a zeroed
 //     harvested entry would stall its ring for good).
@@ -93,6 +97,7 @@ export function dirty_ring_push(vm: usize, vcpu: usize, slot: u32, offset: u64):
   const at = <usize>(index & (load<u32>(vcpu + VCPU_RING_ENTRIES) - 1)) << 4;
   const e = <usize>load<u32>(vcpu + VCPU_RING) + at;
   const p = <usize>load<u32>(vcpu + VCPU_RING_PRIV) + at;
+  store<u32>(p, ~index); // tag: pushed as number `index` (see dirty_ring_reset)
   store<u32>(p + 4, slot);
   store<u64>(p + 8, offset);
   store<u32>(e + 4, slot);
@@ -149,7 +154,7 @@ export function dirty_ring_reset(vm: usize, vcpu: usize): u32 {
   if (ring == 0) return 0;
   const priv = <usize>load<u32>(vcpu + VCPU_RING_PRIV);
   const size_mask = load<u32>(vcpu + VCPU_RING_ENTRIES) - 1;
-  let dirty = atomic.load<u32>(vcpu + VCPU_DIRTY_INDEX);
+  const dirty = atomic.load<u32>(vcpu + VCPU_DIRTY_INDEX);
   let index = load<u32>(vcpu + VCPU_RESET_INDEX);
   let count: u32 = 0;
   let cur_slot: u32 = 0;
@@ -163,13 +168,11 @@ export function dirty_ring_reset(vm: usize, vcpu: usize): u32 {
     const e = ring + at;
     const flags = atomic.load<u32>(e);
     if (flags == KVM_DIRTY_GFN_F_DIRTY) break; // not harvested yet
-    if (index == dirty) {
-      // Past the last push we know of. A push publishes its flags just before it advances
-      // dirty_index, so a harvested entry here may be one whose push is finishing on its
-      // vCPU: wait for dirty_index briefly; an entry that was never pushed is not walked.
-      if ((flags & KVM_DIRTY_GFN_F_RESET) == 0) break;
-      for (let spin = 0; spin < 65536 && dirty == index; spin++) dirty = atomic.load<u32>(vcpu + VCPU_DIRTY_INDEX);
-      if (dirty == index) break;
+    if (<i32>(index - dirty) >= 0) {
+      // Past the last push we saw. A push publishes its flags just before it advances
+      // dirty_index, so a harvested entry here may belong to a push still finishing on its
+      // vCPU: its private tag says so. An entry that was never pushed is not walked.
+      if ((flags & KVM_DIRTY_GFN_F_RESET) == 0 || load<u32>(priv + at) != ~index) break;
     }
     const next_slot = load<u32>(priv + at + 4);
     const next_offset = load<u64>(priv + at + 8);

@@ -24,10 +24,10 @@ import {
   KVM_EXIT_INTERNAL_ERROR,
   KVM_EXIT_INTR,
   KVM_EXIT_MMIO,
+  KVM_MAX_GFN,
   KVM_REQ_EXIT,
   KVM_REQ_KICK,
   OUTSIDE_GUEST_MODE,
-  READING_SHADOW_PAGE_TABLES,
   VCPU_LAST_GPA,
   VCPU_LAST_SLOT,
   VCPU_READ_VALUE,
@@ -207,6 +207,9 @@ export function vcpu_check_exit_request(vcpu: usize): u32 {
  */
 export function guest_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
   const gfn = gpa >> 12;
+  // beyond the 48-bit guest physical space no slot exists, and the 4-level walk would
+  // alias a low address: an access there is MMIO (KVM emulates it)
+  if (gfn > KVM_MAX_GFN) return exit_mmio(vcpu, gpa);
   const as_id = load<u32>(vcpu + VCPU_AS);
   const tlb = tlb_on(vm);
   if (tlb) {
@@ -250,9 +253,11 @@ export function guest_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
         return 0;
       }
       if ((spte & SPTE_M) != 0) {
-        // fast_page_fault: an EPT-violation exit handled without mmu_lock. Lockless walkers
-        // announce READING_SHADOW_PAGE_TABLES so that a zap's flush waits for them.
-        atomic.store<u32>(vcpu + VCPU_MODE, READING_SHADOW_PAGE_TABLES);
+        // fast_page_fault: an EPT-violation exit handled without mmu_lock. The vCPU keeps
+        // IN_GUEST_MODE meanwhile (it serves no request until it re-checks below), so a
+        // flusher — a zap about to reuse page-table pages, a harvest about to return —
+        // waits for this lockless walk exactly as it waits for a guest store; KVM announces
+        // READING_SHADOW_PAGE_TABLES for the same purpose.
         pml_flush(vm, vcpu); // every exit drains the PML buffer
         const slot = vcpu_memslot(vm, vcpu, as_id, gfn);
         // refuses huge SPTEs of a dirty-logged slot (they are split by the slow path)
@@ -263,9 +268,8 @@ export function guest_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
             mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
             store<u64>(vcpu + VCPU_FAST_FAULTS, load<u64>(vcpu + VCPU_FAST_FAULTS) + 1);
           }
-          // re-enter: mode first, then requests. With none pending the store retires
-          // through the SPTE we just fixed (a flush requested later waits for this store).
-          atomic.store<u32>(vcpu + VCPU_MODE, IN_GUEST_MODE);
+          // re-entry: with no request pending the store retires through the SPTE just
+          // fixed; otherwise serve them (a full ring exits before the store retires)
           if (won && atomic.load<u32>(vcpu + VCPU_REQUESTS) == 0) {
             const host = host_addr(fixed, level, gpa);
             if (tlb) tlb_fill(vcpu, as_id, gfn, host & ~(<usize>0xfff));
@@ -276,7 +280,6 @@ export function guest_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
           if (r != 0) return r;
           continue;
         }
-        atomic.store<u32>(vcpu + VCPU_MODE, OUTSIDE_GUEST_MODE);
       }
     }
     vcpu_exit_guest(vm, vcpu);
@@ -289,6 +292,7 @@ export function guest_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
 
 /** The guest executes one 8-byte load; like guest_write (no TLB: loads always walk). */
 function guest_read(vm: usize, vcpu: usize, gpa: u64, out: usize): u32 {
+  if (gpa >> 12 > KVM_MAX_GFN) return exit_mmio(vcpu, gpa); // see guest_write
   const as_id = load<u32>(vcpu + VCPU_AS);
   while (true) {
     const w = tdp_walk(vm, as_id, gpa >> 12);

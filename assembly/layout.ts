@@ -149,7 +149,6 @@ export const VCPU_LAST_SLOT: u32 = 228; // u32 × KVM_NR_AS: last memslot the fa
 // vcpu->mode (include/linux/kvm_host.h)
 export const OUTSIDE_GUEST_MODE: u32 = 0;
 export const IN_GUEST_MODE: u32 = 1;
-export const READING_SHADOW_PAGE_TABLES: u32 = 3;
 export const TLB_ENTRIES: u32 = 2048;
 
 // ---- vCPU requests (kvm_make_request bit numbers) ----

@@ -17,10 +17,11 @@
 //
 // Flush protocol (kvm_make_all_cpus_request with wait): set the request on every vCPU,
 // then wait for each vCPU until it has acknowledged (cleared the request) or is outside
-// guest mode. A vCPU in READING_SHADOW_PAGE_TABLES (a lockless fast-path walk) is always
-// waited for, so page-table pages freed under the write lock cannot be reused while a
-// lockless walker still reads them. A vCPU entering guest mode sets IN_GUEST_MODE and then
-// checks requests (both seq-cst), so it cannot miss a request made while it was outside.
+// guest mode. A vCPU's lockless walks (TLB misses, the fast page fault) happen in guest
+// mode, between two request checks, so page-table pages freed under the write lock cannot
+// be reused while such a walker still reads them: the zap's flush waits for it. A vCPU
+// entering guest mode sets IN_GUEST_MODE and then checks requests (both seq-cst), so it
+// cannot miss a request made while it was outside.
 import {
   IN_GUEST_MODE,
   KVM_REQ_TLB_FLUSH,
