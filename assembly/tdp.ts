@@ -112,6 +112,16 @@ export function tdp_get_or_create(vm: usize, as_id: u32, gfn: u64, target: u32):
 }
 
 /**
+ * The entries of a table (covering gfns from `base`, `span` pages each) that meet
+ * [start, end), as first | last << 16. The range must meet the table.
+ */
+@inline function entry_range(base: u64, span: u64, start: u64, end: u64): u32 {
+  const first: u32 = start > base ? <u32>((start - base) / span) : 0;
+  const last = (end - 1 - base) / span;
+  return first | ((last >= 511 ? 511 : <u32>last) << 16);
+}
+
+/**
  * Apply `op` to every present entry of [start, end) under `table` (at `level`, covering
  * gfns from `base`). Returns 2 if W/D bits were cleared, 0 if nothing changed (these
  * operations never clear MMU-writable, so the flush may be deferred).
@@ -127,9 +137,9 @@ export function tdp_range_op(
   min_level: u32,
 ): u32 {
   const span = level_pages(level);
-  const i0: u32 = start > base ? <u32>((start - base) / span) : 0;
-  const last = (end - 1 - base) / span;
-  const i1: u32 = last >= 511 ? 511 : <u32>last;
+  const range = entry_range(base, span, start, end);
+  const i0 = range & 0xffff;
+  const i1 = range >> 16;
   let result: u32 = 0;
   for (let i = i0; i <= i1; i++) {
     const p = table + (<usize>i << 3);
@@ -272,9 +282,9 @@ export function tdp_recover_huge(
   host_present: usize,
 ): u32 {
   const span = level_pages(level);
-  const i0: u32 = start > base ? <u32>((start - base) / span) : 0;
-  const last = (end - 1 - base) / span;
-  const i1: u32 = last >= 511 ? 511 : <u32>last;
+  const range = entry_range(base, span, start, end);
+  const i0 = range & 0xffff;
+  const i1 = range >> 16;
   let n: u32 = 0;
   for (let i = i0; i <= i1; i++) {
     const p = table + (<usize>i << 3);
