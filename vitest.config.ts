@@ -1,13 +1,58 @@
-import { defineConfig } from "vitest/config";
+import { playwright } from "@vitest/browser-playwright";
+import { configDefaults, defineConfig } from "vitest/config";
+
+// Shared memory can only be posted to a Web Worker from a cross-origin isolated page.
+const crossOriginIsolation = {
+  "Cross-Origin-Opener-Policy": "same-origin",
+  "Cross-Origin-Embedder-Policy": "require-corp",
+};
 
 export default defineConfig({
   test: {
-    include: ["test/**/*.test.ts"],
     // The JSON report is what .ci/run counts; the default reporter is for people.
     reporters: ["default", ["json", { outputFile: "test-results/vitest.json" }]],
     testTimeout: 120_000,
     hookTimeout: 120_000,
     // 2 cores: one worker process per core at most.
     maxWorkers: 2,
+    projects: [
+      {
+        extends: true,
+        test: {
+          name: "node",
+          include: ["test/**/*.test.ts"],
+          exclude: [...configDefaults.exclude, "test/browser/**"],
+        },
+      },
+      {
+        // The built package (dist/ + build/dirtlog.wasm) in headless Debian Chromium, with
+        // real Web Workers; no browser download (/usr/bin/chromium, see .ci/run).
+        extends: true,
+        server: { headers: crossOriginIsolation },
+        test: {
+          name: "browser",
+          include: ["test/browser/**/*.browser.test.ts"],
+          browser: {
+            enabled: true,
+            headless: true,
+            screenshotFailures: false,
+            instances: [{ browser: "chromium" }],
+            provider: playwright({
+              launchOptions: {
+                executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
+                args: [
+                  "--no-sandbox",
+                  "--disable-gpu",
+                  "--disable-background-networking",
+                  "--disable-component-update",
+                  "--disable-sync",
+                  "--no-first-run",
+                ],
+              },
+            }),
+          },
+        },
+      },
+    ],
   },
 });

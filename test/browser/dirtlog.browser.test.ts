@@ -1,0 +1,128 @@
+// The built package in a real browser (headless Chromium, vitest browser mode): the page is
+// cross-origin isolated, the core is fetched and compiled with compileStreaming, and the
+// vCPU threads are real Web Workers (dist/vcpu-worker.js) on the VM's shared memory.
+// Imports dist/ like a user's bundler would serve it, so the worker and wasm URLs
+// (new URL(..., import.meta.url)) resolve from dist/ to dist/vcpu-worker.js and build/dirtlog.wasm.
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { KVM_MEM_LOG_DIRTY_PAGES, type Vm, createVm, runDirtyLogTest } from "../../dist/index.js";
+
+const GPA = 0x1_0000_0000;
+
+function setPages(bitmap: Uint8Array): number[] {
+  const pages: number[] = [];
+  for (let i = 0; i < bitmap.length * 8; i++) if (bitmap[i >> 3] & (1 << (i & 7))) pages.push(i);
+  return pages;
+}
+
+// Count the Web Workers the library starts (the endpoint adapter calls the global Worker).
+const NativeWorker = globalThis.Worker;
+let workersSpawned: string[] = [];
+beforeEach(() => {
+  workersSpawned = [];
+  globalThis.Worker = class extends NativeWorker {
+    constructor(url: string | URL, options?: WorkerOptions) {
+      super(url, options);
+      workersSpawned.push(String(url));
+    }
+  };
+});
+afterEach(() => {
+  globalThis.Worker = NativeWorker;
+});
+
+describe("dirtlog in a browser (Chromium, Web Workers)", () => {
+  it("runs in a browser main thread that is cross-origin isolated", () => {
+    expect(typeof process === "undefined" || typeof process.versions?.node !== "string").toBe(true);
+    expect(typeof window).toBe("object");
+    expect(crossOriginIsolated).toBe(true);
+    expect(typeof SharedArrayBuffer).toBe("function");
+  });
+
+  it("createVm() fetches build/dirtlog.wasm (application/wasm) and compiles it in the page", async () => {
+    const vm = await createVm({ maxMemoryBytes: 256 << 20, mmuPoolBytes: 8 << 20 });
+    try {
+      expect(vm.memory.buffer).toBeInstanceOf(SharedArrayBuffer);
+      const wasm = performance
+        .getEntriesByType("resource")
+        .map((e) => new URL(e.name))
+        .filter((u) => u.pathname.endsWith("/build/dirtlog.wasm"));
+      expect(wasm.length).toBeGreaterThan(0);
+      const res = await fetch(wasm[0]);
+      expect(res.headers.get("content-type")).toMatch(/^application\/wasm/);
+    } finally {
+      await vm.close();
+    }
+  });
+
+  describe("single-threaded writes and KVM_GET_DIRTY_LOG", () => {
+    let vm: Vm;
+    beforeEach(async () => {
+      vm = await createVm({ maxMemoryBytes: 256 << 20, mmuPoolBytes: 8 << 20 });
+    });
+    afterEach(async () => {
+      await vm.close();
+    });
+
+    it("GET reports exactly the written pages, then re-protects them", () => {
+      const npages = 1000; // not a multiple of 64: a ragged bitmap end
+      vm.setUserMemoryRegion({
+        slot: 0,
+        flags: KVM_MEM_LOG_DIRTY_PAGES,
+        guestPhysAddr: GPA,
+        memorySize: npages * 4096,
+        backed: true,
+      });
+      const vcpu = vm.createVcpu(0);
+      const written = [0, 1, 5, 63, 64, 65, 127, 500, 998, 999];
+      for (const p of written) expect(vcpu.writeGuest(GPA + p * 4096 + 8, BigInt(p) + 1n)).toBe(0);
+      vcpu.writeGuest(GPA + 5 * 4096 + 16, 7n); // a second store to page 5: still one page
+
+      const bitmap = vm.getDirtyLog(0);
+      expect(bitmap.length).toBe(Math.ceil(npages / 64) * 8);
+      expect(setPages(bitmap)).toEqual(written);
+      const memory = vm.guestMemory(0) as Uint8Array;
+      const view = new DataView(memory.buffer, memory.byteOffset, memory.byteLength);
+      for (const p of written) expect(view.getBigUint64(p * 4096 + 8, true)).toBe(BigInt(p) + 1n);
+
+      // nothing written since: empty; then only the pages written again
+      expect(setPages(vm.getDirtyLog(0))).toEqual([]);
+      for (const p of [64, 999]) expect(vcpu.writeGuest(GPA + p * 4096, 1n)).toBe(0);
+      expect(vcpu.readGuest(GPA + 3 * 4096)).toBe(0n); // an untouched page, read: zero page, not logged
+      expect(setPages(vm.getDirtyLog(0))).toEqual([64, 999]);
+      expect(workersSpawned).toEqual([]);
+    });
+  });
+
+  describe("no lost dirty page with real Web Workers (dirty_log_test, 2 vCPUs, 8 iterations)", () => {
+    for (const [name, options] of [
+      ["dirty-log (classic GET)", { mode: "dirty-log" }],
+      ["clear-log (manual protect + INITIALLY_SET)", { mode: "clear-log" }],
+      ["dirty-ring, 256 entries (ring-full exits, workers sleep until a reset)", { mode: "dirty-ring", ringEntries: 256 }],
+      ["dirty-ring, 1024 entries", { mode: "dirty-ring", ringEntries: 1024 }],
+    ] as const) {
+      it(name, async () => {
+        const r = await runDirtyLogTest({ ...options, vcpus: 2, iterations: 8 });
+        console.log(
+          `browser ${r.mode}: ${r.pagesChecked} page checks, ${r.dirtyPages} reported, ${r.writes} writes, ` +
+            `${r.ringFullExits} ring-full exits, ${r.harvests} harvests, lost ${r.lost}`,
+        );
+        expect(workersSpawned).toHaveLength(2);
+        for (const url of workersSpawned) expect(new URL(url, location.href).pathname).toMatch(/\/dist\/vcpu-worker\.js$/);
+        expect(r.firstError).toBeUndefined();
+        expect(r.lost).toBe(0);
+        expect(r.wrongValue).toBe(0);
+        expect(r.pagesChecked).toBe(8 * ((1 << 14) + 3));
+        expect(r.writes).toBeGreaterThan(8n * 0x100n);
+        expect(r.dirtyPages).toBeGreaterThan(0);
+        if (options.mode === "dirty-ring" && options.ringEntries === 256) expect(r.ringFullExits).toBeGreaterThan(0n);
+      });
+    }
+
+    it("the harness catches lost pages: with remote TLB flushes never delivered, pages are lost", async () => {
+      // the workers keep writing through stale writable translations after GET re-protects
+      const r = await runDirtyLogTest({ mode: "dirty-log", vcpus: 2, iterations: 8, pages: 128 + 3, skipTlbFlush: true });
+      expect(workersSpawned).toHaveLength(2);
+      expect(r.lost).toBeGreaterThan(0);
+    });
+  });
+});
