@@ -255,10 +255,13 @@ export class RefModel {
     if (!this.logged(s)) return;
     if (this.ringBytes !== 0 && cpu !== undefined) {
       this.push(cpu, ((s.as << 16) | s.id) >>> 0, gfn - s.base);
+      if (s.as === 1) this.ev("ring push (SMM slot)");
       return;
     }
-    if (s.bitmap) this.setBit(s.bitmap, gfn - s.base);
-    else if (this.ringBytes !== 0) this.ev("ring: lost (no vCPU, no bitmap)");
+    if (s.bitmap) {
+      if (this.ringBytes !== 0) this.ev("ring VM: bitmap set (no vCPU, WITH_BITMAP)");
+      this.setBit(s.bitmap, gfn - s.base);
+    } else if (this.ringBytes !== 0) this.ev("ring: lost (no vCPU, no bitmap)");
   }
 
   // ------------------------------------------------------------------ dirty ring
@@ -285,6 +288,8 @@ export class RefModel {
     r.entries.push({ slot, offset });
     r.dirtyIndex = (r.dirtyIndex + 1) >>> 0;
     this.ev("ring push");
+    if (r.dirtyIndex % r.size === 0) this.ev("ring wrapped");
+    if (r.entries.length > r.softLimit) this.ev("ring push past the soft limit");
     if (r.entries.length >= r.softLimit) {
       if (!r.softFullReq) this.ev("ring soft-full request");
       r.softFullReq = true;
@@ -297,7 +302,7 @@ export class RefModel {
    */
   private enterGuest(cpu: number): number {
     const r = this.rings[cpu];
-    if (!r || !r.softFullReq) return 0;
+    if (!r?.softFullReq) return 0;
     if (r.entries.length >= r.softLimit) {
       this.ev("ring-full exit");
       return KVM_EXIT_DIRTY_RING_FULL;
@@ -379,6 +384,7 @@ export class RefModel {
       return;
     }
     if (this.plant === "ringResetNoRearm") return;
+    this.ev(`ring reset re-arm${this.logged(s) ? "" : " (slot not logged)"}${pages.length > 1 ? " (batch)" : ""}`);
     this.rearm(s, pages);
   }
 
@@ -400,6 +406,9 @@ export class RefModel {
   private walk(as: number, gfn: number): { leaf: Leaf | undefined; level: number; table: Table; idx: number } {
     let table = this.roots[as];
     let level = 4;
+    // Nothing is mapped above the 48-bit guest physical space (no memslot can reach it,
+    // §1.3 step 9): such a gfn never aliases a lower one; its fault finds no slot (MMIO).
+    if (gfn > KVM_MAX_GFN) return { leaf: undefined, level, table, idx: -1 };
     for (;;) {
       const idx = indexAt(gfn, level);
       const e = table.e[idx];
@@ -769,7 +778,10 @@ export class RefModel {
   // ------------------------------------------------------------------ dirty log
   /** Common checks of GET/CLEAR (§2.3): EINVAL for the id, ENOENT without a bitmap. */
   private dirtyLogSlot(slotArg: number, call: string, firstPage?: bigint): Slot {
-    if (!this.useDirtyBitmap) throw new ModelError("ENXIO", call); // §2.3 step 1
+    if (!this.useDirtyBitmap) {
+      this.ev("GET/CLEAR ENXIO");
+      throw new ModelError("ENXIO", call); // §2.3 step 1
+    }
     const as = slotArg >>> 16;
     const id = slotArg & 0xffff;
     if (as >= NR_AS || id >= KVM_USER_MEM_SLOTS) throw new ModelError("EINVAL", call);
