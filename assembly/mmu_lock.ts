@@ -38,8 +38,3 @@ export function write_unlock(vm: usize): void {
   // Clears WAITING too: a writer still waiting sets it again on its next spin.
   atomic.store<u32>(vm + VM_MMU_LOCK, 0);
 }
-
-/** lockdep-style check for debug builds: is the write side held? */
-export function write_locked(vm: usize): bool {
-  return (atomic.load<u32>(vm + VM_MMU_LOCK) & WRITER) != 0;
-}
