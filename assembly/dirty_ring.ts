@@ -124,7 +124,10 @@ export function dirty_ring_check_request(vcpu: usize): u32 {
   return 0;
 }
 
-/** kvm_reset_dirty_gfn: re-arm a (slot, offset, mask) batch unless it no longer fits. */
+/**
+ * kvm_reset_dirty_gfn: re-arm a (slot, offset, mask) batch unless it no longer fits.
+ * The caller holds mmu_lock for write.
+ */
 function reset_gfn(vm: usize, slot: u32, offset: u64, mask: u64): void {
   if (mask == 0) return;
   const as_id = slot >> 16;
@@ -137,10 +140,7 @@ function reset_gfn(vm: usize, slot: u32, offset: u64, mask: u64): void {
   const npages = load<u64>(s + SLOT_NPAGES);
   const fls = <u64>(63 - clz<u64>(mask));
   if (offset >= npages || fls >= npages - offset) return;
-  write_lock(vm);
-  tdp_walk_cache_reset(vm + VM_WALK_CACHE); // faults may have built tables since the last batch
   enable_log_dirty_pt_masked(vm, s, as_id, offset, mask);
-  write_unlock(vm);
 }
 
 /**
@@ -160,6 +160,11 @@ export function dirty_ring_reset(vm: usize, vcpu: usize): u32 {
   let cur_slot: u32 = 0;
   let cur_offset: u64 = 0;
   let mask: u64 = 0;
+  // One write-side hold of mmu_lock for the whole ring (KVM takes it per batch): entries
+  // written in random order hardly coalesce, and a lock round trip per entry would cost
+  // more than the re-arming itself. The walk cache is valid while the lock is held.
+  write_lock(vm);
+  tdp_walk_cache_reset(vm + VM_WALK_CACHE);
   // at most one lap per call: after a hard-full overwrite dirty_index may be more than a
   // ring ahead, and an entry zeroed earlier in this call must not count a second time
   const entries = size_mask + 1;
@@ -199,6 +204,7 @@ export function dirty_ring_reset(vm: usize, vcpu: usize): u32 {
     mask = 1;
   }
   reset_gfn(vm, cur_slot, cur_offset, mask);
+  write_unlock(vm);
   return count;
 }
 

@@ -152,6 +152,8 @@ export class Vcpu {
    * exit that ended the loop (SHUTDOWN, MMIO, …; INTR after terminate()).
    */
   startLoop(options: { rate?: number } = {}): Promise<number> {
+    // with a thread already there the loop starts now (a caller may block right after)
+    if (this.thread) return this.thread.startLoop(options.rate ?? 0);
     // pause()/terminate() wait for this start, so they never miss a loop still spawning
     this.starting = this.spawn();
     return this.starting.then(() => (this.thread as VcpuThread).startLoop(options.rate ?? 0));
