@@ -93,9 +93,10 @@ function dirty_log_slot(vm: usize, slot_id: u32): isize {
  * KVM_GET_DIRTY_LOG. Returns the number of scratch-list entries (summary words) whose
  * 64-word chunks hold the result, or -errno. Classic mode: the words are moved into the
  * second bitmap and their pages re-armed; manual-protect mode: nothing changes and the
- * chunks are to be read from the live bitmap.
+ * chunks are to be read from the live bitmap. `can_block`: the calling thread may sleep
+ * while it waits for the TLB flush (see tlb.ts); likewise for CLEAR, reset, memslots.
  */
-export function kvm_get_dirty_log(vm: usize, slot_id: u32): i32 {
+export function kvm_get_dirty_log(vm: usize, slot_id: u32, can_block: u32): i32 {
   const r = dirty_log_slot(vm, slot_id);
   if (r < 0) return <i32>r;
   const s = <usize>r;
@@ -134,7 +135,7 @@ export function kvm_get_dirty_log(vm: usize, slot_id: u32): i32 {
     if (took) { store<u32>(scratch + ((<usize>count) << 2), <u32>i); count++; }
   }
   write_unlock(vm);
-  if (count > 0) flush_remote_tlbs(vm);
+  if (count > 0) flush_remote_tlbs(vm, can_block != 0);
   return count;
 }
 
@@ -173,7 +174,7 @@ export function kvm_clear_dirty_log_check(vm: usize, slot_id: u32, first: u64, n
  * the second bitmap at word first/64. Clears (and re-arms) only bits that were set;
  * re-zeroes the second-bitmap words it consumed.
  */
-export function kvm_clear_dirty_log(vm: usize, slot_id: u32, first: u64, num: u64): void {
+export function kvm_clear_dirty_log(vm: usize, slot_id: u32, first: u64, num: u64, can_block: u32): void {
   const as_id = slot_id >> 16;
   const s = slot_ptr(vm, as_id, slot_id & 0xffff);
   const live = <usize>load<u32>(s + SLOT_BITMAP);
@@ -194,7 +195,7 @@ export function kvm_clear_dirty_log(vm: usize, slot_id: u32, first: u64, num: u6
     enable_log_dirty_pt_masked(vm, s, as_id, (<u64>w) << 6, mask);
   }
   write_unlock(vm);
-  if (flush) flush_remote_tlbs(vm);
+  if (flush) flush_remote_tlbs(vm, can_block != 0);
 }
 
 /** Where the host finds GET's chunks: the live bitmap (manual protect) or the second one. */

@@ -213,12 +213,12 @@ export function dirty_ring_reset(vm: usize, vcpu: usize): u32 {
  * TLB flush if anything was reset. Returns the number of entries reset, or -EINVAL when
  * the VM has no rings.
  */
-export function kvm_reset_dirty_rings(vm: usize): i32 {
+export function kvm_reset_dirty_rings(vm: usize, can_block: u32): i32 {
   if (load<u32>(vm + VM_RING_SIZE) == 0) return -EINVAL;
   const table = <usize>load<u32>(vm + VM_VCPU_TABLE);
   const n = load<u32>(vm + VM_NR_VCPUS);
   let total: u32 = 0;
   for (let i: u32 = 0; i < n; i++) total += dirty_ring_reset(vm, <usize>load<u32>(table + (<usize>i << 2)));
-  if (total != 0) flush_remote_tlbs(vm);
+  if (total != 0) flush_remote_tlbs(vm, can_block != 0);
   return <i32>total;
 }

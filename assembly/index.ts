@@ -17,4 +17,4 @@ export { kvm_vcpu_write, kvm_vcpu_read, kvm_vcpu_write_strided, kvm_write_guest,
 export { kvm_vcpu_kick } from "./pml";
 export { kvm_run } from "./run";
 export { tdp_walk } from "./tdp";
-export { flush_remote_tlbs as kvm_flush_remote_tlbs } from "./tlb";
+export { kvm_flush_remote_tlbs } from "./tlb";

@@ -297,6 +297,7 @@ export function memslot_commit(
   backing: usize,
   hva: u64,
   max_level: u32,
+  can_block: u32,
 ): i32 {
   const as_id = slot >> 16;
   const id = slot & 0xffff;
@@ -313,7 +314,7 @@ export function memslot_commit(
     publish(vm, as_id, 1);
     tdp_zap_all(vm, KVM_NR_AS);
     atomic.add<u64>(vm + VM_ZAPS, 1);
-    flush_remote_tlbs(vm);
+    flush_remote_tlbs(vm, can_block != 0);
     if (change == KVM_MR_MOVE_REJECTED) {
       // kvm_activate_memslot(invalid_slot, old): the old slot is published again
       publish(vm, as_id, 1);
@@ -351,14 +352,14 @@ export function memslot_commit(
   // kvm_mmu_slot_apply_flags: nothing to do unless FLAGS_ONLY on a writable slot (CREATE has
   // no mappings yet, MOVE/DELETE zapped them; read-only slots never have writable SPTEs)
   if (change == KVM_MR_FLAGS_ONLY && old_logged != new_logged && (flags & KVM_MEM_READONLY) == 0) {
-    apply_flags(vm, s, as_id, new_logged);
+    apply_flags(vm, s, as_id, new_logged, can_block != 0);
   }
   write_unlock(vm);
   return change;
 }
 
 /** kvm_mmu_slot_apply_flags for a FLAGS_ONLY change that toggled dirty logging. */
-function apply_flags(vm: usize, s: usize, as_id: u32, logging: bool): void {
+function apply_flags(vm: usize, s: usize, as_id: u32, logging: bool, can_block: bool): void {
   const start = load<u64>(s + SLOT_BASE_GFN);
   const end = start + load<u64>(s + SLOT_NPAGES);
   if (!logging) {
@@ -372,7 +373,7 @@ function apply_flags(vm: usize, s: usize, as_id: u32, logging: bool): void {
       const root = tdp_root(vm, as_id);
       const backing = <usize>load<u32>(s + SLOT_BACKING);
       const n = tdp_recover_huge(vm, root, 4, 0, start, end, max_level, congruent, start, backing, slot_host_present(s));
-      if (n != 0) flush_remote_tlbs(vm);
+      if (n != 0) flush_remote_tlbs(vm, can_block);
     }
     return;
   }
@@ -380,7 +381,7 @@ function apply_flags(vm: usize, s: usize, as_id: u32, logging: bool): void {
   tdp_range(vm, as_id, start, end, OP_SPLIT, 1); // eager_page_split
   // PML: clear D on 4K leaves (W on huge ones); otherwise write-protect every level.
   tdp_range(vm, as_id, start, end, load<u32>(vm + VM_PML) != 0 ? OP_CLEAR_D : OP_WRPROT, 1);
-  flush_remote_tlbs(vm); // unconditional kvm_flush_remote_tlbs_memslot
+  flush_remote_tlbs(vm, can_block); // unconditional kvm_flush_remote_tlbs_memslot
 }
 
 /**

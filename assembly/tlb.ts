@@ -40,7 +40,13 @@ import {
   VM_VCPU_TABLE,
 } from "./layout";
 
+/** kvm_flush_remote_tlbs for the host (`can_block` as in flush_remote_tlbs). */
+export function kvm_flush_remote_tlbs(vm: usize, can_block: u32): void {
+  flush_remote_tlbs(vm, can_block != 0);
+}
+
 const TLB_FLUSH_REQ: u32 = 1 << KVM_REQ_TLB_FLUSH;
+const SPINS_BEFORE_SLEEP: u32 = 4096;
 const VALID: u64 = 1 << 20;
 
 @inline export function tlb_on(vm: usize): bool {
@@ -74,16 +80,20 @@ export function tlb_flush_local(vcpu: usize): void {
 /** Handle a pending KVM_REQ_TLB_FLUSH on the vCPU's thread. */
 @inline export function tlb_check_request(vcpu: usize): void {
   if ((atomic.load<u32>(vcpu + VCPU_REQUESTS) & TLB_FLUSH_REQ) != 0) {
-    atomic.and<u32>(vcpu + VCPU_REQUESTS, ~TLB_FLUSH_REQ);
     tlb_flush_local(vcpu);
+    atomic.and<u32>(vcpu + VCPU_REQUESTS, ~TLB_FLUSH_REQ); // the acknowledgement
+    atomic.notify(vcpu + VCPU_REQUESTS, 1); // a flusher may sleep on it
   }
 }
 
 /**
  * kvm_flush_remote_tlbs: request a flush on every vCPU and wait until each one has
- * acknowledged or is outside guest mode. Never called from a vCPU thread.
+ * acknowledged or is outside guest mode. Never called from a vCPU thread. The wait spins;
+ * when the calling thread may block (`can_block`: not a browser's main thread) it sleeps
+ * on the vCPU's request word after a while, so that a vCPU sharing its core gets to run
+ * and acknowledge (the acknowledgement notifies).
  */
-export function flush_remote_tlbs(vm: usize): void {
+export function flush_remote_tlbs(vm: usize, can_block: bool): void {
   atomic.add<u64>(vm + VM_TLB_FLUSHES, 1);
   // fault injection: the bug class this protocol exists for (tests show it loses pages)
   if ((load<u32>(vm + VM_DEBUG) & VM_DEBUG_SKIP_TLB_FLUSH) != 0) return;
@@ -94,10 +104,16 @@ export function flush_remote_tlbs(vm: usize): void {
   }
   for (let i: u32 = 0; i < n; i++) {
     const vcpu = <usize>load<u32>(table + (<usize>i << 2));
-    while (true) {
+    for (let spins: u32 = 0; ; spins++) {
       const mode = atomic.load<u32>(vcpu + VCPU_MODE);
       if (mode == OUTSIDE_GUEST_MODE) break;
-      if (mode == IN_GUEST_MODE && (atomic.load<u32>(vcpu + VCPU_REQUESTS) & TLB_FLUSH_REQ) == 0) break;
+      const req = atomic.load<u32>(vcpu + VCPU_REQUESTS);
+      if (mode == IN_GUEST_MODE && (req & TLB_FLUSH_REQ) == 0) break;
+      if (can_block && spins >= SPINS_BEFORE_SLEEP) {
+        // until the request word changes (the ack notifies) or 50 µs pass (mode changes
+        // do not notify)
+        atomic.wait<i32>(vcpu + VCPU_REQUESTS, <i32>req, 50_000);
+      }
     }
   }
 }

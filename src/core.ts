@@ -16,12 +16,12 @@ export interface CoreExports {
   kvm_vcpu_init(vm: number, vcpu: number, id: number, ring: number, priv: number, pmlBuffer: number, tlb: number): void;
   kvm_vcpu_kick(vcpu: number): void;
   kvm_run(vm: number, vcpu: number): number;
-  kvm_flush_remote_tlbs(vm: number): void;
+  kvm_flush_remote_tlbs(vm: number, canBlock: number): void;
   dirty_ring_reap(ring: number, entries: number, fetch: number, out: number, max: number): number;
   kvm_write_guest(vm: number, vcpu: number, gpa: bigint, value: bigint): number;
   kvm_enable_dirty_log_ring(vm: number, bytes: number): number;
   kvm_enable_dirty_ring_with_bitmap(vm: number, flags: number): number;
-  kvm_reset_dirty_rings(vm: number): number;
+  kvm_reset_dirty_rings(vm: number, canBlock: number): number;
   memslot_prepare(vm: number, slot: number, flags: number, gpa: bigint, size: bigint, backed: number, internal: number): number;
   memslot_commit(
     vm: number,
@@ -34,13 +34,14 @@ export interface CoreExports {
     backing: number,
     hva: bigint,
     maxLevel: number,
+    canBlock: number,
   ): number;
   memslot_meta_bytes(npages: bigint): bigint;
   memslot_lookup(vm: number, asId: number, gfn: bigint): number;
-  kvm_get_dirty_log(vm: number, slot: number): number;
+  kvm_get_dirty_log(vm: number, slot: number, canBlock: number): number;
   kvm_dirty_log_done(vm: number, slot: number, count: number): void;
   kvm_clear_dirty_log_check(vm: number, slot: number, first: bigint, num: bigint): number;
-  kvm_clear_dirty_log(vm: number, slot: number, first: bigint, num: bigint): void;
+  kvm_clear_dirty_log(vm: number, slot: number, first: bigint, num: bigint, canBlock: number): void;
   kvm_dirty_log_source(vm: number, slot: number): number;
   kvm_dirty_log_scratch(vm: number, slot: number): number;
   kvm_dirty_log_second(vm: number, slot: number): number;
@@ -54,6 +55,19 @@ export interface CoreExports {
 /** Pages the module declares as its minimum and maximum memory (asconfig.json). */
 export const CORE_MIN_PAGES = 17;
 export const CORE_MAX_PAGES = 65536;
+
+/**
+ * May this thread block (Atomics.wait)? Everywhere but a browser's main thread. The core's
+ * remote-TLB-flush wait sleeps instead of spinning when it may (1) or only spins (0).
+ */
+export const CAN_BLOCK: number = (() => {
+  try {
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 1, 0);
+    return 1;
+  } catch {
+    return 0;
+  }
+})();
 
 let compiled: Promise<WebAssembly.Module> | undefined;
 

@@ -26,7 +26,7 @@ import {
   KVM_USER_MEM_SLOTS,
   TSS_PRIVATE_MEMSLOT,
 } from "./constants.js";
-import { CORE_MAX_PAGES, CORE_MIN_PAGES, type CoreExports, coreModule, instantiateCore } from "./core.js";
+import { CAN_BLOCK, CORE_MAX_PAGES, CORE_MIN_PAGES, type CoreExports, coreModule, instantiateCore } from "./core.js";
 import { KvmError, check } from "./errors.js";
 import * as L from "./layout.js";
 import { RegionAllocator } from "./region.js";
@@ -233,7 +233,7 @@ export class Vm {
   /** KVM_RESET_DIRTY_RINGS: re-arm every harvested entry; returns the number reset. */
   resetDirtyRings(): number {
     this.alive();
-    const n = check(this.core.kvm_reset_dirty_rings(this.addr), "KVM_RESET_DIRTY_RINGS");
+    const n = check(this.core.kvm_reset_dirty_rings(this.addr, CAN_BLOCK), "KVM_RESET_DIRTY_RINGS");
     if (n > 0) for (const v of this.vcpus.values()) v.wake(); // vCPU loops waiting on a full ring
     return n;
   }
@@ -286,7 +286,7 @@ export class Vm {
     // (congruent at every size, like a hugetlbfs mapping).
     const hva = backing ? BigInt(backing) : gpa;
     const maxLevel = backing ? 2 : 3;
-    this.core.memslot_commit(this.addr, slot, flags, gpa, size, change, meta, backing, hva, maxLevel);
+    this.core.memslot_commit(this.addr, slot, flags, gpa, size, change, meta, backing, hva, maxLevel, CAN_BLOCK);
     if (change === KVM_MR_DELETE) {
       const r = this.slots.get(slot);
       this.slots.delete(slot);
@@ -427,7 +427,7 @@ export class Vm {
   getDirtyLog(slot: number): Uint8Array {
     this.alive();
     slot >>>= 0;
-    const count = check(this.core.kvm_get_dirty_log(this.addr, slot), "KVM_GET_DIRTY_LOG");
+    const count = check(this.core.kvm_get_dirty_log(this.addr, slot, CAN_BLOCK), "KVM_GET_DIRTY_LOG");
     const n = this.bitmapBytes(slot);
     const out = new Uint8Array(n);
     if (count > 0) {
@@ -457,7 +457,7 @@ export class Vm {
     if (!(bitmap instanceof Uint8Array) || bitmap.byteLength < n) throw new KvmError("EFAULT", call);
     const second = this.core.kvm_dirty_log_second(this.addr, slot) >>> 0;
     this.u8().set(bitmap.subarray(0, n), second + Number(first / 8n));
-    this.core.kvm_clear_dirty_log(this.addr, slot, first, num);
+    this.core.kvm_clear_dirty_log(this.addr, slot, first, num, CAN_BLOCK);
   }
 
   private bitmapBytes(slot: number): number {
