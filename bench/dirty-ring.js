@@ -19,10 +19,7 @@
 // The push itself is not timed alone (that would need a copy of core code). Its cost over a
 // bitmap bit set is derived from the ring VM and the bitmap VM doing the same writes in the
 // same run (their fault paths differ only in that report), and shown as a separate row.
-import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { cpus, loadavg, totalmem } from "node:os";
-import { Bench, calibrateTimerOverhead, hrtimeNowTimestampProvider } from "tinybench";
+import { Bench, hrtimeNowTimestampProvider } from "tinybench";
 import {
   collectDirtyRing,
   createVm,
@@ -31,19 +28,31 @@ import {
   KVM_EXIT_DIRTY_RING_FULL,
   KVM_MEM_LOG_DIRTY_PAGES,
 } from "../dist/index.js";
+import {
+  buildIdentity,
+  checkStridedBits,
+  cliOptions,
+  fmt,
+  GIB,
+  GPA,
+  hostEnvironment,
+  loadAverage,
+  MIB,
+  mdTable,
+  PAGE,
+  printEnvironment,
+  quantile,
+  requireBuild,
+  startClock,
+  targetLines,
+  targetsMd,
+  textTable,
+  tinybenchTiming,
+  writeResults,
+} from "./common.js";
 
-const args = process.argv.slice(2);
-if (args.includes("--help")) {
-  console.log("usage: node bench/dirty-ring.js [--scale k (default 1): multiply every task's time]");
-  process.exit(0);
-}
-const i = args.indexOf("--scale");
-const SCALE = i >= 0 ? Number(args[i + 1]) : 1;
+const SCALE = cliOptions("node bench/dirty-ring.js [--scale k (default 1): multiply every task's time]")("--scale", 1);
 
-const MIB = 1 << 20;
-const GIB = 1 << 30;
-const PAGE = 4096;
-const GPA = 0x1_0000_0000;
 const SLOT_PAGES = GIB / PAGE; // 262144
 const RING = 65536;
 const SOFT = RING - 64; // 65472
@@ -67,58 +76,18 @@ const KERNEL = {
 };
 const TARGETS = { pushMps: 50, collectNs: 5, resetNs: 14 };
 
-const root = new URL("../", import.meta.url);
-const started = performance.now();
-const log = (msg) => console.error(`[dirty-ring ${((performance.now() - started) / 1000).toFixed(1)}s] ${msg}`);
+const { log, seconds } = startClock("dirty-ring");
 
 // ---------------------------------------------------------------- environment
-function timerResolutionNs() {
-  let min = Number.POSITIVE_INFINITY;
-  for (let k = 0; k < 20000; k++) {
-    const a = process.hrtime.bigint();
-    let b = process.hrtime.bigint();
-    while (b === a) b = process.hrtime.bigint();
-    min = Math.min(min, Number(b - a));
-  }
-  return min;
-}
-const pkg = (name) => JSON.parse(readFileSync(new URL(`node_modules/${name}/package.json`, root), "utf8")).version;
-const wasmPath = new URL("build/dirtlog.wasm", root);
-/** The checked-out commit, read from .git (the working tree may differ from it). */
-function gitHead() {
-  try {
-    const head = readFileSync(new URL(".git/HEAD", root), "utf8").trim();
-    if (!head.startsWith("ref: ")) return head.slice(0, 12);
-    return readFileSync(new URL(`.git/${head.slice(5)}`, root), "utf8")
-      .trim()
-      .slice(0, 12);
-  } catch {
-    return "unknown";
-  }
-}
-if (!existsSync(wasmPath) || !existsSync(new URL("dist/index.js", root))) {
-  console.error("run `npm run build` first");
-  process.exit(1);
-}
+requireBuild();
 const env = {
-  cpu: cpus()[0]?.model ?? "unknown",
-  cores: cpus().length,
-  memoryGiB: Math.round(totalmem() / GIB),
-  node: process.version,
-  v8: process.versions.v8,
-  platform: `${process.platform} ${process.arch}`,
-  crossOriginIsolated: globalThis.crossOriginIsolated ?? "n/a (Node: SharedArrayBuffer always available)",
-  timer: "process.hrtime.bigint (tinybench hrtimeNowTimestampProvider)",
-  timerResolutionNs: timerResolutionNs(),
-  timerCallOverheadNs: Math.round(calibrateTimerOverhead(hrtimeNowTimestampProvider) * 1e6),
-  tinybench: pkg("tinybench"),
-  gitHead: gitHead(),
-  coreWasmSha256: createHash("sha256").update(readFileSync(wasmPath)).digest("hex").slice(0, 16),
-  loadAverageAtStart: loadavg().map((x) => Number(x.toFixed(2))),
+  ...hostEnvironment(),
+  ...tinybenchTiming(),
+  ...buildIdentity(),
+  loadAverageAtStart: loadAverage(),
   scale: SCALE,
 };
-console.log("environment");
-for (const [k, v] of Object.entries(env)) console.log(`  ${k.padEnd(20)} ${Array.isArray(v) ? v.join(" ") : v}`);
+printEnvironment(env);
 
 // ---------------------------------------------------------------- VMs
 /** A VM with one dirty-logged unbacked 1 GiB slot at GPA and vCPU 0. ring = entries or 0. */
@@ -185,16 +154,8 @@ function harvest(x, k, n) {
   const r = x.vm.resetDirtyRings();
   if (r !== n) throw new Error(`reset returned ${r}, expected ${n}`);
 }
-const ONES = new Uint8Array(256);
-for (let b = 1; b < 256; b++) ONES[b] = ONES[b >> 1] + (b & 1);
 /** The bitmap has exactly the bits 0, k, 2k, … (n of them). */
-function checkBitmap(bm, k, n) {
-  let c = 0;
-  for (let b = 0; b < bm.length; b++) c += ONES[bm[b]];
-  for (let p = 0; p < n * k; p += k)
-    if ((bm[p >>> 3] & (1 << (p & 7))) === 0) throw new Error(`page ${p} not in the bitmap`);
-  if (c !== n) throw new Error(`bitmap has ${c} bits, expected ${n}`);
-}
+const checkBitmap = (bm, k, n) => checkStridedBits(bm, k, n, "bitmap");
 
 /** Map every page of the slot (slow faults), then harvest so all are write-protected. */
 function mapAll(x, pages = SLOT_PAGES) {
@@ -224,14 +185,6 @@ log("VMs ready");
 
 // ---------------------------------------------------------------- harness
 const rows = [];
-
-/** Linear-interpolated quantile of sorted samples (tinybench's method). */
-function quantile(sorted, q) {
-  const pos = (sorted.length - 1) * q;
-  const lo = Math.floor(pos);
-  const hi = Math.ceil(pos);
-  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
-}
 
 /**
  * Run a group of tasks as `rounds` tinybench runs (each task's budget split over them), so
@@ -600,7 +553,7 @@ for (const x of [R, F]) {
   const s = ringState(x);
   if (s.dirtyIndex !== s.resetIndex) throw new Error("a ring was left with unreset entries");
 }
-env.loadAverageAtEnd = loadavg().map((v) => Number(v.toFixed(2)));
+env.loadAverageAtEnd = loadAverage();
 
 // ---------------------------------------------------------------- report
 const pushDelta = row("push-minus-bitmap");
@@ -659,7 +612,6 @@ const targets = [
   })),
 ];
 
-const f = (x, d = 1) => (x === undefined ? "—" : x.toFixed(d));
 const header = [
   "task",
   "entries",
@@ -678,13 +630,13 @@ const table = (g) =>
     .map((r) => [
       r.task,
       r.entries ? String(r.entries) : "—",
-      f(r.p50Us),
-      f(r.p99Us),
-      f(r.minUs),
+      fmt(r.p50Us),
+      fmt(r.p99Us),
+      fmt(r.minUs),
       r.samples === undefined ? "—" : String(r.samples),
       r.roundCell ?? r.roundP50Us.map((x) => x.toFixed(x < 100 ? 1 : 0)).join(" / "),
-      f(r.nsPerEntryP50, 2),
-      f(r.nsPerEntryP99, 2),
+      fmt(r.nsPerEntryP50, 2),
+      fmt(r.nsPerEntryP99, 2),
       r.kernelUs === undefined ? "—" : String(r.kernelUs),
     ]);
 const groups = [...new Set(rows.map((r) => r.group))];
@@ -698,31 +650,20 @@ const summary = [
   `harvestDirtyRings(vm), the one-call API: 1 % ${row("harvest-api-1").p50Us.toFixed(0)} µs, 10 % ${row("harvest-api-10").p50Us.toFixed(0)} µs (${ratios.harvestApi10VsCollectReset.toFixed(2)}× collect + reset with a plain callback; kernel collect + RESET ${ringKernelUs(KERNEL.ring1)} µs, ${ringKernelUs(KERNEL.ring10)} µs)`,
 ];
 
-const widthsOf = (t) => header.map((h, c) => Math.max(h.length, ...t.map((r) => r[c].length)));
 for (const g of groups) {
-  const t = table(g);
-  const w = widthsOf(t);
-  const line = (cells) => cells.map((c, k) => (k === 0 ? c.padEnd(w[k]) : c.padStart(w[k]))).join("  ");
   console.log(`\n${g} (lower is better; p50 = median)`);
-  console.log(line(header));
-  for (const r of t) console.log(line(r));
+  console.log(textTable(header, table(g)));
 }
 console.log("\nsame-run ratios");
 for (const s of summary) console.log(`  ${s}`);
 console.log("\ntargets");
-for (const t of targets) console.log(`  ${t.met ? "met   " : "MISSED"}  ${t.target}: ${t.value} (kernel: ${t.kernel})`);
-const elapsed = (performance.now() - started) / 1000;
+for (const s of targetLines(targets)) console.log(s);
+const elapsed = seconds();
 console.log(
   `\nload average ${env.loadAverageAtStart.join(" ")} at start, ${env.loadAverageAtEnd.join(" ")} at end (${env.cores} cores, shared); total run time ${elapsed.toFixed(1)} s`,
 );
 
-const out = new URL("bench/results/", root);
-mkdirSync(out, { recursive: true });
 const date = new Date().toISOString();
-writeFileSync(
-  new URL("dirty-ring.json", out),
-  `${JSON.stringify({ date, environment: env, kernel: KERNEL, targetsSpec: TARGETS, rows, ratios, targets, totalSeconds: elapsed }, null, 2)}\n`,
-);
 const md = [
   "# Dirty ring: push, collect, reset; ring vs bitmap",
   "",
@@ -731,14 +672,7 @@ const md = [
     " Times in µs, lower is better; kernel = real KVM on this machine (`../shared/anchors/real-kvm.md`). Generated by `node bench/dirty-ring.js`" +
     `${SCALE !== 1 ? ` --scale ${SCALE}` : ""}; one process, so all ratios are same-run.`,
   "",
-  ...groups.flatMap((g) => [
-    `## ${g}`,
-    "",
-    `| ${header.join(" | ")} |`,
-    `|${header.map((_, k) => (k === 0 ? "---" : "---:")).join("|")}|`,
-    ...table(g).map((r) => `| ${r.join(" | ")} |`),
-    "",
-  ]),
+  ...groups.flatMap((g) => [`## ${g}`, "", mdTable(header, table(g)), ""]),
   "The derived row is the ring VM's time minus the bitmap VM's time for the same writes, timed as back-to-back pairs",
   "(order alternating, re-arm outside the timed call); p50 is the median paired difference, shown with a distribution-free",
   "95 % interval. The two VMs take the same fast faults and differ only in the report (ring push vs bitmap bit set), so",
@@ -750,9 +684,7 @@ const md = [
   "",
   "## Targets",
   "",
-  "| target | value | kernel | |",
-  "|---|---|---|---|",
-  ...targets.map((t) => `| ${t.target} | ${t.value} | ${t.kernel} | ${t.met ? "met" : "**missed**"} |`),
+  ...targetsMd(targets),
   "",
   "Each group runs as interleaved tinybench rounds (5; 10 for push) with warm-up in each; p50/p99/min are over the merged",
   'samples, and "round p50s" shows each round\'s median: a spread between rounds means the machine was busy (the load',
@@ -762,5 +694,9 @@ const md = [
   "the next iteration's writes pushing again. Only the library (dist/, build/dirtlog.wasm) is measured.",
   "",
 ];
-writeFileSync(new URL("dirty-ring.md", out), md.join("\n"));
-log("wrote bench/results/dirty-ring.json and bench/results/dirty-ring.md");
+const written = writeResults(
+  "dirty-ring",
+  { date, environment: env, kernel: KERNEL, targetsSpec: TARGETS, rows, ratios, targets, totalSeconds: elapsed },
+  md,
+);
+log(`wrote ${written.join(" and ")}`);

@@ -25,11 +25,9 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Bench, hrtimeNowTimestampProvider } from "tinybench";
 import { KVM_MEM_LOG_DIRTY_PAGES, createVm } from "../dist/index.js";
+import { cliOptions, GPA, MIB, PAGE } from "./common.js";
 
-const args = process.argv.slice(2);
-const ITERATIONS = args.includes("--iterations") ? Number(args[args.indexOf("--iterations") + 1]) : 200;
-const PAGE = 4096;
-const GPA = 0x1_0000_0000;
+const ITERATIONS = cliOptions("node bench/get-breakdown.js [--iterations n (default 200)]")("--iterations", 200);
 const root = fileURLToPath(new URL("..", import.meta.url));
 
 // ---------------------------------------------------------------- variant cores
@@ -67,13 +65,22 @@ const VARIANTS = {
   "no-reprotect": [[CLASSIC_CALL, ""]],
   "walk-cache": [
     [LOOP_HEAD, WALK_CACHE_HEAD],
-    [CLASSIC_CALL, walkCacheBody("if ((atomic.load<u64>(p) & bit) != 0) atomic.and<u64>(p, ~bit);").replace("tdp_walk(", "tdp_walk_x(")],
+    [
+      CLASSIC_CALL,
+      walkCacheBody("if ((atomic.load<u64>(p) & bit) != 0) atomic.and<u64>(p, ~bit);").replace(
+        "tdp_walk(",
+        "tdp_walk_x(",
+      ),
+    ],
   ],
   "walk-cache+st": [
     [LOOP_HEAD, WALK_CACHE_HEAD],
     [
       CLASSIC_CALL,
-      walkCacheBody("const e = atomic.load<u64>(p);\n          if ((e & bit) != 0) store<u64>(p, e & ~bit);").replace("tdp_walk(", "tdp_walk_x("),
+      walkCacheBody("const e = atomic.load<u64>(p);\n          if ((e & bit) != 0) store<u64>(p, e & ~bit);").replace(
+        "tdp_walk(",
+        "tdp_walk_x(",
+      ),
     ],
   ],
 };
@@ -90,9 +97,23 @@ function buildVariants() {
     const build = (name, source) => {
       writeFileSync(file, source);
       const wasm = join(dir, `${name}.wasm`);
-      const flags = ["--optimizeLevel", "3", "--shrinkLevel", "0", "--noAssert", "--runtime", "stub", "--importMemory",
-        "--sharedMemory", "--initialMemory", String(config.options.initialMemory), "--maximumMemory",
-        String(config.options.maximumMemory), "--enable", config.options.enable.join(",")];
+      const flags = [
+        "--optimizeLevel",
+        "3",
+        "--shrinkLevel",
+        "0",
+        "--noAssert",
+        "--runtime",
+        "stub",
+        "--importMemory",
+        "--sharedMemory",
+        "--initialMemory",
+        String(config.options.initialMemory),
+        "--maximumMemory",
+        String(config.options.maximumMemory),
+        "--enable",
+        config.options.enable.join(","),
+      ];
       execFileSync(process.execPath, [asc, join(dir, "assembly", "index.ts"), "-o", wasm, ...flags], { stdio: "pipe" });
       return new WebAssembly.Module(readFileSync(wasm));
     };
@@ -122,7 +143,7 @@ function buildVariants() {
 
 // ---------------------------------------------------------------- setup
 async function mapped(gib) {
-  const vm = await createVm({ maxMemoryBytes: 256 * 2 ** 20, mmuPoolBytes: 40 * 2 ** 20 });
+  const vm = await createVm({ maxMemoryBytes: 256 * MIB, mmuPoolBytes: 40 * MIB });
   const npages = gib * 262144;
   vm.setUserMemoryRegion({ slot: 0, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: GPA, memorySize: npages * PAGE });
   const vcpu = vm.createVcpu(0);
@@ -145,10 +166,20 @@ const rows = [];
 let count = 0;
 let sink = 0;
 
-for (const [gib, k] of [[1, 100], [1, 10], [1, 1], [8, 100]]) {
+for (const [gib, k] of [
+  [1, 100],
+  [1, 10],
+  [1, 1],
+  [8, 100],
+]) {
   const s = await mapped(gib);
   const n = Math.ceil(s.npages / k);
-  const cores = Object.fromEntries(Object.entries(modules).map(([name, m]) => [name, new WebAssembly.Instance(m, { env: { memory: s.vm.memory } }).exports]));
+  const cores = Object.fromEntries(
+    Object.entries(modules).map(([name, m]) => [
+      name,
+      new WebAssembly.Instance(m, { env: { memory: s.vm.memory } }).exports,
+    ]),
+  );
   const addr = s.vm.addr;
   const label = `${gib} GiB ${100 / k} %`;
   const dirty = () => s.vcpu.writeStrided(GPA, k * PAGE, n, 7);
@@ -174,9 +205,13 @@ for (const [gib, k] of [[1, 100], [1, 10], [1, 1], [8, 100]]) {
     base.kvm_dirty_log_done(addr, 0, count);
     sink |= out[0];
   };
-  add("core kvm_get_dirty_log only", () => {
-    count = base.kvm_get_dirty_log(addr, 0);
-  }, hostHalf);
+  add(
+    "core kvm_get_dirty_log only",
+    () => {
+      count = base.kvm_get_dirty_log(addr, 0);
+    },
+    hostHalf,
+  );
   bench.add(`${label} | host half only`, hostHalf, {
     beforeEach() {
       dirty();
@@ -187,26 +222,32 @@ for (const [gib, k] of [[1, 100], [1, 10], [1, 1], [8, 100]]) {
   // 2. variants (core call only)
   for (const [name, core] of Object.entries(cores)) {
     if (name === "base") continue;
-    add(`core variant: ${name}`, () => {
-      count = core.kvm_get_dirty_log(addr, 0);
-    }, () => {
-      if (name === "no-reprotect") {
-        // put the taken words back and let the real core re-arm the pages (untimed)
-        const u8 = new Uint8Array(s.vm.memory.buffer);
-        const second = base.kvm_dirty_log_second(addr, 0) >>> 0;
-        const live = second - bytes;
-        const summary = second + bytes;
-        u8.copyWithin(live, second, second + bytes);
-        u8.fill(0xff, summary, summary + Math.ceil(bytes / 512) * 8);
+    add(
+      `core variant: ${name}`,
+      () => {
+        count = core.kvm_get_dirty_log(addr, 0);
+      },
+      () => {
+        if (name === "no-reprotect") {
+          // put the taken words back and let the real core re-arm the pages (untimed)
+          const u8 = new Uint8Array(s.vm.memory.buffer);
+          const second = base.kvm_dirty_log_second(addr, 0) >>> 0;
+          const live = second - bytes;
+          const summary = second + bytes;
+          u8.copyWithin(live, second, second + bytes);
+          u8.fill(0xff, summary, summary + Math.ceil(bytes / 512) * 8);
+          base.kvm_dirty_log_done(addr, 0, count);
+          count = base.kvm_get_dirty_log(addr, 0);
+        }
         base.kvm_dirty_log_done(addr, 0, count);
-        count = base.kvm_get_dirty_log(addr, 0);
-      }
-      base.kvm_dirty_log_done(addr, 0, count);
-    });
+      },
+    );
   }
 }
 
-bench.addEventListener("cycle", (e) => console.error(`[breakdown] ${e.task.name}: p50 ${(e.task.result.latency.p50 * 1000).toFixed(1)} µs`));
+bench.addEventListener("cycle", (e) =>
+  console.error(`[breakdown] ${e.task.name}: p50 ${(e.task.result.latency.p50 * 1000).toFixed(1)} µs`),
+);
 bench.runSync();
 console.log(`(results consumed: ${sink})`);
 
@@ -214,7 +255,9 @@ console.log("\nclassic GET breakdown (p50 / p99 µs, lower is better)");
 for (const r of rows) {
   const t = bench.getTask(r.task ?? `${r.label} | ${r.what}`);
   const l = t.result.latency;
-  console.log(`  ${r.label.padEnd(11)} ${r.what.padEnd(38)} ${(l.p50 * 1000).toFixed(1).padStart(8)}  ${(l.p99 * 1000).toFixed(1).padStart(8)}   ${((l.p50 * 1e6) / r.n).toFixed(2).padStart(6)} ns/dirty page`);
+  console.log(
+    `  ${r.label.padEnd(11)} ${r.what.padEnd(38)} ${(l.p50 * 1000).toFixed(1).padStart(8)}  ${(l.p99 * 1000).toFixed(1).padStart(8)}   ${((l.p50 * 1e6) / r.n).toFixed(2).padStart(6)} ns/dirty page`,
+  );
 }
 console.log(
   "\nCaveat for walk-cache+st: a plain store is safe only while nothing else can change the\n" +

@@ -8,29 +8,33 @@
 // Each iteration dirties its pages with vcpu.writeStrided (fast faults on pages that are
 // mapped and write-protected) in `beforeEach`, outside the timed region; only the GET is
 // timed. Every returned bitmap is checked in `afterEach` (also outside the timed region).
-import { cpus, loadavg, totalmem } from "node:os";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { Bench, calibrateTimerOverhead, hrtimeNowTimestampProvider } from "tinybench";
+import { Bench, hrtimeNowTimestampProvider } from "tinybench";
 import { KVM_MEM_LOG_DIRTY_PAGES, createVm } from "../dist/index.js";
+import {
+  checkStridedBits,
+  cliOptions,
+  fmt,
+  GIB,
+  GPA,
+  hostEnvironment,
+  loadAverage,
+  MIB,
+  mdTable,
+  PAGE,
+  printEnvironment,
+  startClock,
+  targetLines,
+  targetsMd,
+  textTable,
+  tinybenchTiming,
+  writeResults,
+} from "./common.js";
 import { coreLayout, createJsGetDirtyLog } from "./js-get-dirty-log.js";
 
-const args = process.argv.slice(2);
-function option(name, fallback) {
-  const i = args.indexOf(name);
-  return i >= 0 ? Number(args[i + 1]) : fallback;
-}
-if (args.includes("--help")) {
-  console.log("usage: node bench/run.js [--time ms (default 1000)] [--warmup-time ms (default 25)]");
-  process.exit(0);
-}
+const option = cliOptions("node bench/run.js [--time ms (default 1000)] [--warmup-time ms (default 25)]");
 const TIME = option("--time", 1000);
 const WARMUP_TIME = option("--warmup-time", 25);
 
-const KIB = 1024;
-const MIB = 1024 * KIB;
-const GIB = 1024 * MIB;
-const PAGE = 4096;
-const GPA = 0x1_0000_0000;
 const TIB_GPA = 2 ** 41;
 // ../shared/anchors/real-kvm.md, "Harvest times", classic GET medians (µs)
 const KERNEL_US = { "1G-1": 151, "1G-10": 1215, "1G-100": 11775, "8G-1": 2168 };
@@ -38,62 +42,28 @@ const TARGET_KERNEL_FRACTION = 0.25;
 const TARGET_WASM_VS_JS = 3;
 const TARGET_TIB_VS_FILL = 1.5;
 
-const started = performance.now();
-const log = (msg) => console.error(`[bench ${((performance.now() - started) / 1000).toFixed(1)}s] ${msg}`);
+const { log, seconds } = startClock("bench");
 
 // ---------------------------------------------------------------- environment
-function timerResolutionNs() {
-  // smallest positive difference between back-to-back process.hrtime.bigint() calls
-  let min = Number.POSITIVE_INFINITY;
-  for (let i = 0; i < 20000; i++) {
-    const a = process.hrtime.bigint();
-    let b = process.hrtime.bigint();
-    while (b === a) b = process.hrtime.bigint();
-    const d = Number(b - a);
-    if (d < min) min = d;
-  }
-  return min;
-}
-const pkg = (name) => JSON.parse(readFileSync(new URL(`../node_modules/${name}/package.json`, import.meta.url), "utf8")).version;
 const env = {
-  cpu: cpus()[0]?.model ?? "unknown",
-  cores: cpus().length,
-  memoryGiB: Math.round(totalmem() / GIB),
-  node: process.version,
-  v8: process.versions.v8,
-  platform: `${process.platform} ${process.arch}`,
-  crossOriginIsolated: globalThis.crossOriginIsolated ?? "n/a (Node: SharedArrayBuffer always available)",
+  ...hostEnvironment(),
   sharedArrayBuffer: typeof SharedArrayBuffer === "function",
-  timer: "process.hrtime.bigint (tinybench hrtimeNowTimestampProvider)",
-  timerResolutionNs: timerResolutionNs(),
-  timerCallOverheadNs: Math.round(calibrateTimerOverhead(hrtimeNowTimestampProvider) * 1e6),
-  tinybench: pkg("tinybench"),
-  loadAverageAtStart: loadavg().map((x) => Number(x.toFixed(2))),
+  ...tinybenchTiming(),
+  loadAverageAtStart: loadAverage(),
   config: { timeMs: TIME, warmupTimeMs: WARMUP_TIME, warmupIterations: 10, minIterations: 16 },
 };
 if (env.loadAverageAtStart[0] > 0.5) {
-  console.log(`note: the machine is busy (1-minute load average ${env.loadAverageAtStart[0]} on ${env.cores} cores); p99 values will be inflated`);
+  console.log(
+    `note: the machine is busy (1-minute load average ${env.loadAverageAtStart[0]} on ${env.cores} cores); p99 values will be inflated`,
+  );
 }
-console.log("environment");
-for (const [k, v] of Object.entries(env)) console.log(`  ${k.padEnd(20)} ${typeof v === "object" ? JSON.stringify(v) : v}`);
+printEnvironment(env, (v) => (typeof v === "object" ? JSON.stringify(v) : v));
 
 // ---------------------------------------------------------------- bitmap checks
-const ONES = new Uint8Array(256);
-for (let i = 1; i < 256; i++) ONES[i] = ONES[i >> 1] + (i & 1);
-function popcount(bm) {
-  let c = 0;
-  for (let i = 0; i < bm.length; i++) c += ONES[bm[i]];
-  return c;
-}
-/** The bitmap has exactly the bits 0, k, 2k, … below npages. */
+/** The bitmap of an npages slot has exactly the bits 0, k, 2k, … below npages. */
 function checkStrided(bm, npages, k, what) {
-  const n = Math.ceil(npages / k);
   if (bm.length !== Math.ceil(npages / 64) * 8) throw new Error(`${what}: bitmap length ${bm.length}`);
-  for (let p = 0; p < npages; p += k) {
-    if ((bm[p >>> 3] & (1 << (p & 7))) === 0) throw new Error(`${what}: page ${p} not reported`);
-  }
-  const c = popcount(bm);
-  if (c !== n) throw new Error(`${what}: ${c} pages reported, ${n} dirtied`);
+  checkStridedBits(bm, k, Math.ceil(npages / k), what);
 }
 
 // ---------------------------------------------------------------- VMs and warm-up
@@ -109,15 +79,26 @@ async function mappedSlot(label, gpa, bytes, backed, options) {
   if (vcpu.writeStrided(gpa, PAGE, npages, 1) !== npages) throw new Error(`${label}: warm-up write stopped`);
   const t1 = performance.now();
   checkStrided(vm.getDirtyLog(0), npages, 1, `${label} warm-up GET`);
-  log(`${label}: warm-up wrote ${npages} pages in ${(t1 - t0).toFixed(0)} ms, first GET ${(performance.now() - t1).toFixed(1)} ms`);
+  log(
+    `${label}: warm-up wrote ${npages} pages in ${(t1 - t0).toFixed(0)} ms, first GET ${(performance.now() - t1).toFixed(1)} ms`,
+  );
   return { vm, vcpu, gpa, npages };
 }
 
 log("setting up: 1 GiB backed slot (first touch of backed memory is slow here), 8 GiB unbacked, 1 TiB unbacked");
 const g1 = await mappedSlot("1 GiB backed", GPA, GIB, true);
-const g8 = await mappedSlot("8 GiB unbacked", GPA, 8 * GIB, false, { maxMemoryBytes: 256 * MIB, mmuPoolBytes: 32 * MIB });
+const g8 = await mappedSlot("8 GiB unbacked", GPA, 8 * GIB, false, {
+  maxMemoryBytes: 256 * MIB,
+  mmuPoolBytes: 32 * MIB,
+});
 const tib = await createVm({ maxMemoryBytes: 512 * MIB, mmuPoolBytes: 1 * MIB });
-tib.setUserMemoryRegion({ slot: 0, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: TIB_GPA, memorySize: 2 ** 40, backed: false });
+tib.setUserMemoryRegion({
+  slot: 0,
+  flags: KVM_MEM_LOG_DIRTY_PAGES,
+  guestPhysAddr: TIB_GPA,
+  memorySize: 2 ** 40,
+  backed: false,
+});
 const TIB_BITMAP = 2 ** 40 / PAGE / 8;
 const jsGet = createJsGetDirtyLog(g1.vm, layout);
 
@@ -171,7 +152,9 @@ function verifyJsMatchesWasm() {
   return checks;
 }
 const verification = verifyJsMatchesWasm();
-log(`JS GET = WASM GET (bitmap, SPTEs, slot metadata, lock, TLB flush) at k = ${verification.map((c) => c.strideK).join(", ")}`);
+log(
+  `JS GET = WASM GET (bitmap, SPTEs, slot metadata, lock, TLB flush) at k = ${verification.map((c) => c.strideK).join(", ")}`,
+);
 
 // ---------------------------------------------------------------- tasks
 const bench = new Bench({
@@ -257,24 +240,34 @@ bench.add(
 );
 // informational: the GET's result is a fresh calloc'ed buffer whose zero pages the OS maps
 // lazily; this row adds the first read of each of its 4 KiB pages.
-cases.push({ id: "tib-touch", label: "WASM GET 1 TiB empty + read 1 byte/4 KiB of result", impl: "wasm", dirtyPages: 0 });
-bench.add("WASM GET 1 TiB empty + read 1 byte/4 KiB of result", () => {
-  const bm = tib.getDirtyLog(0);
-  let x = 0;
-  for (let i = 0; i < bm.length; i += PAGE) x |= bm[i];
-  sink |= x;
-  result = bm;
-}, {
-  afterEach() {
-    checkEmptyTib(result, false);
-    result = null;
-  },
+cases.push({
+  id: "tib-touch",
+  label: "WASM GET 1 TiB empty + read 1 byte/4 KiB of result",
+  impl: "wasm",
+  dirtyPages: 0,
 });
+bench.add(
+  "WASM GET 1 TiB empty + read 1 byte/4 KiB of result",
+  () => {
+    const bm = tib.getDirtyLog(0);
+    let x = 0;
+    for (let i = 0; i < bm.length; i += PAGE) x |= bm[i];
+    sink |= x;
+    result = bm;
+  },
+  {
+    afterEach() {
+      checkEmptyTib(result, false);
+      result = null;
+    },
+  },
+);
 
 bench.addEventListener("warning", (e) => log(`timer warning for ${e.task?.name}: ${e.reason ?? e.error ?? ""}`));
 bench.addEventListener("cycle", (e) => {
   const r = e.task.result;
-  if (r.latency) log(`${e.task.name}: p50 ${(r.latency.p50 * 1000).toFixed(1)} µs over ${r.latency.samplesCount} samples`);
+  if (r.latency)
+    log(`${e.task.name}: p50 ${(r.latency.p50 * 1000).toFixed(1)} µs over ${r.latency.samplesCount} samples`);
 });
 log(`running ${bench.tasks.length} tasks, ${TIME} ms each (+ setup outside the timed region)`);
 bench.runSync();
@@ -327,11 +320,18 @@ const targets = [
     value: `${ratios.tibVsFill.toFixed(2)}×`,
     met: ratios.tibVsFill <= TARGET_TIB_VS_FILL,
   },
-  { target: "WASM GET ≥ 3× faster than JS GET, 10 %", value: `${ratios.wasmVsJs10.toFixed(2)}×`, met: ratios.wasmVsJs10 >= TARGET_WASM_VS_JS },
-  { target: "WASM GET ≥ 3× faster than JS GET, 100 %", value: `${ratios.wasmVsJs100.toFixed(2)}×`, met: ratios.wasmVsJs100 >= TARGET_WASM_VS_JS },
+  {
+    target: "WASM GET ≥ 3× faster than JS GET, 10 %",
+    value: `${ratios.wasmVsJs10.toFixed(2)}×`,
+    met: ratios.wasmVsJs10 >= TARGET_WASM_VS_JS,
+  },
+  {
+    target: "WASM GET ≥ 3× faster than JS GET, 100 %",
+    value: `${ratios.wasmVsJs100.toFixed(2)}×`,
+    met: ratios.wasmVsJs100 >= TARGET_WASM_VS_JS,
+  },
 ];
 
-const fmt = (x, d = 1) => (x === undefined ? "—" : x.toFixed(d));
 const header = ["task", "dirty pages", "p50 µs", "p99 µs", "samples", "ns/dirty page", "kernel p50 µs", "% of kernel"];
 const table = rows.map((r) => [
   r.task,
@@ -343,8 +343,6 @@ const table = rows.map((r) => [
   r.kernelP50Us ? String(r.kernelP50Us) : "—",
   r.fractionOfKernel === undefined ? "—" : `${(r.fractionOfKernel * 100).toFixed(1)} %`,
 ]);
-const widths = header.map((h, i) => Math.max(h.length, ...table.map((row) => row[i].length)));
-const line = (cells) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ");
 const summary = [
   `WASM GET is ${ratios.wasmVsJs10.toFixed(2)}× faster than JS GET (1 GiB, 10 %)`,
   `WASM GET is ${ratios.wasmVsJs100.toFixed(2)}× faster than JS GET (1 GiB, 100 %)`,
@@ -356,23 +354,18 @@ const summary = [
 ];
 
 console.log("\nclassic KVM_GET_DIRTY_LOG (lower is better; p50 = median)");
-console.log(line(header));
-for (const row of table) console.log(line(row));
+console.log(textTable(header, table));
 console.log("\nsame-run ratios");
 for (const s of summary) console.log(`  ${s}`);
 console.log("\ntargets");
-for (const t of targets) console.log(`  ${t.met ? "met   " : "MISSED"}  ${t.target}: ${t.value}`);
-const elapsed = (performance.now() - started) / 1000;
-env.loadAverageAtEnd = loadavg().map((x) => Number(x.toFixed(2)));
-console.log(`\ntotal run time ${elapsed.toFixed(1)} s; load average at start ${env.loadAverageAtStart.join(" ")}, at end ${env.loadAverageAtEnd.join(" ")}`);
-
-const out = new URL("./results/", import.meta.url);
-mkdirSync(out, { recursive: true });
-const date = new Date().toISOString();
-writeFileSync(
-  new URL("get-dirty-log.json", out),
-  `${JSON.stringify({ date, environment: env, verification, rows, ratios, targets, totalSeconds: elapsed }, null, 2)}\n`,
+for (const s of targetLines(targets)) console.log(s);
+const elapsed = seconds();
+env.loadAverageAtEnd = loadAverage();
+console.log(
+  `\ntotal run time ${elapsed.toFixed(1)} s; load average at start ${env.loadAverageAtStart.join(" ")}, at end ${env.loadAverageAtEnd.join(" ")}`,
 );
+
+const date = new Date().toISOString();
 const md = [
   "# Classic KVM_GET_DIRTY_LOG",
   "",
@@ -381,15 +374,11 @@ const md = [
     " kernel = real KVM on this machine (`../shared/anchors/real-kvm.md`). Generated by `node bench/run.js`." +
     ` Load average at start ${env.loadAverageAtStart.join(" ")}, at end ${env.loadAverageAtEnd.join(" ")}.`,
   "",
-  `| ${header.join(" | ")} |`,
-  `|${header.map((_, i) => (i === 0 ? "---" : "---:")).join("|")}|`,
-  ...table.map((row) => `| ${row.join(" | ")} |`),
+  mdTable(header, table),
   "",
   ...summary.map((s) => `- ${s}`),
   "",
-  "| target | value | |",
-  "|---|---|---|",
-  ...targets.map((t) => `| ${t.target} | ${t.value} | ${t.met ? "met" : "**missed**"} |`),
+  ...targetsMd(targets),
   "",
   "Notes",
   "- Each iteration dirties every k-th page with `vcpu.writeStrided` (fast faults on mapped, write-protected" +
@@ -402,5 +391,9 @@ const md = [
   "- Where a GET's time goes (core call vs host copy, experimental core variants): `node bench/get-breakdown.js`.",
   "",
 ];
-writeFileSync(new URL("get-dirty-log.md", out), md.join("\n"));
-log("wrote bench/results/get-dirty-log.json and bench/results/get-dirty-log.md");
+const written = writeResults(
+  "get-dirty-log",
+  { date, environment: env, verification, rows, ratios, targets, totalSeconds: elapsed },
+  md,
+);
+log(`wrote ${written.join(" and ")}`);

@@ -26,9 +26,7 @@
 // worker's from /proc/self/task/<tid>/schedstat (updated at scheduler ticks, so it is
 // summed over a case's samples, not read per sample); other processes' CPU per phase from
 // /proc/stat. Every run's result is checked outside the timed region.
-import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { cpus, loadavg, totalmem } from "node:os";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import {
   collectDirtyRing,
   createVm,
@@ -36,19 +34,36 @@ import {
   KVM_EXIT_IO,
   KVM_MEM_LOG_DIRTY_PAGES,
 } from "../dist/index.js";
+import {
+  buildIdentity,
+  checkStridedBits,
+  cliOptions,
+  fmt,
+  GPA,
+  hostEnvironment,
+  loadAverage,
+  MIB,
+  median,
+  mdTable,
+  nearestRank,
+  PAGE,
+  popcount,
+  printEnvironment,
+  requireBuild,
+  sortedMedian,
+  startClock,
+  targetLines,
+  targetsMd,
+  textTable,
+  timerResolutionNs,
+  writeResults,
+} from "./common.js";
 
-const args = process.argv.slice(2);
-if (args.includes("--help")) {
-  console.log("usage: node bench/threads.js [--scale k (default 1): multiply sample counts and window lengths]");
-  process.exit(0);
-}
-const si = args.indexOf("--scale");
-const SCALE = si >= 0 ? Number(args[si + 1]) : 1;
+const SCALE = cliOptions("node bench/threads.js [--scale k (default 1): multiply sample counts and window lengths]")(
+  "--scale",
+  1,
+);
 
-const MIB = 1 << 20;
-const GIB = 1 << 30;
-const PAGE = 4096;
-const GPA = 0x1_0000_0000;
 const HOT = 512; // pages: fits the core's 2048-entry direct-mapped TLB
 const LARGE = 16384; // pages (64 MiB): 8× the TLB
 const FAULT_PAGES = 16384; // first writes per case-2 sample (the ring's soft limit is 65472)
@@ -66,56 +81,21 @@ const HARVEST_EVERY_MS = 5;
 const LOOP_BATCH = 16384; // stores per KVM_RUN in the case-3 loop
 const TARGETS = { storesMps: 150, faultMps: 20, collectorShare: 0.7 };
 
-const root = new URL("../", import.meta.url);
-const started = performance.now();
-const log = (msg) => console.error(`[threads ${((performance.now() - started) / 1000).toFixed(1)}s] ${msg}`);
+const { log, seconds } = startClock("threads");
 
 // ---------------------------------------------------------------- environment
-function timerResolutionNs() {
-  let min = Number.POSITIVE_INFINITY;
-  for (let k = 0; k < 20000; k++) {
-    const a = process.hrtime.bigint();
-    let b = process.hrtime.bigint();
-    while (b === a) b = process.hrtime.bigint();
-    min = Math.min(min, Number(b - a));
-  }
-  return min;
-}
-function gitHead() {
-  try {
-    const head = readFileSync(new URL(".git/HEAD", root), "utf8").trim();
-    if (!head.startsWith("ref: ")) return head.slice(0, 12);
-    return readFileSync(new URL(`.git/${head.slice(5)}`, root), "utf8")
-      .trim()
-      .slice(0, 12);
-  } catch {
-    return "unknown";
-  }
-}
-const wasmPath = new URL("build/dirtlog.wasm", root);
-if (!existsSync(wasmPath) || !existsSync(new URL("dist/index.js", root))) {
-  console.error("run `npm run build` first");
-  process.exit(1);
-}
+requireBuild();
 const SCHEDSTAT = existsSync(`/proc/self/task/${process.pid}/schedstat`);
 const env = {
-  cpu: cpus()[0]?.model ?? "unknown",
-  cores: cpus().length,
-  memoryGiB: Math.round(totalmem() / GIB),
-  node: process.version,
-  v8: process.versions.v8,
-  platform: `${process.platform} ${process.arch}`,
-  crossOriginIsolated: globalThis.crossOriginIsolated ?? "n/a (Node: SharedArrayBuffer always available)",
+  ...hostEnvironment(),
   timer: "process.hrtime.bigint (runs), performance.now (windows)",
   timerResolutionNs: timerResolutionNs(),
   threadCpuTime: SCHEDSTAT ? "/proc/self/task/<tid>/schedstat" : "unavailable",
-  gitHead: gitHead(),
-  coreWasmSha256: createHash("sha256").update(readFileSync(wasmPath)).digest("hex").slice(0, 16),
-  loadAverageAtStart: loadavg().map((x) => Number(x.toFixed(2))),
+  ...buildIdentity(),
+  loadAverageAtStart: loadAverage(),
   scale: SCALE,
 };
-console.log("environment");
-for (const [k, v] of Object.entries(env)) console.log(`  ${k.padEnd(20)} ${Array.isArray(v) ? v.join(" ") : v}`);
+printEnvironment(env);
 // ---------------------------------------------------------------- helpers
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
 /** Block this thread for ms (Atomics.wait on a private word: no event loop, no spinning). */
@@ -189,43 +169,19 @@ function otherLoad() {
     },
   };
 }
-function quantile(sorted, q) {
-  if (sorted.length === 0) return Number.NaN;
-  if (q === 0.5) {
-    const m = sorted.length >> 1;
-    return sorted.length % 2 ? sorted[m] : (sorted[m - 1] + sorted[m]) / 2;
-  }
-  return sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)]; // nearest rank
-}
-/** p99 is reported only with at least 50 samples. */
+/** Median and nearest-rank p99 (reported only with at least 50 samples). */
 function summarize(xs) {
   const s = [...xs].sort((a, b) => a - b);
   return {
     n: s.length,
-    p50: quantile(s, 0.5),
-    p99: s.length >= 50 ? quantile(s, 0.99) : null,
+    p50: sortedMedian(s),
+    p99: s.length >= 50 ? nearestRank(s, 0.99) : null,
     min: s[0],
     max: s[s.length - 1],
   };
 }
-const median = (xs) =>
-  quantile(
-    [...xs].sort((a, b) => a - b),
-    0.5,
-  );
-const ONES = new Uint8Array(256);
-for (let k = 1; k < 256; k++) ONES[k] = ONES[k >> 1] + (k & 1);
-function popcount(bm) {
-  let c = 0;
-  for (let k = 0; k < bm.length; k++) c += ONES[bm[k]];
-  return c;
-}
 /** bits 0..n-1 set, nothing else */
-function checkAllSet(bm, n, what) {
-  const c = popcount(bm);
-  if (c !== n) throw new Error(`${what}: ${c} pages reported, ${n} first-written`);
-  for (let p = 0; p < n; p++) if ((bm[p >>> 3] & (1 << (p & 7))) === 0) throw new Error(`${what}: page ${p} missing`);
-}
+const checkAllSet = (bm, n, what) => checkStridedBits(bm, 1, n, what);
 const faults = (vcpu) => {
   const s = vcpu.stats;
   return Number(s.fastFaults + s.slowFaults);
@@ -665,7 +621,6 @@ for (const s of storeVms) await s.vm.close();
 
 // ---------------------------------------------------------------- report
 const mps = (ns) => 1000 / ns; // ns per op → M ops/s
-const fmt = (x, d = 1) => (x === null || x === undefined || Number.isNaN(x) ? "—" : x.toFixed(d));
 const pct = (x) => (x === null || x === undefined || Number.isNaN(x) ? "—" : `${(x * 100).toFixed(0)} %`);
 
 function rateRow(c, extra = {}) {
@@ -835,18 +790,6 @@ const collectorCells = (r) => [
   `${pct(r.workerOnCpuAloneP50)} / ${pct(r.workerOnCpuWithP50)}`,
   pct(r.mainOnCpuWithP50),
 ];
-function textTable(header, rows) {
-  const widths = header.map((h, k) => Math.max(h.length, ...rows.map((row) => row[k].length)));
-  const line = (cells) => cells.map((c, k) => (k === 0 ? c.padEnd(widths[k]) : c.padStart(widths[k]))).join("  ");
-  return [line(header), ...rows.map(line)].join("\n");
-}
-const mdTable = (header, rows) =>
-  [
-    `| ${header.join(" | ")} |`,
-    `|${header.map((_, k) => (k === 0 ? "---" : "---:")).join("|")}|`,
-    ...rows.map((row) => `| ${row.join(" | ")} |`),
-  ].join("\n");
-
 const x2 = (v) => `${v.toFixed(2)}×`;
 const tlbLines = [
   ...STORE_WORKLOADS.map(
@@ -891,50 +834,41 @@ for (const s of tlbLines) console.log(`  ${s}`);
 console.log("\nother same-run ratios");
 for (const s of otherLines) console.log(`  ${s}`);
 console.log("\ntargets");
-for (const t of targets) console.log(`  ${t.met ? "met   " : "MISSED"}  ${t.target}: ${t.value}`);
+for (const s of targetLines(targets)) console.log(s);
 console.log("\nchecks (outside the timed regions)");
 for (const r of records) console.log(`  ok  ${r.check}`);
-const elapsed = (performance.now() - started) / 1000;
-env.loadAverageAtEnd = loadavg().map((x) => Number(x.toFixed(2)));
+const elapsed = seconds();
+env.loadAverageAtEnd = loadAverage();
 console.log(
   `\ntotal run time ${elapsed.toFixed(1)} s; load average at start ${env.loadAverageAtStart.join(" ")}, at end ${env.loadAverageAtEnd.join(" ")}`,
 );
 
-const out = new URL("./results/", import.meta.url);
-mkdirSync(out, { recursive: true });
 const date = new Date().toISOString();
-writeFileSync(
-  new URL("threads.json", out),
-  `${JSON.stringify(
-    {
-      date,
-      environment: env,
-      otherLoad: loads,
-      config: {
-        rounds: ROUNDS,
-        storeSampleMs: STORE_SAMPLE_MS,
-        storeSamplesPerRound: STORE_SAMPLES,
-        workerSampleMs: WORKER_SAMPLE_MS,
-        workerSamplesPerRound: WORKER_SAMPLES,
-        faultPages: FAULT_PAGES,
-        faultSamplesPerRound: FAULT_SAMPLES,
-        rounds3: ROUNDS_3,
-        windowMs: WINDOW_MS,
-        harvestEveryMs: HARVEST_EVERY_MS,
-        loopBatch: LOOP_BATCH,
-        ringEntries: RING,
-      },
-      rows: { case1: rows1, case2: rows2, case3: rows3 },
-      workerRoundTripUs: rttSummary,
-      ratios,
-      targets,
-      checks: records,
-      totalSeconds: elapsed,
-    },
-    null,
-    2,
-  )}\n`,
-);
+const results = {
+  date,
+  environment: env,
+  otherLoad: loads,
+  config: {
+    rounds: ROUNDS,
+    storeSampleMs: STORE_SAMPLE_MS,
+    storeSamplesPerRound: STORE_SAMPLES,
+    workerSampleMs: WORKER_SAMPLE_MS,
+    workerSamplesPerRound: WORKER_SAMPLES,
+    faultPages: FAULT_PAGES,
+    faultSamplesPerRound: FAULT_SAMPLES,
+    rounds3: ROUNDS_3,
+    windowMs: WINDOW_MS,
+    harvestEveryMs: HARVEST_EVERY_MS,
+    loopBatch: LOOP_BATCH,
+    ringEntries: RING,
+  },
+  rows: { case1: rows1, case2: rows2, case3: rows3 },
+  workerRoundTripUs: rttSummary,
+  ratios,
+  targets,
+  checks: records,
+  totalSeconds: elapsed,
+};
 /** Slow harvests of a case-3 row, grouped by round, with that round's with/alone ratio. */
 function slowByRound(r) {
   const rounds = new Map();
@@ -986,9 +920,7 @@ const md = [
   "",
   "## Targets",
   "",
-  "| target | value | |",
-  "|---|---|---|",
-  ...targets.map((t) => `| ${t.target} | ${t.value} | ${t.met ? "met" : "**missed**"} |`),
+  ...targetsMd(targets),
   "",
   "Checks (outside the timed regions):",
   "",
@@ -1018,5 +950,4 @@ const md = [
   ),
   "",
 ];
-writeFileSync(new URL("threads.md", out), md.join("\n"));
-log("wrote bench/results/threads.json and bench/results/threads.md");
+log(`wrote ${writeResults("threads", results, md).join(" and ")}`);

@@ -1,0 +1,217 @@
+// Shared plumbing of the benchmark scripts (bench/run.js, bench/dirty-ring.js,
+// bench/threads.js, bench/get-breakdown.js): option parsing, the environment report, sample
+// statistics, bitmap checks, table formatting and the results writers. Nothing here is
+// timed; the measurements themselves stay in each script.
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, totalmem } from "node:os";
+import { calibrateTimerOverhead, hrtimeNowTimestampProvider } from "tinybench";
+
+export const MIB = 1 << 20;
+export const GIB = 1 << 30;
+export const PAGE = 4096;
+/** Where every benchmark places its slot: 4 GiB, above the core's own memory. */
+export const GPA = 0x1_0000_0000;
+
+/** The repository root (bench/..). */
+export const root = new URL("../", import.meta.url);
+
+// ---------------------------------------------------------------- command line
+/**
+ * `--help` prints `usage: <usage>` and exits; otherwise returns `option(name, fallback)`,
+ * the number following `name` on the command line, or `fallback` when it is absent.
+ */
+export function cliOptions(usage) {
+  const args = process.argv.slice(2);
+  if (args.includes("--help")) {
+    console.log(`usage: ${usage}`);
+    process.exit(0);
+  }
+  return (name, fallback) => {
+    const i = args.indexOf(name);
+    return i >= 0 ? Number(args[i + 1]) : fallback;
+  };
+}
+
+/** A progress logger on stderr, `[tag 12.3s] msg`, and the seconds since it was made. */
+export function startClock(tag) {
+  const started = performance.now();
+  const seconds = () => (performance.now() - started) / 1000;
+  return { log: (msg) => console.error(`[${tag} ${seconds().toFixed(1)}s] ${msg}`), seconds };
+}
+
+// ---------------------------------------------------------------- environment
+/** Smallest positive difference between back-to-back process.hrtime.bigint() calls. */
+export function timerResolutionNs() {
+  let min = Number.POSITIVE_INFINITY;
+  for (let k = 0; k < 20000; k++) {
+    const a = process.hrtime.bigint();
+    let b = process.hrtime.bigint();
+    while (b === a) b = process.hrtime.bigint();
+    min = Math.min(min, Number(b - a));
+  }
+  return min;
+}
+
+/** The 1, 5 and 15 minute load averages, to 2 decimals. */
+export const loadAverage = () => loadavg().map((x) => Number(x.toFixed(2)));
+
+/** The machine and runtime: the first entries of every script's environment report. */
+export function hostEnvironment() {
+  return {
+    cpu: cpus()[0]?.model ?? "unknown",
+    cores: cpus().length,
+    memoryGiB: Math.round(totalmem() / GIB),
+    node: process.version,
+    v8: process.versions.v8,
+    platform: `${process.platform} ${process.arch}`,
+    crossOriginIsolated: globalThis.crossOriginIsolated ?? "n/a (Node: SharedArrayBuffer always available)",
+  };
+}
+
+const packageVersion = (name) =>
+  JSON.parse(readFileSync(new URL(`node_modules/${name}/package.json`, root), "utf8")).version;
+
+/** The timer entries of a script timed by tinybench with hrtimeNowTimestampProvider. */
+export function tinybenchTiming() {
+  return {
+    timer: "process.hrtime.bigint (tinybench hrtimeNowTimestampProvider)",
+    timerResolutionNs: timerResolutionNs(),
+    timerCallOverheadNs: Math.round(calibrateTimerOverhead(hrtimeNowTimestampProvider) * 1e6),
+    tinybench: packageVersion("tinybench"),
+  };
+}
+
+const wasmPath = new URL("build/dirtlog.wasm", root);
+
+/** Exit with a hint unless the library has been built (dist/ and build/dirtlog.wasm). */
+export function requireBuild() {
+  if (!existsSync(wasmPath) || !existsSync(new URL("dist/index.js", root))) {
+    console.error("run `npm run build` first");
+    process.exit(1);
+  }
+}
+
+/** The checked-out commit, read from .git (the working tree may differ from it). */
+function gitHead() {
+  try {
+    const head = readFileSync(new URL(".git/HEAD", root), "utf8").trim();
+    if (!head.startsWith("ref: ")) return head.slice(0, 12);
+    return readFileSync(new URL(`.git/${head.slice(5)}`, root), "utf8")
+      .trim()
+      .slice(0, 12);
+  } catch {
+    return "unknown";
+  }
+}
+
+/** What was measured: the commit and a hash of the core wasm actually loaded. */
+export function buildIdentity() {
+  return {
+    gitHead: gitHead(),
+    coreWasmSha256: createHash("sha256").update(readFileSync(wasmPath)).digest("hex").slice(0, 16),
+  };
+}
+
+/** Print the environment report, one `key value` line per entry. */
+export function printEnvironment(env, show = (v) => (Array.isArray(v) ? v.join(" ") : v)) {
+  console.log("environment");
+  for (const [k, v] of Object.entries(env)) console.log(`  ${k.padEnd(20)} ${show(v)}`);
+}
+
+// ---------------------------------------------------------------- statistics
+/** Linear-interpolated quantile of sorted samples (tinybench's method). */
+export function quantile(sorted, q) {
+  const pos = (sorted.length - 1) * q;
+  const lo = Math.floor(pos);
+  const hi = Math.ceil(pos);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
+}
+
+/** Nearest-rank quantile of sorted samples (a value that was observed); NaN if empty. */
+export function nearestRank(sorted, q) {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)];
+}
+
+/** Median of sorted samples (the mean of the middle two for an even count); NaN if empty. */
+export function sortedMedian(sorted) {
+  if (sorted.length === 0) return Number.NaN;
+  const m = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[m] : (sorted[m - 1] + sorted[m]) / 2;
+}
+
+/** Median of samples in any order. */
+export const median = (xs) => sortedMedian([...xs].sort((a, b) => a - b));
+
+// ---------------------------------------------------------------- dirty bitmaps
+const ONES = new Uint8Array(256);
+for (let b = 1; b < 256; b++) ONES[b] = ONES[b >> 1] + (b & 1);
+
+/** Number of set bits in a byte array. */
+export function popcount(bm) {
+  let c = 0;
+  for (let b = 0; b < bm.length; b++) c += ONES[bm[b]];
+  return c;
+}
+
+/** Throws unless the bitmap has exactly the bits 0, k, 2k, … (n of them). */
+export function checkStridedBits(bm, k, n, what) {
+  for (let p = 0; p < n * k; p += k) {
+    if ((bm[p >>> 3] & (1 << (p & 7))) === 0) throw new Error(`${what}: page ${p} not reported`);
+  }
+  const c = popcount(bm);
+  if (c !== n) throw new Error(`${what}: ${c} pages reported, ${n} expected`);
+}
+
+// ---------------------------------------------------------------- report
+/** A number with d decimals, or "—" for a missing one (undefined, null, NaN). */
+export const fmt = (x, d = 1) => (x === null || x === undefined || Number.isNaN(x) ? "—" : x.toFixed(d));
+
+/** A plain-text table: the first column left-aligned, the others right-aligned. */
+export function textTable(header, rows) {
+  const widths = header.map((h, k) => Math.max(h.length, ...rows.map((row) => row[k].length)));
+  const line = (cells) => cells.map((c, k) => (k === 0 ? c.padEnd(widths[k]) : c.padStart(widths[k]))).join("  ");
+  return [line(header), ...rows.map(line)].join("\n");
+}
+
+/** A markdown table: the first column left-aligned, the others right-aligned. */
+export const mdTable = (header, rows) =>
+  [
+    `| ${header.join(" | ")} |`,
+    `|${header.map((_, k) => (k === 0 ? "---" : "---:")).join("|")}|`,
+    ...rows.map((row) => `| ${row.join(" | ")} |`),
+  ].join("\n");
+
+/**
+ * Targets ({ target, value, met, kernel? }) as console lines and as a markdown table; the
+ * kernel figure is shown when the targets have one.
+ */
+export function targetLines(targets) {
+  return targets.map(
+    (t) =>
+      `  ${t.met ? "met   " : "MISSED"}  ${t.target}: ${t.value}${t.kernel === undefined ? "" : ` (kernel: ${t.kernel})`}`,
+  );
+}
+export function targetsMd(targets) {
+  const kernel = targets.some((t) => t.kernel !== undefined);
+  return [
+    kernel ? "| target | value | kernel | |" : "| target | value | |",
+    kernel ? "|---|---|---|---|" : "|---|---|---|",
+    ...targets.map(
+      (t) => `| ${t.target} | ${t.value} |${kernel ? ` ${t.kernel} |` : ""} ${t.met ? "met" : "**missed**"} |`,
+    ),
+  ];
+}
+
+/**
+ * Write bench/results/<name>.json (`data`, pretty-printed) and bench/results/<name>.md (the
+ * markdown lines, joined); returns the two paths written, relative to the repository.
+ */
+export function writeResults(name, data, mdLines) {
+  const out = new URL("bench/results/", root);
+  mkdirSync(out, { recursive: true });
+  writeFileSync(new URL(`${name}.json`, out), `${JSON.stringify(data, null, 2)}\n`);
+  writeFileSync(new URL(`${name}.md`, out), mdLines.join("\n"));
+  return [`bench/results/${name}.json`, `bench/results/${name}.md`];
+}
