@@ -2,12 +2,12 @@
 // INITIALLY_SET — one test per rule of spec §2 (kvm-tracking.md), with the behaviour
 // measured on the real kernel (anchors/real-kvm.md) where it applies.
 import { afterEach, describe, expect, it } from "vitest";
+import { errnoOf, faults, pagesOf, triple } from "./helpers.js";
 import {
   KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
   KVM_DIRTY_LOG_INITIALLY_SET,
   KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
   KVM_MEM_LOG_DIRTY_PAGES,
-  KvmError,
   type Vcpu,
   type Vm,
   createVm,
@@ -22,10 +22,6 @@ const NPAGES = 131; // 2·64 + 3: deliberately not a multiple of 64
 const GIB = 1 << 30;
 const MIB = 1 << 20;
 
-// SPTE bits (EPT format, spec §5.1)
-const W_BIT = 1n << 1n;
-const H_BIT = 1n << 57n;
-const M_BIT = 1n << 58n;
 
 const vms: Vm[] = [];
 afterEach(() => {
@@ -54,13 +50,6 @@ function write(vcpu: Vcpu, pages: number[], base = BASE, value = 0x1234n): void 
   for (const p of pages) expect(vcpu.writeGuest(base + p * PAGE, value)).toBe(0);
 }
 
-/** Page numbers whose bits are set (little-endian bit numbering). */
-function pagesOf(bm: Uint8Array): number[] {
-  const out: number[] = [];
-  for (let i = 0; i < bm.length * 8; i++) if ((bm[i >> 3] >> (i & 7)) & 1) out.push(i);
-  return out;
-}
-
 function popcount(bm: Uint8Array): number {
   let n = 0;
   for (const b of bm) for (let x = b; x; x &= x - 1) n++;
@@ -72,31 +61,6 @@ function mask(bytes: number, pages: number[], first = 0): Uint8Array {
   const out = new Uint8Array(bytes);
   for (const p of pages) out[(p - first) >> 3] |= 1 << ((p - first) & 7);
   return out;
-}
-
-function errnoOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof KvmError) {
-      expect(e.code).toBeGreaterThan(0);
-      return e.errno;
-    }
-    throw e;
-  }
-  return undefined;
-}
-
-/** (host-writable, MMU-writable, W) of the leaf mapping gpa, and its level. */
-function triple(vm: Vm, gpa: number, as = 0): { hmw: string; level: number } {
-  const { spte, level } = vm.spte(as, gpa);
-  const b = (m: bigint) => (spte & m ? "1" : "0");
-  return { hmw: b(H_BIT) + b(M_BIT) + b(W_BIT), level };
-}
-
-function faults(vcpu: Vcpu): bigint {
-  const s = vcpu.stats;
-  return s.fastFaults + s.slowFaults;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,12 +3,12 @@
 // the TLB-flush points (§5.3, §8), zap-all on MOVE/DELETE (§1.4), reads and flags-only
 // changes as measured on the real kernel (anchors/real-kvm.md), guest data and SMM.
 import { afterEach, describe, expect, it } from "vitest";
+import { faults, pagesOf, triple } from "./helpers.js";
 import {
   KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
   KVM_EXIT_MMIO,
   KVM_MEM_LOG_DIRTY_PAGES,
   KVM_MEM_READONLY,
-  type Vcpu,
   type Vm,
   createVm,
 } from "../src/index.js";
@@ -43,24 +43,6 @@ async function newVm(): Promise<Vm> {
 
 function addSlot(vm: Vm, slot: number, gpa: number, bytes: number, flags = LOG, backed = false): void {
   vm.setUserMemoryRegion({ slot, flags, guestPhysAddr: gpa, memorySize: bytes, backed });
-}
-
-function pagesOf(bm: Uint8Array): number[] {
-  const out: number[] = [];
-  for (let i = 0; i < bm.length * 8; i++) if ((bm[i >> 3] >> (i & 7)) & 1) out.push(i);
-  return out;
-}
-
-/** (host-writable, MMU-writable, W) as a string like "110", and the leaf level (0 = none). */
-function triple(vm: Vm, gpa: number, as = 0): { hmw: string; level: number } {
-  const { spte, level } = vm.spte(as, gpa);
-  const b = (m: bigint) => (spte & m ? "1" : "0");
-  return { hmw: b(HOST_WRITABLE) + b(MMU_WRITABLE) + b(EPT_W), level };
-}
-
-function faults(vcpu: Vcpu): bigint {
-  const s = vcpu.stats;
-  return s.fastFaults + s.slowFaults;
 }
 
 function readLe64(bytes: Uint8Array, off: number): bigint {

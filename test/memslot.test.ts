@@ -3,10 +3,10 @@
 // dirty bitmap's lifetime as memslots change. Every rejected call is checked to change
 // nothing (generations, slots, logging count, dirty bits).
 import { afterEach, describe, expect, it } from "vitest";
+import { errnoOf, pagesOf } from "./helpers.js";
 import {
   APIC_ACCESS_PAGE_PRIVATE_MEMSLOT,
   APIC_DEFAULT_PHYS_BASE,
-  ERRNO,
   type ErrnoName,
   IDENTITY_PAGETABLE_PRIVATE_MEMSLOT,
   KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
@@ -19,7 +19,6 @@ import {
   KVM_MEM_GUEST_MEMFD,
   KVM_MEM_LOG_DIRTY_PAGES,
   KVM_MEM_READONLY,
-  KvmError,
   TSS_PRIVATE_MEMSLOT,
   type Vm,
   type VmOptions,
@@ -47,17 +46,6 @@ afterEach(() => {
   for (const vm of vms.splice(0)) vm.dispose();
 });
 
-/** The errno a call throws as a KvmError (code consistent with the name), or undefined. */
-function errnoOf(fn: () => unknown): ErrnoName | undefined {
-  try {
-    fn();
-  } catch (e) {
-    if (!(e instanceof KvmError)) throw e;
-    expect(e.code).toBe(ERRNO[e.errno]);
-    return e.errno;
-  }
-  return undefined;
-}
 function expectErrno(fn: () => unknown, errno: ErrnoName): void {
   expect(errnoOf(fn)).toBe(errno);
 }
@@ -88,14 +76,8 @@ function region(vm: Vm, slot: number, gpa: number | bigint, size: number | bigin
 function del(vm: Vm, slot: number, gpa: number | bigint = 0): void {
   vm.setUserMemoryRegion({ slot, guestPhysAddr: gpa, memorySize: 0 });
 }
-/** Indices of the set bits of a dirty log. */
-function bitsOf(log: Uint8Array): number[] {
-  const out: number[] = [];
-  for (let i = 0; i < log.length * 8; i++) if ((log[i >> 3] >> (i & 7)) & 1) out.push(i);
-  return out;
-}
 function dirtyPages(vm: Vm, slot: number): number[] {
-  return bitsOf(vm.getDirtyLog(slot));
+  return pagesOf(vm.getDirtyLog(slot));
 }
 /** Guest stores to the given pages of a range; each must retire. */
 function touch(vcpu: { writeGuest(gpa: number | bigint, v: number | bigint): number }, base: number | bigint, pages: number[]): void {
@@ -293,7 +275,7 @@ describe("§1.3 bad inputs (each EINVAL/EEXIST, nothing changes)", () => {
     expect(vm.memslotAt(0, 0x100000 + 4 * PAGE)).toBeUndefined();
     const log = vm.getDirtyLog(0);
     expect(log.length).toBe(8); // still 4 pages: ALIGN(4, 64) / 8
-    expect(bitsOf(log)).toEqual([0, 3]);
+    expect(pagesOf(log)).toEqual([0, 3]);
   });
 
   it("rejects toggling KVM_MEM_READONLY on an existing slot, either way; bits stay", async () => {
@@ -886,7 +868,7 @@ describe("§1.5 dirty bitmap lifetime across memslot changes", () => {
     region(vm, 0, 0x100000, 8 * PAGE, LOG);
     const log = vm.getDirtyLog(0);
     expect(log.length).toBe(8);
-    expect(bitsOf(log)).toEqual([]);
+    expect(pagesOf(log)).toEqual([]);
   });
 
   it("with manual protect + INITIALLY_SET a new bitmap has exactly npages ones, also after off/on", async () => {
@@ -896,7 +878,7 @@ describe("§1.5 dirty bitmap lifetime across memslot changes", () => {
     const all = Array.from({ length: 100 }, (_, i) => i);
     const log = vm.getDirtyLog(0);
     expect(log.length).toBe(16); // ALIGN(100, 64) / 8
-    expect(bitsOf(log)).toEqual(all);
+    expect(pagesOf(log)).toEqual(all);
     // clear everything, then logging off and on: a new all-ones bitmap
     vm.clearDirtyLog(0, 0, 100, new Uint8Array(16).fill(0xff));
     expect(dirtyPages(vm, 0)).toEqual([]);
@@ -966,7 +948,7 @@ describe("§1.5 dirty bitmap lifetime across memslot changes", () => {
       region(vm, slot, 0x1000000 * (slot + 1), pages * PAGE, LOG);
       const log = vm.getDirtyLog(slot);
       expect(log.length).toBe(bytes);
-      expect(bitsOf(log).length).toBe(pages);
+      expect(pagesOf(log).length).toBe(pages);
     }
   });
 });
