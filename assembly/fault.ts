@@ -206,20 +206,25 @@ export function vcpu_check_exit_request(vcpu: usize): u32 {
  * (vcpu_enter_guest), where a soft-full ring exits before the store retires.
  */
 export function guest_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
-  const gfn = gpa >> 12;
-  // beyond the 48-bit guest physical space no slot exists, and the 4-level walk would
-  // alias a low address: an access there is MMIO (KVM emulates it)
-  if (gfn > KVM_MAX_GFN) return exit_mmio(vcpu, gpa);
-  const as_id = load<u32>(vcpu + VCPU_AS);
-  const tlb = tlb_on(vm);
-  if (tlb) {
-    const host = tlb_lookup(vcpu, as_id, gfn);
+  if (tlb_on(vm)) {
+    const host = tlb_lookup(vcpu, load<u32>(vcpu + VCPU_AS), gpa >> 12);
     if (host != 0) {
       // a cached writable translation: no walk, no fault (even if the SPTE lost W since)
       if (host != 1) store<u64>(host + <usize>(gpa & 0xff8), value);
       return 0;
     }
   }
+  return guest_write_tlb_miss(vm, vcpu, gpa, value);
+}
+
+/** guest_write after the TLB missed (kvm_run looks the TLB up inline, then calls this). */
+export function guest_write_tlb_miss(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
+  const gfn = gpa >> 12;
+  // beyond the 48-bit guest physical space no slot exists, and the 4-level walk would
+  // alias a low address: an access there is MMIO (KVM emulates it)
+  if (gfn > KVM_MAX_GFN) return exit_mmio(vcpu, gpa);
+  const as_id = load<u32>(vcpu + VCPU_AS);
+  const tlb = tlb_on(vm);
   const psc_tag = ((gfn >> 9) << 1 | <u64>as_id) + 1;
   while (true) {
     let w: usize;

@@ -28,7 +28,7 @@ import {
   VCPU_WL_PENDING,
   VM_ITERATION,
 } from "./layout";
-import { guest_write, vcpu_check_exit_request, vcpu_enter_guest, vcpu_exit_guest } from "./fault";
+import { guest_write_tlb_miss, vcpu_check_exit_request, vcpu_enter_guest, vcpu_exit_guest } from "./fault";
 import { tlb_on } from "./tlb";
 import { rng_next, workload_gpa, workload_next_page } from "./workload";
 
@@ -92,7 +92,7 @@ export function kvm_run(vm: usize, vcpu: usize): u32 {
         continue;
       }
     }
-    r = guest_write(vm, vcpu, gpa, value);
+    r = guest_write_tlb_miss(vm, vcpu, gpa, value);
     if (r != 0) {
       pending = gpa + 1;
       break;
