@@ -1124,30 +1124,45 @@ const seqArb = fc.array(opArb, {
 const NUM_RUNS = Number(process.env.DIRTLOG_PROPERTY_RUNS ?? 300);
 const SEED = process.env.DIRTLOG_PROPERTY_SEED ? Number(process.env.DIRTLOG_PROPERTY_SEED) : undefined;
 
-const stats = { runs: 0, steps: 0, pool: 0, events: new Map<string, number>() };
+interface RunStats {
+  runs: number;
+  steps: number;
+  pool: number;
+  events: Map<string, number>;
+}
+const newStats = (): RunStats => ({ runs: 0, steps: 0, pool: 0, events: new Map<string, number>() });
+const stats = newStats();
+
+/** Count one run's steps and events; fail the property on a difference. */
+function record(st: RunStats, r: { steps: number; stoppedForPool: boolean; failure?: string }): void {
+  st.runs++;
+  st.steps += r.steps;
+  if (r.stoppedForPool) st.pool++;
+  for (const [k, v] of events.pop() ?? []) st.events.set(k, (st.events.get(k) ?? 0) + v);
+  if (r.failure) throw new Error(r.failure);
+}
+
+/** With DIRTLOG_PROPERTY_STATS set, print how often each path ran. */
+function printStats(st: RunStats, what: string): void {
+  if (!process.env.DIRTLOG_PROPERTY_STATS) return;
+  console.log(st.runs, what, st.steps, "steps", st.pool, "stopped for the pool");
+  console.log(
+    [...st.events]
+      .sort()
+      .map(([k, v]) => `${k}: ${v}`)
+      .join("\n"),
+  );
+}
 
 describe("core vs reference model", () => {
   it("agrees with the reference model on random operation sequences", async () => {
     await fc.assert(
       fc.asyncProperty(seqArb, async (ops) => {
-        const r = await runOps(ops);
-        stats.runs++;
-        stats.steps += r.steps;
-        if (r.stoppedForPool) stats.pool++;
-        for (const [k, v] of events.pop() ?? []) stats.events.set(k, (stats.events.get(k) ?? 0) + v);
-        if (r.failure) throw new Error(r.failure);
+        record(stats, await runOps(ops));
       }),
       { numRuns: NUM_RUNS, seed: SEED, endOnFailure: false },
     );
-    if (process.env.DIRTLOG_PROPERTY_STATS) {
-      console.log(stats.runs, "runs", stats.steps, "steps", stats.pool, "stopped for the pool");
-      console.log(
-        [...stats.events]
-          .sort()
-          .map(([k, v]) => `${k}: ${v}`)
-          .join("\n"),
-      );
-    }
+    printStats(stats, "runs");
   });
 
   it("catches planted differences (the model run with one rule flipped)", async () => {
@@ -1483,27 +1498,14 @@ const ringSeqArb = fc.array(ringOpArb, { minLength: 1, maxLength: RING_STEPS, si
 
 describe("core vs reference model, dirty-ring mode", () => {
   it("agrees with the reference model on random ring-mode operation sequences", async () => {
-    const st = { runs: 0, steps: 0, pool: 0, events: new Map<string, number>() };
+    const st = newStats();
     await fc.assert(
       fc.asyncProperty(ringConfigArb, ringSeqArb, async (cfg, ops) => {
-        const r = await runRingOps(cfg, ops, RING_PLANT);
-        st.runs++;
-        st.steps += r.steps;
-        if (r.stoppedForPool) st.pool++;
-        for (const [k, v] of events.pop() ?? []) st.events.set(k, (st.events.get(k) ?? 0) + v);
-        if (r.failure) throw new Error(r.failure);
+        record(st, await runRingOps(cfg, ops, RING_PLANT));
       }),
       { numRuns: RING_RUNS, seed: SEED, endOnFailure: false },
     );
-    if (process.env.DIRTLOG_PROPERTY_STATS) {
-      console.log(st.runs, "ring runs", st.steps, "steps", st.pool, "stopped for the pool");
-      console.log(
-        [...st.events]
-          .sort()
-          .map(([k, v]) => `${k}: ${v}`)
-          .join("\n"),
-      );
-    }
+    printStats(st, "ring runs");
   });
 
   it("guest accesses above the 48-bit guest physical space exit MMIO and never alias low memory (bug C, fixed)", async () => {
