@@ -1134,7 +1134,7 @@ const newStats = (): RunStats => ({ runs: 0, steps: 0, pool: 0, events: new Map<
 const stats = newStats();
 
 /** Count one run's steps and events; fail the property on a difference. */
-function record(st: RunStats, r: { steps: number; stoppedForPool: boolean; failure?: string }): void {
+function record(st: RunStats, r: { steps: number; stoppedForPool: boolean; failure: string | null }): void {
   st.runs++;
   st.steps += r.steps;
   if (r.stoppedForPool) st.pool++;
