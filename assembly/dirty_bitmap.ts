@@ -16,7 +16,13 @@
 //     left there, CLEAR consumes what the host copied in).
 //   - A page is re-armed (write-protected, or D cleared under PML) only after its bit has
 //     left the live bitmap, and under mmu_lock for write; one TLB flush per call, after.
+import { fail } from "./errno";
 import {
+  ERR_CLEAR_FIRST,
+  ERR_CLEAR_RANGE,
+  ERR_LOG_SLOT,
+  ERR_RING_MODE,
+  ERR_SLOT_ID,
   EINVAL,
   ENOENT,
   ENXIO,
@@ -41,10 +47,10 @@ import {
   slot_words,
   use_dirty_bitmap,
 } from "./memslot";
-import { write_lock, write_unlock } from "./mmu_lock";
+import { lockdep_assert_held_write, write_lock, write_unlock } from "./mmu_lock";
 import { OP_SPLIT, tdp_clear_dirty_masked, tdp_range, tdp_walk_cache_reset, tdp_write_protect_gfn } from "./tdp";
 import { kvm_vcpu_kick } from "./pml";
-import { flush_remote_tlbs } from "./tlb";
+import { flush_remote_tlbs_dirty_log } from "./tlb";
 
 /** set_bit_le(rel, slot->dirty_bitmap), then the summary bit. */
 export function bitmap_set(slot: usize, rel: u64): void {
@@ -64,6 +70,7 @@ export function bitmap_set(slot: usize, rel: u64): void {
  * and flushes TLBs afterwards.
  */
 export function enable_log_dirty_pt_masked(vm: usize, slot: usize, as_id: u32, offset: u64, mask: u64): void {
+  lockdep_assert_held_write(vm);
   const gfn = load<u64>(slot + SLOT_BASE_GFN) + offset;
   if (manual_protect_and_init_set(vm)) {
     // Nothing was protected when logging was enabled, so huge mappings may still be
@@ -80,12 +87,12 @@ export function enable_log_dirty_pt_masked(vm: usize, slot: usize, as_id: u32, o
 
 /** Common checks of GET and CLEAR (spec §2.3); returns the slot or -errno. */
 function dirty_log_slot(vm: usize, slot_id: u32): isize {
-  if (!use_dirty_bitmap(vm)) return -ENXIO;
+  if (!use_dirty_bitmap(vm)) return fail(vm, ENXIO, ERR_RING_MODE);
   const as_id = slot_id >> 16;
   const id = slot_id & 0xffff;
-  if (as_id >= KVM_NR_AS || id >= KVM_USER_MEM_SLOTS) return -EINVAL;
+  if (as_id >= KVM_NR_AS || id >= KVM_USER_MEM_SLOTS) return fail(vm, EINVAL, ERR_SLOT_ID);
   const s = slot_ptr(vm, as_id, id);
-  if (load<u32>(s + SLOT_BITMAP) == 0) return -ENOENT; // no slot, logging off, or ring-only
+  if (load<u32>(s + SLOT_BITMAP) == 0) return fail(vm, ENOENT, ERR_LOG_SLOT); // no slot, logging off, or ring-only
   return <isize>s;
 }
 
@@ -135,7 +142,7 @@ export function kvm_get_dirty_log(vm: usize, slot_id: u32, can_block: u32): i32 
     if (took) { store<u32>(scratch + ((<usize>count) << 2), <u32>i); count++; }
   }
   write_unlock(vm);
-  if (count > 0) flush_remote_tlbs(vm, can_block != 0);
+  if (count > 0) flush_remote_tlbs_dirty_log(vm, can_block != 0);
   return count;
 }
 
@@ -158,13 +165,15 @@ export function kvm_dirty_log_done(vm: usize, slot_id: u32, count: i32): void {
  * id, EINVAL for an unaligned first_page, ENOENT, EINVAL for the range. 0 if accepted.
  */
 export function kvm_clear_dirty_log_check(vm: usize, slot_id: u32, first: u64, num: u64): i32 {
-  if (!use_dirty_bitmap(vm)) return -ENXIO;
-  if (slot_id >> 16 >= KVM_NR_AS || (slot_id & 0xffff) >= KVM_USER_MEM_SLOTS) return -EINVAL;
-  if ((first & 63) != 0) return -EINVAL;
+  if (!use_dirty_bitmap(vm)) return fail(vm, ENXIO, ERR_RING_MODE);
+  if (slot_id >> 16 >= KVM_NR_AS || (slot_id & 0xffff) >= KVM_USER_MEM_SLOTS) return fail(vm, EINVAL, ERR_SLOT_ID);
+  if ((first & 63) != 0) return fail(vm, EINVAL, ERR_CLEAR_FIRST);
   const r = dirty_log_slot(vm, slot_id);
   if (r < 0) return <i32>r;
   const npages = load<u64>(<usize>r + SLOT_NPAGES);
-  if (first > npages || num > npages - first || (num < npages - first && (num & 63) != 0)) return -EINVAL;
+  if (first > npages || num > npages - first || (num < npages - first && (num & 63) != 0)) {
+    return fail(vm, EINVAL, ERR_CLEAR_RANGE);
+  }
   kvm_arch_sync_dirty_log(vm);
   return 0;
 }
@@ -195,7 +204,7 @@ export function kvm_clear_dirty_log(vm: usize, slot_id: u32, first: u64, num: u6
     enable_log_dirty_pt_masked(vm, s, as_id, (<u64>w) << 6, mask);
   }
   write_unlock(vm);
-  if (flush) flush_remote_tlbs(vm, can_block != 0);
+  if (flush) flush_remote_tlbs_dirty_log(vm, can_block != 0);
 }
 
 /** Where the host finds GET's chunks: the live bitmap (manual protect) or the second one. */

@@ -61,9 +61,10 @@ import {
 } from "./layout";
 import { enable_log_dirty_pt_masked } from "./dirty_bitmap";
 import { slot_ptr } from "./memslot";
-import { write_lock, write_unlock } from "./mmu_lock";
+import { lockdep_assert_held_write, write_lock, write_unlock } from "./mmu_lock";
+import { lockdep_assert_vcpu_held } from "./vcpu";
 import { tdp_walk_cache_reset } from "./tdp";
-import { flush_remote_tlbs } from "./tlb";
+import { flush_remote_tlbs_dirty_log } from "./tlb";
 
 const SOFT_FULL_REQ: u32 = 1 << KVM_REQ_DIRTY_RING_SOFT_FULL;
 
@@ -91,6 +92,7 @@ export function dirty_ring_alloc(vcpu: usize, ring: usize, priv: usize, entries:
 
 /** kvm_dirty_ring_push: publish (slot, offset); raise the soft-full request at the limit. */
 export function dirty_ring_push(vm: usize, vcpu: usize, slot: u32, offset: u64): void {
+  lockdep_assert_vcpu_held(vcpu); // dirty_index has one writer: the vCPU's driver
   // It should never get full; if it does, the entry is overwritten (WARN_ON_ONCE).
   if (dirty_ring_full(vcpu)) atomic.add<u32>(vm + VM_RING_WARN, 1);
   const index = load<u32>(vcpu + VCPU_DIRTY_INDEX);
@@ -129,6 +131,7 @@ export function dirty_ring_check_request(vcpu: usize): u32 {
  * The caller holds mmu_lock for write.
  */
 function reset_gfn(vm: usize, slot: u32, offset: u64, mask: u64): void {
+  lockdep_assert_held_write(vm);
   if (mask == 0) return;
   const as_id = slot >> 16;
   const id = slot & 0xffff;
@@ -219,6 +222,6 @@ export function kvm_reset_dirty_rings(vm: usize, can_block: u32): i32 {
   const n = load<u32>(vm + VM_NR_VCPUS);
   let total: u32 = 0;
   for (let i: u32 = 0; i < n; i++) total += dirty_ring_reset(vm, <usize>load<u32>(table + (<usize>i << 2)));
-  if (total != 0) flush_remote_tlbs(vm, can_block != 0);
+  if (total != 0) flush_remote_tlbs_dirty_log(vm, can_block != 0);
   return <i32>total;
 }

@@ -56,6 +56,7 @@ import { read_lock, read_unlock } from "./mmu_lock";
 import { SPTE_D, SPTE_M, SPTE_W, is_leaf, is_present, level_pages, make_leaf, spte_hpa } from "./spte";
 import { tdp_get_or_create, tdp_walk } from "./tdp";
 import { tlb_check_request, tlb_fill, tlb_lookup, tlb_on } from "./tlb";
+import { vcpu_load, vcpu_put } from "./vcpu";
 
 const EXIT_REQ: u32 = 1 << KVM_REQ_EXIT;
 const KICK_REQ: u32 = 1 << KVM_REQ_KICK;
@@ -323,9 +324,12 @@ function guest_read(vm: usize, vcpu: usize, gpa: u64, out: usize): u32 {
 /**
  * One 8-byte guest store at gpa (8-aligned), as a KVM_RUN whose guest executes exactly that
  * store. Returns 0 when it retired, else the exit reason (MMIO, DIRTY_RING_FULL — the store
- * did not retire; the retry faults again after the reset and is pushed again —, INTR).
+ * did not retire; the retry faults again after the reset and is pushed again —, INTR), or
+ * -EBUSY when another thread holds vcpu->mutex (nothing done). `tag`: see vcpu.ts.
  */
-export function kvm_vcpu_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
+export function kvm_vcpu_write(vm: usize, vcpu: usize, tag: u32, gpa: u64, value: u64): i32 {
+  const loaded = vcpu_load(vcpu, tag);
+  if (loaded < 0) return loaded;
   let r = vcpu_check_exit_request(vcpu);
   if (r == 0) r = vcpu_enter_guest(vm, vcpu);
   if (r == 0) r = guest_write(vm, vcpu, gpa, value);
@@ -334,11 +338,18 @@ export function kvm_vcpu_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u3
     store<u64>(vcpu + VCPU_LAST_GPA, gpa);
   }
   vcpu_exit_guest(vm, vcpu);
-  return exit_with(vcpu, r);
+  exit_with(vcpu, r);
+  vcpu_put(vcpu, loaded);
+  return <i32>r;
 }
 
-/** One 8-byte guest load at gpa. Sets the vCPU's exit reason (0, MMIO, ring full, INTR). */
-export function kvm_vcpu_read(vm: usize, vcpu: usize, gpa: u64): u64 {
+/**
+ * One 8-byte guest load at gpa; the value lands in VCPU_READ_VALUE (0 after an exit).
+ * Returns the exit reason (0, MMIO, ring full, INTR) or -EBUSY (see kvm_vcpu_write).
+ */
+export function kvm_vcpu_read(vm: usize, vcpu: usize, tag: u32, gpa: u64): i32 {
+  const loaded = vcpu_load(vcpu, tag);
+  if (loaded < 0) return loaded;
   const out = vcpu + VCPU_READ_VALUE;
   store<u64>(out, 0);
   let r = vcpu_check_exit_request(vcpu);
@@ -346,14 +357,17 @@ export function kvm_vcpu_read(vm: usize, vcpu: usize, gpa: u64): u64 {
   if (r == 0) r = guest_read(vm, vcpu, gpa, out);
   vcpu_exit_guest(vm, vcpu);
   exit_with(vcpu, r);
-  return load<u64>(out);
+  vcpu_put(vcpu, loaded);
+  return <i32>r;
 }
 
 /**
- * `count` stores of `value` at gpa, gpa + stride, ... Stops at the first exit.
- * Returns the number of stores that retired.
+ * `count` (< 2^31) stores of `value` at gpa, gpa + stride, ... Stops at the first exit.
+ * Returns the number of stores that retired, or -EBUSY (see kvm_vcpu_write).
  */
-export function kvm_vcpu_write_strided(vm: usize, vcpu: usize, gpa: u64, stride: u64, count: u32, value: u64): u32 {
+export function kvm_vcpu_write_strided(vm: usize, vcpu: usize, tag: u32, gpa: u64, stride: u64, count: u32, value: u64): i32 {
+  const loaded = vcpu_load(vcpu, tag);
+  if (loaded < 0) return loaded;
   let r = vcpu_check_exit_request(vcpu);
   if (r == 0) r = vcpu_enter_guest(vm, vcpu);
   let i: u32 = 0;
@@ -365,7 +379,8 @@ export function kvm_vcpu_write_strided(vm: usize, vcpu: usize, gpa: u64, stride:
   store<u64>(vcpu + VCPU_STORES, load<u64>(vcpu + VCPU_STORES) + i);
   if (i > 0) store<u64>(vcpu + VCPU_LAST_GPA, gpa + (<u64>(i - 1)) * stride);
   exit_with(vcpu, r);
-  return i;
+  vcpu_put(vcpu, loaded);
+  return <i32>i;
 }
 
 /**
@@ -388,16 +403,27 @@ export function memslot_host_touch(vm: usize, slot_id: u32, first: u64, count: u
  * kvm_write_guest / kvm_vcpu_write_guest: KVM itself writes 8 bytes of guest memory through
  * the memslot's host mapping (no SPTE involved) and marks the page dirty. `vcpu` is the
  * running vCPU (its address space; ring push) or 0 for none (address space 0; on a ring VM
- * only a WITH_BITMAP bitmap can catch it). Returns 0 or -EFAULT (no slot, read-only slot).
+ * only a WITH_BITMAP bitmap can catch it). With a vCPU the call is in vCPU context and
+ * takes vcpu->mutex with `tag` (-EBUSY when another thread holds it). Returns 0 or -EFAULT
+ * (no slot, read-only slot).
  */
-export function kvm_write_guest(vm: usize, vcpu: usize, gpa: u64, value: u64): i32 {
+export function kvm_write_guest(vm: usize, vcpu: usize, tag: u32, gpa: u64, value: u64): i32 {
+  let loaded: i32 = 0;
+  if (vcpu != 0) {
+    loaded = vcpu_load(vcpu, tag);
+    if (loaded < 0) return loaded;
+  }
   const gfn = gpa >> 12;
   const slot = memslot_lookup(vm, vcpu != 0 ? load<u32>(vcpu + VCPU_AS) : 0, gfn);
-  if (slot == 0 || (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_READONLY) != 0) return -EFAULT;
-  const rel = gfn - load<u64>(slot + SLOT_BASE_GFN);
-  const backing = <usize>load<u32>(slot + SLOT_BACKING);
-  if (backing != 0) store<u64>(backing + <usize>((rel << 12) | (gpa & 0xfff)), value);
-  set_bits(slot_host_present(slot), rel, 1);
-  mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
-  return 0;
+  let r: i32 = -EFAULT;
+  if (slot != 0 && (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_READONLY) == 0) {
+    const rel = gfn - load<u64>(slot + SLOT_BASE_GFN);
+    const backing = <usize>load<u32>(slot + SLOT_BACKING);
+    if (backing != 0) store<u64>(backing + <usize>((rel << 12) | (gpa & 0xfff)), value);
+    set_bits(slot_host_present(slot), rel, 1);
+    mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
+    r = 0;
+  }
+  if (vcpu != 0) vcpu_put(vcpu, loaded);
+  return r;
 }

@@ -24,6 +24,7 @@ export const E2BIG: i32 = 7;
 export const ENOMEM: i32 = 12;
 export const EFAULT: i32 = 14;
 export const EEXIST: i32 = 17;
+export const EBUSY: i32 = 16;
 export const EINVAL: i32 = 22;
 
 // ---- KVM constants ----
@@ -86,6 +87,26 @@ export const VM_TLB_MODEL: u32 = 136; // u32: 1 = vCPUs cache translations (the 
 export const VM_DEBUG: u32 = 140; // u32: fault injection for tests (VM_DEBUG_* bits)
 export const VM_DEBUG_SKIP_TLB_FLUSH: u32 = 1; // remote flushes are counted but never requested
 export const VM_WALK_CACHE: u32 = 144; // u64 gfn >> 9 (+1, 0 = empty), u32 leaf table: re-protection's walk cache
+export const VM_ERR_REASON: u32 = 160; // u32: ERR_* code of the last call that failed (the host words it)
+
+// ---- why a call failed (VM_ERR_REASON; src/errors.ts has the words) ----
+export const ERR_FLAGS: u32 = 1; // unknown memslot flags
+export const ERR_SLOT_ID: u32 = 2; // id beyond the user slots
+export const ERR_INTERNAL: u32 = 3; // internal slot id or flags
+export const ERR_ALIGN: u32 = 4; // gpa or size not page-aligned
+export const ERR_AS_ID: u32 = 5; // address space id too large
+export const ERR_WRAP: u32 = 6; // gpa + size wraps
+export const ERR_NPAGES: u32 = 7; // more than KVM_MEM_MAX_NR_PAGES pages
+export const ERR_NO_SLOT: u32 = 8; // size 0 for a slot that does not exist
+export const ERR_CHANGE_SIZE: u32 = 9; // an existing slot cannot change size
+export const ERR_CHANGE_RO: u32 = 10; // nor KVM_MEM_READONLY
+export const ERR_CHANGE_BACKED: u32 = 11; // nor its backing (userspace_addr)
+export const ERR_OVERLAP: u32 = 12; // overlaps another slot of the address space
+export const ERR_MAX_GFN: u32 = 13; // last gfn beyond the MMU's reach
+export const ERR_RING_MODE: u32 = 14; // dirty bitmap calls on a ring VM without a bitmap
+export const ERR_LOG_SLOT: u32 = 15; // no such slot, or logging off
+export const ERR_CLEAR_FIRST: u32 = 16; // first_page not a multiple of 64
+export const ERR_CLEAR_RANGE: u32 = 17; // range outside the slot, or num_pages not a multiple of 64
 
 // ---- memslot (SLOT_SIZE bytes, at slots + ((as << 15) | id) * SLOT_SIZE) ----
 export const SLOT_SIZE: u32 = 64;
@@ -98,6 +119,10 @@ export const SLOT_META: u32 = 28; // u32: metadata region (see memslot.ts)
 export const SLOT_BACKING: u32 = 32; // u32: guest bytes, 0 = unbacked (tracking only)
 export const SLOT_MAX_LEVEL: u32 = 36; // u32: largest mapping level the host backing allows
 export const SLOT_HVA: u32 = 40; // u64: userspace address (alignment decides huge pages)
+
+// slot table and sorted-id arrays (sizes the host allocates)
+export const SLOT_TABLE_ENTRIES: u32 = 65536; // KVM_NR_AS × 32768 ids
+export const SORTED_BYTES: u32 = 131072; // KVM_NR_AS × 32768 u16
 
 // ---- vCPU block ----
 export const VCPU_SIZE: u32 = 256;
@@ -145,6 +170,7 @@ export const VCPU_WAKE: u32 = 212; // u32: futex word the worker sleeps on (bump
 export const VCPU_PSC_TAG: u32 = 216; // u64: paging-structure cache tag ((gfn >> 9) << 1 | as) + 1, 0 = empty
 export const VCPU_PSC_TABLE: u32 = 224; // u32: the cached leaf (4K) page table
 export const VCPU_LAST_SLOT: u32 = 228; // u32 × KVM_NR_AS: last memslot the fast path used (0 = none)
+export const VCPU_MUTEX: u32 = 236; // u32: vcpu->mutex, the tag of the thread driving the vCPU (0 = free), see vcpu.ts
 
 // vcpu->mode (include/linux/kvm_host.h)
 export const OUTSIDE_GUEST_MODE: u32 = 0;

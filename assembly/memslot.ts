@@ -22,7 +22,22 @@
 //     publish once; DELETE and MOVE publish twice (first an INVALID copy, then the result).
 //   - Internal slots (ids 32764..32766) are created only through the internal path,
 //     with flags 0: they can never be dirty-logged.
+import { fail } from "./errno";
 import {
+  ERR_ALIGN,
+  ERR_AS_ID,
+  ERR_CHANGE_BACKED,
+  ERR_CHANGE_RO,
+  ERR_CHANGE_SIZE,
+  ERR_FLAGS,
+  ERR_INTERNAL,
+  ERR_MAX_GFN,
+  ERR_NO_SLOT,
+  ERR_NPAGES,
+  ERR_OVERLAP,
+  ERR_SLOT_ID,
+  ERR_WRAP,
+  VM_ERR_REASON,
   EEXIST,
   EINVAL,
   KVM_DIRTY_LOG_INITIALLY_SET,
@@ -61,9 +76,9 @@ import {
   VM_SORTED,
   VM_ZAPS,
 } from "./layout";
-import { write_lock, write_unlock } from "./mmu_lock";
+import { lockdep_assert_held_write, write_lock, write_unlock } from "./mmu_lock";
 import { OP_CLEAR_D, OP_SPLIT, OP_WRPROT, tdp_range, tdp_recover_huge, tdp_root, tdp_zap_all } from "./tdp";
-import { flush_remote_tlbs } from "./tlb";
+import { flush_remote_tlbs, flush_remote_tlbs_dirty_log } from "./tlb";
 
 // ---- metadata region geometry ----
 @inline export function bitmap_words(npages: u64): u64 {
@@ -167,6 +182,7 @@ function overlaps(vm: usize, as_id: u32, id: u32, base: u64, npages: u64): bool 
 }
 
 function sorted_remove(vm: usize, as_id: u32, id: u32): void {
+  lockdep_assert_held_write(vm);
   const arr = sorted_ptr(vm, as_id);
   const n = nsorted(vm, as_id);
   for (let i: u32 = 0; i < n; i++) {
@@ -179,6 +195,7 @@ function sorted_remove(vm: usize, as_id: u32, id: u32): void {
 }
 
 function sorted_insert(vm: usize, as_id: u32, id: u32, base: u64): void {
+  lockdep_assert_held_write(vm);
   const arr = sorted_ptr(vm, as_id);
   const n = nsorted(vm, as_id);
   const at = <u32>(sorted_floor(vm, as_id, base) + 1);
@@ -243,22 +260,22 @@ export function memslot_prepare(
 ): i32 {
   const as_id = slot >> 16;
   const id = slot & 0xffff;
-  if ((flags & ~(KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY)) != 0) return -EINVAL;
+  if ((flags & ~(KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY)) != 0) return fail(vm, EINVAL, ERR_FLAGS);
   if (internal != 0) {
-    if (id < KVM_USER_MEM_SLOTS || flags != 0) return -EINVAL;
+    if (id < KVM_USER_MEM_SLOTS || flags != 0) return fail(vm, EINVAL, ERR_INTERNAL);
   } else if (id >= KVM_USER_MEM_SLOTS) {
-    return -EINVAL;
+    return fail(vm, EINVAL, ERR_SLOT_ID);
   }
-  if ((size & 4095) != 0 || (gpa & 4095) != 0) return -EINVAL;
-  if (as_id >= KVM_NR_AS || id >= KVM_MEM_SLOTS_NUM) return -EINVAL;
-  if (gpa + size < gpa) return -EINVAL;
+  if ((size & 4095) != 0 || (gpa & 4095) != 0) return fail(vm, EINVAL, ERR_ALIGN);
+  if (as_id >= KVM_NR_AS || id >= KVM_MEM_SLOTS_NUM) return fail(vm, EINVAL, ERR_AS_ID);
+  if (gpa + size < gpa) return fail(vm, EINVAL, ERR_WRAP);
   const npages = size >> 12;
-  if (internal == 0 && npages > KVM_MEM_MAX_NR_PAGES) return -EINVAL;
+  if (internal == 0 && npages > KVM_MEM_MAX_NR_PAGES) return fail(vm, EINVAL, ERR_NPAGES);
 
   const s = slot_ptr(vm, as_id, id);
   const exists = load<u32>(s + SLOT_ACTIVE) != 0;
   const base = gpa >> 12;
-  if (npages == 0) return exists ? KVM_MR_DELETE : -EINVAL;
+  if (npages == 0) return exists ? KVM_MR_DELETE : fail(vm, EINVAL, ERR_NO_SLOT);
 
   let change: i32;
   if (!exists) {
@@ -266,18 +283,21 @@ export function memslot_prepare(
   } else {
     const old_flags = load<u32>(s + SLOT_FLAGS);
     const old_backed: u32 = load<u32>(s + SLOT_BACKING) != 0 ? 1 : 0;
-    if (
-      npages != load<u64>(s + SLOT_NPAGES) ||
-      ((flags ^ old_flags) & KVM_MEM_READONLY) != 0 ||
-      (backed != 0 ? 1 : 0) != old_backed
-    )
-      return -EINVAL;
+    if (npages != load<u64>(s + SLOT_NPAGES)) return fail(vm, EINVAL, ERR_CHANGE_SIZE);
+    if (((flags ^ old_flags) & KVM_MEM_READONLY) != 0) return fail(vm, EINVAL, ERR_CHANGE_RO);
+    if ((backed != 0 ? 1 : 0) != old_backed) return fail(vm, EINVAL, ERR_CHANGE_BACKED);
     if (base != load<u64>(s + SLOT_BASE_GFN)) change = KVM_MR_MOVE;
     else if (flags != old_flags) change = KVM_MR_FLAGS_ONLY;
     else return KVM_MR_NONE;
   }
-  if (overlaps(vm, as_id, id, base, npages)) return -EEXIST;
-  if (base + npages - 1 > KVM_MAX_GFN) return change == KVM_MR_MOVE ? KVM_MR_MOVE_REJECTED : -EINVAL;
+  if (overlaps(vm, as_id, id, base, npages)) return fail(vm, EEXIST, ERR_OVERLAP);
+  if (base + npages - 1 > KVM_MAX_GFN) {
+    if (change == KVM_MR_MOVE) {
+      store<u32>(vm + VM_ERR_REASON, ERR_MAX_GFN); // for the EINVAL after the commit
+      return KVM_MR_MOVE_REJECTED;
+    }
+    return fail(vm, EINVAL, ERR_MAX_GFN);
+  }
   return change;
 }
 
@@ -314,6 +334,9 @@ export function memslot_commit(
     publish(vm, as_id, 1);
     tdp_zap_all(vm, KVM_NR_AS);
     atomic.add<u64>(vm + VM_ZAPS, 1);
+    // never skipped (not even by VM_DEBUG_SKIP_TLB_FLUSH): the zap freed page-table pages
+    // that the vCPUs' paging-structure caches and TLBs may still use, and the write lock
+    // keeps them from being reused only until this flush has been served
     flush_remote_tlbs(vm, can_block != 0);
     if (change == KVM_MR_MOVE_REJECTED) {
       // kvm_activate_memslot(invalid_slot, old): the old slot is published again
@@ -360,6 +383,7 @@ export function memslot_commit(
 
 /** kvm_mmu_slot_apply_flags for a FLAGS_ONLY change that toggled dirty logging. */
 function apply_flags(vm: usize, s: usize, as_id: u32, logging: bool, can_block: bool): void {
+  lockdep_assert_held_write(vm);
   const start = load<u64>(s + SLOT_BASE_GFN);
   const end = start + load<u64>(s + SLOT_NPAGES);
   if (!logging) {
@@ -373,7 +397,7 @@ function apply_flags(vm: usize, s: usize, as_id: u32, logging: bool, can_block: 
       const root = tdp_root(vm, as_id);
       const backing = <usize>load<u32>(s + SLOT_BACKING);
       const n = tdp_recover_huge(vm, root, 4, 0, start, end, max_level, congruent, start, backing, slot_host_present(s));
-      if (n != 0) flush_remote_tlbs(vm, can_block);
+      if (n != 0) flush_remote_tlbs(vm, can_block); // freed page tables: never skipped
     }
     return;
   }
@@ -381,7 +405,7 @@ function apply_flags(vm: usize, s: usize, as_id: u32, logging: bool, can_block: 
   tdp_range(vm, as_id, start, end, OP_SPLIT, 1); // eager_page_split
   // PML: clear D on 4K leaves (W on huge ones); otherwise write-protect every level.
   tdp_range(vm, as_id, start, end, load<u32>(vm + VM_PML) != 0 ? OP_CLEAR_D : OP_WRPROT, 1);
-  flush_remote_tlbs(vm, can_block); // unconditional kvm_flush_remote_tlbs_memslot
+  flush_remote_tlbs_dirty_log(vm, can_block); // unconditional kvm_flush_remote_tlbs_memslot
 }
 
 /**

@@ -8,6 +8,11 @@
 // Read side: TDP MMU faults (they change SPTEs only by compare-and-swap).
 // Write side: GET/CLEAR re-protection, ring reset, memslot commits, zap, eager split.
 // The lock only spins: a browser's main thread may not block (no atomic.wait).
+//
+// lockdep_assert_held_write: functions whose rule is "caller holds mmu_lock for write"
+// assert it in the debug build (asc --target debug); the release build compiles the check
+// out (noAssert). The word has no owner, so the check is "some thread holds it for write",
+// which catches a caller that forgot the lock (lockdep's own check is per task).
 import { VM_MMU_LOCK } from "./layout";
 
 const WRITER: u32 = 0x8000_0000;
@@ -32,6 +37,11 @@ export function write_lock(vm: usize): void {
     if ((v == 0 || v == WAITING) && atomic.cmpxchg<u32>(p, v, WRITER) == v) return;
     if ((v & WAITING) == 0) atomic.or<u32>(p, WAITING);
   }
+}
+
+/** lockdep_assert_held_write(&kvm->mmu_lock), debug builds only. */
+@inline export function lockdep_assert_held_write(vm: usize): void {
+  if (!ASC_NO_ASSERT) assert((atomic.load<u32>(vm + VM_MMU_LOCK) & WRITER) != 0, "mmu_lock is not held for write");
 }
 
 export function write_unlock(vm: usize): void {

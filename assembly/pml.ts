@@ -24,6 +24,7 @@ import {
 } from "./layout";
 import { kvm_vcpu_mark_page_dirty } from "./mark_dirty";
 import { SPTE_D } from "./spte";
+import { lockdep_assert_vcpu_held } from "./vcpu";
 
 const PML_HEAD_INDEX: u32 = PML_LOG_NR_ENTRIES - 1;
 
@@ -43,6 +44,7 @@ export function pml_init(vcpu: usize, buffer: usize): void {
  * access did not complete, D untouched).
  */
 export function pml_log_write(vcpu: usize, sptep: usize, gpa: u64): bool {
+  lockdep_assert_vcpu_held(vcpu);
   const index = load<u32>(vcpu + VCPU_PML_INDEX);
   if (index > PML_HEAD_INDEX) {
     store<u64>(vcpu + VCPU_PML_FULL_EXITS, load<u64>(vcpu + VCPU_PML_FULL_EXITS) + 1);
@@ -63,6 +65,7 @@ export function pml_flush(vm: usize, vcpu: usize): void {
   if (buf == 0) return;
   const index = load<u32>(vcpu + VCPU_PML_INDEX);
   if (index == PML_HEAD_INDEX) return;
+  lockdep_assert_vcpu_held(vcpu);
   const tail: u32 = index > PML_HEAD_INDEX ? 0 : index + 1;
   for (let i = <i32>PML_HEAD_INDEX; i >= <i32>tail; i--) {
     kvm_vcpu_mark_page_dirty(vm, vcpu, load<u64>(buf + (<usize>i << 3)) >> 12);

@@ -31,9 +31,15 @@ import {
 import { guest_write_tlb_miss, vcpu_check_exit_request, vcpu_enter_guest, vcpu_exit_guest } from "./fault";
 import { tlb_on } from "./tlb";
 import { rng_next, workload_gpa, workload_next_page } from "./workload";
+import { vcpu_load, vcpu_put } from "./vcpu";
 
-/** KVM_RUN with the vCPU's guest workload. Returns the exit reason. */
-export function kvm_run(vm: usize, vcpu: usize): u32 {
+/**
+ * KVM_RUN with the vCPU's guest workload. Returns the exit reason, or -EBUSY when another
+ * thread holds vcpu->mutex (`tag`: the caller's, see vcpu.ts; nothing done).
+ */
+export function kvm_run(vm: usize, vcpu: usize, tag: u32): i32 {
+  const loaded = vcpu_load(vcpu, tag);
+  if (loaded < 0) return loaded;
   let r = vcpu_check_exit_request(vcpu);
   if (r == 0) r = vcpu_enter_guest(vm, vcpu);
   const limit = load<u64>(vcpu + VCPU_WL_LIMIT);
@@ -109,5 +115,6 @@ export function kvm_run(vm: usize, vcpu: usize): u32 {
   store<u64>(vcpu + VCPU_STORES, load<u64>(vcpu + VCPU_STORES) + i);
   vcpu_exit_guest(vm, vcpu);
   store<u32>(vcpu + VCPU_EXIT_REASON, r);
-  return r;
+  vcpu_put(vcpu, loaded);
+  return <i32>r;
 }

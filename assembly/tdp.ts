@@ -13,6 +13,7 @@
 //     a split never makes anything writable that was not (tdp_mmu_split_huge_page).
 //   - Walk results are packed as `sptep | level`: SPTE pointers are 8-aligned.
 import { PT_LEVELS, VM_ROOT, VM_SPLITS } from "./layout";
+import { lockdep_assert_held_write } from "./mmu_lock";
 import { pool_alloc, pool_free } from "./pt_pool";
 import {
   SPTE_D,
@@ -202,6 +203,7 @@ export function tdp_write_protect_gfn(vm: usize, as_id: u32, gfn: u64, min_level
  * write lock is held (callers empty the cache when they take the lock, and after splits).
  */
 export function tdp_clear_dirty_masked(vm: usize, as_id: u32, gfn: u64, mask: u64, wrprot: bool, cache: usize): void {
+  lockdep_assert_held_write(vm);
   const bit = wrprot ? SPTE_W : SPTE_D;
   let table_tag = load<u64>(cache);
   let table = <usize>load<u32>(cache + 8);
@@ -244,6 +246,7 @@ function free_subtree(vm: usize, table: usize, level: u32): void {
 
 /** kvm_mmu_zap_all_fast: drop every mapping of the VM (both address spaces). */
 export function tdp_zap_all(vm: usize, nr_as: u32): void {
+  lockdep_assert_held_write(vm);
   for (let as_id: u32 = 0; as_id < nr_as; as_id++) free_subtree(vm, tdp_root(vm, as_id), PT_LEVELS);
 }
 

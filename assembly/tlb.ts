@@ -22,6 +22,13 @@
 // be reused while such a walker still reads them: the zap's flush waits for it. A vCPU
 // entering guest mode sets IN_GUEST_MODE and then checks requests (both seq-cst), so it
 // cannot miss a request made while it was outside.
+//
+// Fault injection (VM_DEBUG_SKIP_TLB_FLUSH) suppresses only flush_remote_tlbs_dirty_log,
+// the flush after dirty-logging re-protection: vCPUs keep writing through stale writable
+// translations and pages are lost. The flushes that keep the model itself sound — a zap
+// (memslot DELETE/MOVE) or a huge-page recovery freeing page-table pages the vCPUs' caches
+// may still point at — always go through flush_remote_tlbs: the switch may lose pages,
+// never break progress or memory safety.
 import {
   IN_GUEST_MODE,
   KVM_REQ_TLB_FLUSH,
@@ -87,16 +94,29 @@ export function tlb_flush_local(vcpu: usize): void {
 }
 
 /**
+ * The flush that ends a dirty-logging re-protection (GET / CLEAR, dirty-ring reset,
+ * enabling logging): W was cleared (or D, under PML) and no page-table page was freed.
+ * The only flush the fault injection skips — the bug class this protocol exists for
+ * (tests show it loses pages); it is still counted.
+ */
+export function flush_remote_tlbs_dirty_log(vm: usize, can_block: bool): void {
+  if ((load<u32>(vm + VM_DEBUG) & VM_DEBUG_SKIP_TLB_FLUSH) != 0) {
+    atomic.add<u64>(vm + VM_TLB_FLUSHES, 1);
+    return;
+  }
+  flush_remote_tlbs(vm, can_block);
+}
+
+/**
  * kvm_flush_remote_tlbs: request a flush on every vCPU and wait until each one has
  * acknowledged or is outside guest mode. Never called from a vCPU thread. The wait spins;
  * when the calling thread may block (`can_block`: not a browser's main thread) it sleeps
  * on the vCPU's request word after a while, so that a vCPU sharing its core gets to run
- * and acknowledge (the acknowledgement notifies).
+ * and acknowledge (the acknowledgement notifies). Always delivered, whatever VM_DEBUG
+ * says: zaps rely on it before freed page-table pages can be reused.
  */
 export function flush_remote_tlbs(vm: usize, can_block: bool): void {
   atomic.add<u64>(vm + VM_TLB_FLUSHES, 1);
-  // fault injection: the bug class this protocol exists for (tests show it loses pages)
-  if ((load<u32>(vm + VM_DEBUG) & VM_DEBUG_SKIP_TLB_FLUSH) != 0) return;
   const table = <usize>load<u32>(vm + VM_VCPU_TABLE);
   const n = atomic.load<u32>(vm + VM_NR_VCPUS);
   for (let i: u32 = 0; i < n; i++) {

@@ -30,18 +30,14 @@
 //     holds the whole table address; the bits tested and cleared (present 11, PS 7, W 1,
 //     D 9) are in the low half too. The 4-level walk is unrolled.
 //
-// Offsets come from assembly/layout.ts itself (the one place they are defined), so this
-// file does not drift from the core; the metadata region follows memslot.ts's header.
-import { readFileSync } from "node:fs";
+// Offsets come from the generated mirror of assembly/layout.ts (dist/layout.js, made by
+// scripts/gen-layout.mjs at build time), so this file does not drift from the core; the
+// metadata region follows memslot.ts's header.
+import * as LAYOUT from "../dist/layout.js";
 
-/** Every numeric `export const NAME: type = value;` of assembly/layout.ts. */
+/** The core's layout constants (checked for the ones this baseline reads). */
 export function coreLayout() {
-  const text = readFileSync(new URL("../assembly/layout.ts", import.meta.url), "utf8");
-  const out = {};
-  for (const m of text.matchAll(/export const (\w+): \w+ = ([^;]+);/g)) {
-    const expr = m[2].replace(/_/g, "").trim();
-    if (/^(0x[0-9a-f]+|\d+)$/i.test(expr)) out[m[1]] = Number(expr);
-  }
+  const out = { ...LAYOUT };
   for (const name of NEEDED) {
     if (typeof out[name] !== "number") throw new Error(`assembly/layout.ts: ${name} not found`);
   }
@@ -143,7 +139,7 @@ export function createJsGetDirtyLog(vm, layout = coreLayout()) {
     for (const vcpu of vcpuBlocks(vmAddr)) Atomics.or(i32, (vcpu + L.VCPU_REQUESTS) >>> 2, 1 << L.KVM_REQ_KICK);
   }
 
-  /** kvm_flush_remote_tlbs (tlb.ts flush_remote_tlbs): request on every vCPU, then wait. */
+  /** kvm_flush_remote_tlbs (tlb.ts flush_remote_tlbs_dirty_log, the flush after GET): request on every vCPU, then wait. */
   function flushRemoteTlbs(vmAddr) {
     Atomics.add(u64, (vmAddr + L.VM_TLB_FLUSHES) >>> 3, 1n);
     if ((u32[(vmAddr + L.VM_DEBUG) >>> 2] & L.VM_DEBUG_SKIP_TLB_FLUSH) !== 0) return;

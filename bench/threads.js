@@ -507,9 +507,8 @@ for (const mode of ["bitmap", "ring"]) {
   vcpu.setWorkload({ pattern: "uniform", gpa: GPA, pages: LOOP_PAGES, batch: LOOP_BATCH });
   const before = allThreadTimes();
   await vcpu.spawn();
-  c.ended = vcpu.startLoop();
-  // startLoop posts to the worker from a promise callback: let it run before blocking
-  await new Promise((r) => setTimeout(r, 10));
+  await vcpu.startLoop(); // resolves once the worker runs the vCPU
+  c.ended = vcpu.loopEnd;
   const deadline = performance.now() + 5000;
   while (vcpu.workloadStores < 1_000_000n) {
     if (performance.now() > deadline) throw new Error(`case 3 ${mode}: the vCPU loop did not start`);

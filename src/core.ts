@@ -15,10 +15,13 @@ export interface CoreExports {
   ): number;
   kvm_vcpu_init(vm: number, vcpu: number, id: number, ring: number, priv: number, pmlBuffer: number, tlb: number): void;
   kvm_vcpu_kick(vcpu: number): void;
-  kvm_run(vm: number, vcpu: number): number;
+  /** Exit reason, or -EBUSY when another thread holds vcpu->mutex (tag: see assembly/vcpu.ts). */
+  kvm_run(vm: number, vcpu: number, tag: number): number;
+  kvm_vcpu_lock(vcpu: number, tag: number): number;
+  kvm_vcpu_unlock(vcpu: number, tag: number): number;
   kvm_flush_remote_tlbs(vm: number, canBlock: number): void;
   dirty_ring_reap(ring: number, entries: number, fetch: number, out: number, max: number): number;
-  kvm_write_guest(vm: number, vcpu: number, gpa: bigint, value: bigint): number;
+  kvm_write_guest(vm: number, vcpu: number, tag: number, gpa: bigint, value: bigint): number;
   kvm_enable_dirty_log_ring(vm: number, bytes: number): number;
   kvm_enable_dirty_ring_with_bitmap(vm: number, flags: number): number;
   kvm_reset_dirty_rings(vm: number, canBlock: number): number;
@@ -45,9 +48,17 @@ export interface CoreExports {
   kvm_dirty_log_source(vm: number, slot: number): number;
   kvm_dirty_log_scratch(vm: number, slot: number): number;
   kvm_dirty_log_second(vm: number, slot: number): number;
-  kvm_vcpu_write(vm: number, vcpu: number, gpa: bigint, value: bigint): number;
-  kvm_vcpu_read(vm: number, vcpu: number, gpa: bigint): bigint;
-  kvm_vcpu_write_strided(vm: number, vcpu: number, gpa: bigint, stride: bigint, count: number, value: bigint): number;
+  kvm_vcpu_write(vm: number, vcpu: number, tag: number, gpa: bigint, value: bigint): number;
+  kvm_vcpu_read(vm: number, vcpu: number, tag: number, gpa: bigint): number;
+  kvm_vcpu_write_strided(
+    vm: number,
+    vcpu: number,
+    tag: number,
+    gpa: bigint,
+    stride: bigint,
+    count: number,
+    value: bigint,
+  ): number;
   memslot_host_touch(vm: number, slot: number, first: bigint, count: bigint): number;
   tdp_walk(vm: number, asId: number, gfn: bigint): number;
 }
@@ -69,6 +80,12 @@ export const CAN_BLOCK: number = (() => {
   }
 })();
 
+/**
+ * The vcpu->mutex tag of the thread that owns the VM objects (assembly/vcpu.ts): every
+ * thread that drives vCPUs has its own; vCPU workers get theirs from VcpuThread.
+ */
+export const HOST_TAG = 1;
+
 let compiled: Promise<WebAssembly.Module> | undefined;
 
 /** The compiled core, compiled once and cached (post it to workers; never recompile). */
@@ -77,8 +94,20 @@ export function coreModule(): Promise<WebAssembly.Module> {
   return compiled;
 }
 
+/**
+ * The debug build of the core (asserts on: mmu_lock and vcpu->mutex rules, see
+ * assembly/mmu_lock.ts and assembly/vcpu.ts) is used when the environment variable
+ * DIRTLOG_CORE=debug is set in Node; the test suite runs against both builds.
+ */
+function debugCore(): boolean {
+  const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
+  return env?.DIRTLOG_CORE === "debug";
+}
+
 async function compileCore(): Promise<WebAssembly.Module> {
-  const url = new URL("../build/dirtlog.wasm", import.meta.url);
+  const url = debugCore()
+    ? new URL("../build/dirtlog.debug.wasm", import.meta.url)
+    : new URL("../build/dirtlog.wasm", import.meta.url);
   if (url.protocol === "file:") {
     const { readFile } = await import("node:fs/promises");
     return WebAssembly.compile(await readFile(url));
@@ -88,6 +117,19 @@ async function compileCore(): Promise<WebAssembly.Module> {
 
 /** Instantiate the core over a shared memory (one instance per thread). */
 export async function instantiateCore(module: WebAssembly.Module, memory: WebAssembly.Memory): Promise<CoreExports> {
-  const instance = await WebAssembly.instantiate(module, { env: { memory } });
+  // `abort` is imported by the debug build only: a failed assert throws out of the core
+  const abort = (msg: number, file: number, line: number, column: number) => {
+    throw new Error(`core assertion failed: ${coreString(memory, msg)} (${coreString(memory, file)}:${line}:${column})`);
+  };
+  const instance = await WebAssembly.instantiate(module, { env: { memory, abort } });
   return instance.exports as unknown as CoreExports;
+}
+
+/** An AssemblyScript string of the debug build's static data (UTF-16, byte length at ptr - 4). */
+function coreString(memory: WebAssembly.Memory, ptr: number): string {
+  if (!ptr) return "";
+  const bytes = new Uint8Array(memory.buffer);
+  const len = new DataView(memory.buffer).getUint32(ptr - 4, true);
+  // decode a copy: TextDecoder refuses views of shared memory in browsers
+  return new TextDecoder("utf-16le").decode(bytes.slice(ptr, ptr + len));
 }

@@ -12,7 +12,9 @@ import {
   KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
   KVM_MEM_LOG_DIRTY_PAGES,
 } from "./constants.js";
+import { bool, finite, int, object, oneOf } from "./args.js";
 import { collectDirtyRing } from "./dirty_ring_collector.js";
+import { KvmError } from "./errors.js";
 import { type Vm, createVm } from "./vm.js";
 import { type WorkloadPattern, splitRegion } from "./workload.js";
 
@@ -57,6 +59,8 @@ export interface DirtyLogTestResult {
 }
 
 const GPA = 0x1_0000_0000;
+const LOG_MODES: Record<LogMode, true> = { "dirty-log": true, "clear-log": true, "dirty-ring": true };
+const PATTERNS: Record<WorkloadPattern, true> = { sequential: true, uniform: true, "hot-set": true, zipf: true, strided: true };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function setBit(bm: Uint8Array, p: number): void {
@@ -70,12 +74,16 @@ function testAndClear(bm: Uint8Array, p: number): boolean {
 }
 
 export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<DirtyLogTestResult> {
-  const mode = options.mode;
-  const pages = options.pages ?? (1 << 14) + 3;
-  const nVcpus = options.vcpus ?? 2;
-  const iterations = options.iterations ?? 32;
-  const interval = options.intervalMs ?? 10;
-  const entries = options.ringEntries ?? 1024;
+  const call = "runDirtyLogTest";
+  const o = object<DirtyLogTestOptions>(options, "options", call, false);
+  const mode = oneOf(o.mode, LOG_MODES, "mode", call);
+  const pages = o.pages === undefined ? (1 << 14) + 3 : int(o.pages, "pages", call, 1, 1 << 20);
+  const nVcpus = o.vcpus === undefined ? 2 : int(o.vcpus, "vcpus", call, 1, 64);
+  const iterations = o.iterations === undefined ? 32 : int(o.iterations, "iterations", call, 1, 1 << 20);
+  const interval = o.intervalMs === undefined ? 10 : finite(o.intervalMs, "intervalMs", call, 0, 3_600_000);
+  const entries = o.ringEntries === undefined ? 1024 : int(o.ringEntries, "ringEntries", call, 1, 65536);
+  for (const k of ["pml", "tlb", "partition", "skipTlbFlush"] as const) bool(o[k], k, call);
+  if (o.pattern !== undefined) oneOf(o.pattern, PATTERNS, "pattern", call);
   const vm = await createVm({
     maxMemoryBytes: Math.max(256 << 20, pages * 4096 + (64 << 20)),
     mmuPoolBytes: 8 << 20,
@@ -132,7 +140,6 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     if (mode === "clear-log") vm.clearDirtyLog(slot, 0, pages, got);
   };
 
-  let loops: Promise<number>[] = [];
   try {
     for (let iteration = 1; iteration <= iterations; iteration++) {
       const it = BigInt(iteration);
@@ -140,7 +147,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
       prevLastPage = [...lastPage];
       const before = vcpus.reduce((a, v) => a + v.workloadStores, 0n);
       const fullBefore = vcpus.reduce((a, v) => a + v.stats.ringFullExits, 0n);
-      if (iteration === 1) loops = vcpus.map((v) => v.startLoop());
+      if (iteration === 1) await Promise.all(vcpus.map((v) => v.startLoop()));
       else for (const v of vcpus) v.resume();
       // let the vCPUs run; harvest concurrently (bitmap modes: once, at the first step, since
       // a GET is destructive; ring mode: at the first step and whenever a ring filled up)
@@ -155,6 +162,9 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
         fullSeen = full;
         step++;
         if (performance.now() - t0 >= interval && writes >= 0x100n) break;
+        if (performance.now() - t0 >= interval + 30_000) {
+          throw new KvmError("EIO", call, `iteration ${iteration}: the vCPUs made no progress in 30 s`);
+        }
       }
       for (const v of vcpus) await v.pause();
       collect(bmap[1]);
@@ -186,8 +196,9 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     }
   } finally {
     await vm.close();
-    await Promise.all(loops);
   }
+  // a harness that checked nothing has not shown anything
+  if (result.pagesChecked === 0) throw new KvmError("EINVAL", call, "no page was checked");
   return result;
 }
 

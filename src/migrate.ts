@@ -8,7 +8,9 @@
 // (classic), after CLEAR (manual protect), after KVM_RESET_DIRTY_RINGS (ring) — so a write
 // racing with the copy is reported again in the next round.
 import { KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY } from "./constants.js";
+import { int, object } from "./args.js";
 import { collectDirtyRing } from "./dirty_ring_collector.js";
+import { KvmError } from "./errors.js";
 import type { MemslotInfo, Vm } from "./vm.js";
 
 export interface MigrateOptions {
@@ -65,8 +67,14 @@ export function hashMemory(bytes: Uint8Array): string {
  * Dirty logging is turned on for those slots if it is off. Leaves the vCPUs paused.
  */
 export async function migrate(vm: Vm, options: MigrateOptions = {}): Promise<MigrationResult> {
-  const threshold = options.threshold ?? 64;
-  const maxRounds = options.maxRounds ?? 30;
+  const call = "migrate";
+  const o = object<MigrateOptions>(options, "options", call);
+  const threshold = o.threshold === undefined ? 64 : int(o.threshold, "threshold", call, 0, Number.MAX_SAFE_INTEGER);
+  const maxRounds = o.maxRounds === undefined ? 30 : int(o.maxRounds, "maxRounds", call, 0, 1_000_000);
+  if (o.onRound !== undefined && typeof o.onRound !== "function") {
+    throw new KvmError("EINVAL", call, "onRound must be a function");
+  }
+  vm.checkAlive(call);
   const ring = vm.dirtyRingSize !== 0;
   const slots = vm.memslots().filter((s) => s.backed && (s.slot & 0xffff) < 32764 && !(s.flags & KVM_MEM_READONLY));
   for (const s of slots) {

@@ -63,3 +63,37 @@ export class RegionAllocator {
     this.free.splice(i, 0, [start, end]);
   }
 }
+
+/**
+ * Allocations that all stay or none do (check first, then act): alloc() each region a call
+ * needs; if one fails, every region taken so far goes back and the call fails with
+ * nothing changed. `keep()` ends the batch once the call is sure to succeed.
+ */
+export class RegionBatch {
+  private taken: Array<[number, number]> = [];
+
+  constructor(
+    private readonly regions: RegionAllocator,
+    private readonly onFailure: (what: string, bytes: number) => never,
+  ) {}
+
+  alloc(size: number, align: number, what: string): number {
+    const a = this.regions.alloc(size, align);
+    if (!a) {
+      this.rollback();
+      this.onFailure(what, size);
+    }
+    this.taken.push([a, size]);
+    return a;
+  }
+
+  rollback(): void {
+    // nothing was written to them yet: they are still zero
+    for (const [a, size] of this.taken.reverse()) this.regions.release(a, size, false);
+    this.taken = [];
+  }
+
+  keep(): void {
+    this.taken = [];
+  }
+}

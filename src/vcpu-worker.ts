@@ -1,75 +1,125 @@
 // The vCPU thread: instantiates the posted core module over the VM's shared memory and runs
 // KVM_RUN for one vCPU — once per "run" message, or in a loop like a VMM's vCPU thread
 // (QEMU's kvm_cpu_exec, the selftests' vcpu_worker) under the control word VCPU_CTL.
-import { type CoreExports, instantiateCore } from "./core.js";
+//
+// The loop owns the vCPU (holds vcpu->mutex with this thread's tag) from the moment it
+// reports "loop-started" until it parks for a pause or ends; any other caller gets EBUSY
+// meanwhile. Every wait here sleeps on a word that pause/resume/quit bump and notify, so
+// no sleep outlasts a stop request. Anything thrown (a trap in the core) is caught, the
+// vCPU is left outside guest mode with its mutex released, and the error is reported.
 import { KVM_EXIT_DIRTY_RING_FULL, KVM_EXIT_INTR, KVM_EXIT_IO } from "./constants.js";
+import { type CoreExports, instantiateCore } from "./core.js";
 import { parentEndpoint } from "./endpoint.js";
-import { CTL_PAUSE, CTL_PAUSED, CTL_QUIT, type VcpuWorkerReply, type VcpuWorkerRequest } from "./vcpu-thread.js";
 import * as L from "./layout.js";
+import { CTL_PAUSE, CTL_PAUSED, CTL_QUIT, CTL_RUN, type VcpuWorkerReply, type VcpuWorkerRequest } from "./vcpu-thread.js";
 
-let core: CoreExports;
+let core: CoreExports | undefined;
 let vm = 0;
 let vcpu = 0;
+let tag = 0;
 let memory: WebAssembly.Memory;
 
-
 // No top-level await: some bundlers and loaders still mishandle it in workers.
-void parentEndpoint().then((port) => port.onMessage(async (data) => {
-  const msg = data as VcpuWorkerRequest;
-  const reply = (m: VcpuWorkerReply) => port.postMessage(m);
-  switch (msg.op) {
-    case "init":
-      memory = msg.memory;
-      core = await instantiateCore(msg.module, msg.memory);
-      vm = msg.vm;
-      vcpu = msg.vcpu;
-      reply({ op: "ready" });
-      break;
-    case "run":
-      reply({ op: "exit", reason: core.kvm_run(vm, vcpu) });
-      break;
-    case "loop":
-      reply({ op: "loop-end", reason: loop(msg.rate) });
-      break;
-  }
-}));
+void parentEndpoint().then((port) =>
+  port.onMessage(async (data) => {
+    const msg = data as VcpuWorkerRequest;
+    const reply = (m: VcpuWorkerReply) => port.postMessage(m);
+    const call = msg.op === "init" ? "vCPU thread start" : msg.op === "run" ? "KVM_RUN" : "KVM_RUN loop";
+    try {
+      switch (msg.op) {
+        case "init":
+          memory = msg.memory;
+          vm = msg.vm;
+          vcpu = msg.vcpu;
+          tag = msg.tag;
+          core = await instantiateCore(msg.module, msg.memory);
+          reply({ op: "ready" });
+          break;
+        case "run":
+          reply({ op: "exit", reason: (core as CoreExports).kvm_run(vm, vcpu, tag) });
+          break;
+        case "loop":
+          reply({ op: "loop-end", reason: loop(msg.rate, () => reply({ op: "loop-started" })) });
+          break;
+      }
+    } catch (e) {
+      leave();
+      reply({ op: "error", call, message: e instanceof Error ? `${e.name}: ${e.message}` : String(e) });
+    }
+  }),
+);
+
+/** After a failure: the vCPU outside guest mode (no flusher waits for it), its mutex free. */
+function leave(): void {
+  if (!core || !vcpu) return;
+  const words = new Int32Array(memory.buffer);
+  core.kvm_vcpu_unlock(vcpu, tag);
+  Atomics.store(words, (vcpu + L.VCPU_MODE) >> 2, L.OUTSIDE_GUEST_MODE);
+  Atomics.notify(words, (vcpu + L.VCPU_REQUESTS) >> 2);
+}
 
 /**
  * Run KVM_RUN until told to quit or until an exit the loop cannot handle. IO (a batch) and
  * INTR (a pause request) re-enter; RING_FULL sleeps until a reset wakes it (or 1 ms);
  * `rate` (stores/s, 0 = unlimited) paces the guest between batches.
  */
-function loop(rate: number): number {
+function loop(rate: number, started: () => void): number {
+  const c = core as CoreExports;
   const ctl = new Int32Array(memory.buffer, vcpu + L.VCPU_CTL, 2); // [state, wake]
+  const mutex = new Int32Array(memory.buffer, vcpu + L.VCPU_MUTEX, 1);
+  const requests = new Int32Array(memory.buffer, vcpu + L.VCPU_REQUESTS, 1);
   const done = new BigUint64Array(memory.buffer, vcpu + L.VCPU_WL_DONE, 1);
-  const sleeper = new Int32Array(new SharedArrayBuffer(4));
+  /** Take vcpu->mutex; false if told to quit first. */
+  const acquire = (): boolean => {
+    while (c.kvm_vcpu_lock(vcpu, tag) !== 0) {
+      if (Atomics.load(ctl, 0) === CTL_QUIT) return false;
+      const holder = Atomics.load(mutex, 0);
+      if (holder !== 0) Atomics.wait(mutex, 0, holder, 20);
+    }
+    return true;
+  };
+  /** Sleep up to `ms`, or until a pause/quit/resume/reset bumps the wake word. */
+  const sleep = (ms: number) => {
+    const wake = Atomics.load(ctl, 1);
+    if (Atomics.load(ctl, 0) === CTL_RUN) Atomics.wait(ctl, 1, wake, ms);
+  };
+  if (!acquire()) return KVM_EXIT_INTR;
+  started();
   let t0 = performance.now();
   let d0 = Number(done[0]);
   while (true) {
     const state = Atomics.load(ctl, 0);
-    if (state === CTL_QUIT) return KVM_EXIT_INTR;
+    if (state === CTL_QUIT) break;
     if (state === CTL_PAUSE) {
-      Atomics.store(ctl, 0, CTL_PAUSED);
+      // park outside KVM_RUN: the pause request is consumed and the vCPU is free for
+      // other callers until resume
+      Atomics.and(requests, 0, ~(1 << L.KVM_REQ_EXIT));
+      c.kvm_vcpu_unlock(vcpu, tag);
+      Atomics.compareExchange(ctl, 0, CTL_PAUSE, CTL_PAUSED);
       Atomics.notify(ctl, 0);
       while (Atomics.load(ctl, 0) === CTL_PAUSED) Atomics.wait(ctl, 0, CTL_PAUSED, 50);
+      if (!acquire()) return KVM_EXIT_INTR;
       t0 = performance.now();
       d0 = Number(done[0]);
       continue;
     }
-    const wake = Atomics.load(ctl, 1);
-    const reason = core.kvm_run(vm, vcpu);
+    const reason = c.kvm_run(vm, vcpu, tag);
     if (reason === KVM_EXIT_IO) {
       if (rate > 0) {
         const ahead = (Number(done[0]) - d0) / rate - (performance.now() - t0) / 1000;
-        if (ahead > 0.0002) Atomics.wait(sleeper, 0, 0, ahead * 1000);
+        if (ahead > 0.0002) sleep(ahead * 1000);
       }
       continue;
     }
     if (reason === KVM_EXIT_DIRTY_RING_FULL) {
-      Atomics.wait(ctl, 1, wake, 1); // a reset bumps the wake word
+      sleep(1); // a reset bumps the wake word
       continue;
     }
     if (reason === KVM_EXIT_INTR) continue;
+    if (reason < 0) throw new Error(`KVM_RUN returned ${reason} while the loop held vcpu->mutex`);
+    c.kvm_vcpu_unlock(vcpu, tag);
     return reason; // SHUTDOWN, MMIO, INTERNAL_ERROR: back to the host
   }
+  c.kvm_vcpu_unlock(vcpu, tag);
+  return KVM_EXIT_INTR;
 }

@@ -1,7 +1,13 @@
-// Vcpu: a vCPU file descriptor. In this release a vCPU runs on the calling thread:
-// writeGuest/readGuest perform one guest access through the MMU (fault.ts in the core).
-import type { CoreExports } from "./core.js";
-import { KvmError } from "./errors.js";
+// Vcpu: a vCPU file descriptor. Its vCPU-context calls (KVM_RUN, guest accesses, KVM's
+// writes on its behalf, workload and SMM changes) run on the calling thread, or on the
+// vCPU's own worker thread (run(), startLoop()).
+//
+// Invariant (vcpu->mutex, assembly/vcpu.ts): one thread drives a vCPU at a time. While a
+// run loop or a single run() is in flight on the worker, every vCPU-context call from
+// another thread is rejected with EBUSY and changes nothing; a paused loop frees the vCPU.
+import { type CoreExports, HOST_TAG } from "./core.js";
+import { finite, int, object, u64 } from "./args.js";
+import { ERRNO, KvmError } from "./errors.js";
 import * as L from "./layout.js";
 import { VcpuThread } from "./vcpu-thread.js";
 import type { Vm } from "./vm.js";
@@ -29,6 +35,11 @@ export interface DirtyRingState {
   resetIndex: number;
 }
 
+export interface LoopOptions {
+  /** Guest stores per second (0 = as fast as it goes). */
+  rate?: number;
+}
+
 export class Vcpu {
   readonly id: number;
   /** Address of this vCPU's block in the VM's shared memory. */
@@ -43,7 +54,8 @@ export class Vcpu {
   readonly vm: Vm;
   private readonly core: CoreExports;
   private thread: VcpuThread | undefined;
-  private starting: Promise<void> | undefined;
+  private spawning: Promise<VcpuThread> | undefined;
+  private loopEnded: Promise<number> | undefined;
 
   constructor(vm: Vm, core: CoreExports, addr: number, id: number) {
     this.vm = vm;
@@ -59,6 +71,7 @@ export class Vcpu {
 
   /** The ring's kernel-side indices (free-running u32 counters). */
   get dirtyRingState(): DirtyRingState {
+    this.vm.checkAlive("dirtyRingState");
     const v = this.view();
     return {
       entries: v.getUint32(this.addr + L.VCPU_RING_ENTRIES, true),
@@ -68,34 +81,58 @@ export class Vcpu {
     };
   }
 
+  /** A core return value of a vCPU-context call: -EBUSY when another thread drives the vCPU. */
+  private owned(ret: number, call: string): number {
+    if (ret < 0) {
+      const who = this.thread?.looping ? "its run loop" : "another thread";
+      throw KvmError.fromReturn(ret, call, `vCPU ${this.id} is being driven by ${who}`);
+    }
+    return ret;
+  }
+
   /**
    * One 8-byte guest store at gpa (8-aligned). Returns 0 when the store retired, or the
    * exit reason: KVM_EXIT_MMIO for no slot or a read-only slot, KVM_EXIT_DIRTY_RING_FULL
    * when the ring is soft-full (the store did not retire; retry after a reset).
    */
   writeGuest(gpa: number | bigint, value: number | bigint): number {
-    return this.core.kvm_vcpu_write(this.vm.addr, this.addr, gpaArg(gpa), BigInt.asUintN(64, BigInt(value)));
+    const call = "writeGuest";
+    this.vm.checkAlive(call);
+    const g = gpaArg(gpa, call);
+    const v = u64(value, "value", call);
+    return this.owned(this.core.kvm_vcpu_write(this.vm.addr, this.addr, HOST_TAG, g, v), call);
   }
 
   /** One 8-byte guest load at gpa; `exitReason` tells whether it exited (MMIO → 0n). */
   readGuest(gpa: number | bigint): bigint {
-    return BigInt.asUintN(64, this.core.kvm_vcpu_read(this.vm.addr, this.addr, gpaArg(gpa)));
+    const call = "readGuest";
+    this.vm.checkAlive(call);
+    this.owned(this.core.kvm_vcpu_read(this.vm.addr, this.addr, HOST_TAG, gpaArg(gpa, call)), call);
+    return this.view().getBigUint64(this.addr + L.VCPU_READ_VALUE, true);
   }
 
-  /** `count` stores of value at gpa, gpa+stride, …; stops at the first exit. Returns stores retired. */
+  /**
+   * `count` (< 2^31) stores of value at gpa, gpa+stride, …; stops at the first exit.
+   * Returns stores retired.
+   */
   writeStrided(gpa: number | bigint, stride: number | bigint, count: number, value: number | bigint): number {
-    const s = BigInt(stride);
-    if (s % 8n !== 0n) throw new KvmError("EINVAL", "writeStrided");
-    const v = BigInt.asUintN(64, BigInt(value));
-    return this.core.kvm_vcpu_write_strided(this.vm.addr, this.addr, gpaArg(gpa), s, count >>> 0, v) >>> 0;
+    const call = "writeStrided";
+    this.vm.checkAlive(call);
+    const g = gpaArg(gpa, call);
+    const s = u64(stride, "stride", call);
+    if (s % 8n !== 0n) throw new KvmError("EINVAL", call, `stride ${stride} is not a multiple of 8`);
+    const n = int(count, "count", call, 0, 0x7fff_ffff);
+    const v = u64(value, "value", call);
+    return this.owned(this.core.kvm_vcpu_write_strided(this.vm.addr, this.addr, HOST_TAG, g, s, n, v), call);
   }
 
   /**
    * Kick the vCPU out of guest mode (kvm_vcpu_kick, does not wait): a running vCPU exits,
    * drains its PML buffer into the ring or bitmap and re-enters. A vCPU outside KVM_RUN has
-   * nothing to drain — every exit drains.
+   * nothing to drain — every exit drains. Any thread may kick.
    */
   kick(): void {
+    this.vm.checkAlive("kick");
     this.core.kvm_vcpu_kick(this.addr);
   }
 
@@ -103,75 +140,170 @@ export class Vcpu {
    * kvm_vcpu_write_guest: KVM writes 8 bytes of guest memory on this vCPU's behalf (an
    * emulated instruction, a PV area update) through the memslot mapping — no SPTE, no
    * ring-full check — and marks the page dirty (ring push on a ring VM). This is why the
-   * ring keeps a reserve: such pushes can land after the soft limit.
+   * ring keeps a reserve: such pushes can land after the soft limit. vCPU context: EBUSY
+   * while the vCPU runs on another thread.
    */
   kvmWriteGuest(gpa: number | bigint, value: number | bigint): void {
-    const ret = this.core.kvm_write_guest(this.vm.addr, this.addr, gpaArg(gpa), BigInt.asUintN(64, BigInt(value)));
-    if (ret < 0) throw KvmError.fromReturn(ret, "kvm_vcpu_write_guest");
+    const call = "kvm_vcpu_write_guest";
+    this.vm.checkAlive(call);
+    const g = gpaArg(gpa, call);
+    const v = u64(value, "value", call);
+    const ret = this.core.kvm_write_guest(this.vm.addr, this.addr, HOST_TAG, g, v);
+    if (ret === -ERRNO.EBUSY) this.owned(ret, call);
+    if (ret < 0) throw KvmError.fromReturn(ret, call, `no writable memslot maps gpa 0x${g.toString(16)}`);
   }
 
   // ---- KVM_RUN and the vCPU's thread ----
 
+  /** Run `fn` holding vcpu->mutex on this thread (EBUSY while another thread drives the vCPU). */
+  private withVcpu<T>(call: string, fn: () => T): T {
+    this.owned(this.core.kvm_vcpu_lock(this.addr, HOST_TAG), call);
+    try {
+      return fn();
+    } finally {
+      this.core.kvm_vcpu_unlock(this.addr, HOST_TAG);
+    }
+  }
+
   /**
    * Set the guest workload that KVM_RUN executes (inside WASM). Resets its progress.
-   * Call while the vCPU is not running.
+   * EBUSY while the vCPU runs on another thread; a rejected workload changes nothing.
    */
   setWorkload(workload: Workload): void {
-    writeWorkload(this.vm, this.addr, workload);
+    const call = "setWorkload";
+    this.vm.checkAlive(call);
+    this.withVcpu(call, () => writeWorkload(this.vm, this.addr, workload));
   }
 
   /** Give the vCPU its own thread (a worker instantiating the same compiled core). */
   async spawn(): Promise<void> {
-    this.thread ??= await VcpuThread.spawn(this.vm.module, this.vm.memory, this.vm.addr, this.addr);
+    await this.ensureThread("spawn");
   }
 
-  /** Does the vCPU have its own thread? */
+  private ensureThread(call: string): Promise<VcpuThread> {
+    try {
+      this.vm.checkAlive(call);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (this.thread?.alive) return Promise.resolve(this.thread);
+    if (!this.spawning) {
+      const spawning = VcpuThread.spawn({
+        module: this.vm.module,
+        memory: this.vm.memory,
+        core: this.core,
+        vm: this.vm.addr,
+        vcpu: this.addr,
+        id: this.id,
+        workerUrl: this.vm.workerUrl,
+        onBug: (reason) => this.vm.bug(reason),
+      });
+      this.spawning = spawning;
+      spawning.then(
+        (t) => {
+          this.thread = t;
+          if (this.spawning === spawning) this.spawning = undefined;
+        },
+        () => {
+          if (this.spawning === spawning) this.spawning = undefined;
+        },
+      );
+    }
+    return this.spawning;
+  }
+
+  /** Does the vCPU have its own (working) thread? */
   get threaded(): boolean {
-    return this.thread !== undefined;
+    return this.thread?.alive === true;
   }
 
   /**
    * KVM_RUN: execute the guest workload until an exit; resolves with the exit reason
    * (KVM_EXIT_IO when a batch is done, KVM_EXIT_DIRTY_RING_FULL, KVM_EXIT_MMIO,
    * KVM_EXIT_SHUTDOWN at the workload's limit, KVM_EXIT_INTR after requestExit()). Runs on
-   * the vCPU's thread when it has one, else on the calling thread.
+   * the vCPU's thread when it has one, else on the calling thread. EBUSY during a loop.
    */
   run(): Promise<number> {
-    if (this.thread) return this.thread.run();
-    return Promise.resolve(this.core.kvm_run(this.vm.addr, this.addr));
+    try {
+      this.vm.checkAlive("KVM_RUN");
+      if (this.loopEnded) throw new KvmError("EBUSY", "KVM_RUN", `vCPU ${this.id} is running its loop`);
+      if (this.thread?.alive) return this.thread.run();
+      return Promise.resolve(this.runSync());
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
-  /** KVM_RUN on the calling thread. */
+  /** KVM_RUN on the calling thread (EBUSY while the vCPU runs on another thread). */
   runSync(): number {
-    return this.core.kvm_run(this.vm.addr, this.addr);
+    const call = "KVM_RUN";
+    this.vm.checkAlive(call);
+    return this.owned(this.core.kvm_run(this.vm.addr, this.addr, HOST_TAG), call);
   }
 
   /**
    * Run KVM_RUN in a loop on the vCPU's thread, like a VMM's vCPU thread: batches re-enter,
-   * a full ring waits for a reset, `rate` (stores/s) paces the guest. Resolves with the
-   * exit that ended the loop (SHUTDOWN, MMIO, …; INTR after terminate()).
+   * a full ring waits for a reset, `rate` (stores/s) paces the guest. Resolves once the
+   * worker is running the vCPU (it holds vcpu->mutex: calls from this thread now get
+   * EBUSY until pause()); the exit that ends the loop comes from `loopEnd`. A second
+   * startLoop while a loop exists (or is starting) rejects with EBUSY.
    */
-  startLoop(options: { rate?: number } = {}): Promise<number> {
-    // with a thread already there the loop starts now (a caller may block right after)
-    if (this.thread) return this.thread.startLoop(options.rate ?? 0);
-    // pause()/terminate() wait for this start, so they never miss a loop still spawning
-    this.starting = this.spawn();
-    return this.starting.then(() => (this.thread as VcpuThread).startLoop(options.rate ?? 0));
+  startLoop(options: LoopOptions = {}): Promise<void> {
+    const call = "startLoop";
+    let rate: number;
+    try {
+      this.vm.checkAlive(call);
+      const o = object<LoopOptions>(options, "options", call);
+      rate = o.rate === undefined ? 0 : finite(o.rate, "rate", call, 0, Number.MAX_SAFE_INTEGER);
+      if (this.loopEnded) throw new KvmError("EBUSY", call, `vCPU ${this.id} already has a run loop`);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    let settle!: { resolve(v: number): void; reject(e: unknown): void };
+    const end = new Promise<number>((resolve, reject) => {
+      settle = { resolve, reject };
+    });
+    end.catch(() => {}); // for whoever awaits loopEnd; never an unhandled rejection
+    this.loopEnded = end;
+    const clear = () => {
+      if (this.loopEnded === end) this.loopEnded = undefined;
+    };
+    end.then(clear, clear);
+    const started = this.ensureThread(call).then((thread) => {
+      const loop = thread.startLoop(rate);
+      loop.end.then(settle.resolve, settle.reject);
+      return loop.started;
+    });
+    started.catch(settle.reject);
+    return started;
+  }
+
+  /**
+   * The exit that ended the current run loop (KVM_EXIT_INTR after terminate()/close(),
+   * SHUTDOWN, MMIO, …), or undefined when no loop exists. Rejects with EIO if the vCPU's
+   * thread failed.
+   */
+  get loopEnd(): Promise<number> | undefined {
+    return this.loopEnded;
   }
 
   /** Pause the loop and wait until the vCPU is parked outside guest mode. */
   async pause(): Promise<void> {
-    await this.starting;
-    await this.thread?.pause();
+    this.vm.checkAlive("pause");
+    if (!this.loopEnded) return;
+    const thread = await this.ensureThread("pause").catch(() => undefined);
+    await thread?.pause();
   }
 
   /** Resume a paused loop. */
   resume(): void {
+    this.vm.checkAlive("resume");
     this.thread?.resume();
   }
 
   /** Make a running KVM_RUN return KVM_EXIT_INTR (a signal / immediate_exit). */
   requestExit(): void {
+    this.vm.checkAlive("requestExit");
     const req = new Int32Array(this.vm.memory.buffer, this.addr + L.VCPU_REQUESTS, 1);
     Atomics.or(req, 0, 1 << L.KVM_REQ_EXIT);
   }
@@ -181,12 +313,23 @@ export class Vcpu {
     this.thread?.wake();
   }
 
-  /** End the vCPU's thread (its loop first). */
+  /** End the vCPU's thread (its loop or run first, within a bounded wait). */
   async terminate(): Promise<void> {
-    await this.starting;
-    const t = this.thread;
+    const t = this.thread ?? (await this.spawning?.catch(() => undefined));
     this.thread = undefined;
     await t?.terminate();
+  }
+
+  /** @internal dispose(): tell the thread to end without waiting. */
+  abandon(): void {
+    this.thread?.abandon();
+    void this.spawning?.then((t) => t.abandon(), () => {});
+    this.thread = undefined;
+  }
+
+  /** @internal the vCPU's thread exists and no longer runs (close() joined it, or none). */
+  get joined(): boolean {
+    return this.thread === undefined && this.spawning === undefined;
   }
 
   /** Stores the workload has retired so far. */
@@ -209,9 +352,12 @@ export class Vcpu {
     return this.view().getBigUint64(this.addr + L.VCPU_LAST_GPA, true);
   }
 
-  /** Enter (true) or leave (false) SMM: the vCPU then uses address space 1 (or 0). */
+  /** Enter (true) or leave (false) SMM: the vCPU then uses address space 1 (or 0). vCPU context. */
   set smm(on: boolean) {
-    this.view().setUint32(this.addr + L.VCPU_AS, on ? 1 : 0, true);
+    const call = "smm";
+    this.vm.checkAlive(call);
+    if (typeof on !== "boolean") throw new KvmError("EINVAL", call, "smm must be true or false");
+    this.withVcpu(call, () => this.view().setUint32(this.addr + L.VCPU_AS, on ? 1 : 0, true));
   }
   get smm(): boolean {
     return this.view().getUint32(this.addr + L.VCPU_AS, true) === 1;
@@ -231,12 +377,14 @@ export class Vcpu {
   }
 
   private view(): DataView {
+    this.vm.checkAlive(`vCPU ${this.id}`);
     return new DataView(this.vm.memory.buffer);
   }
 }
 
-function gpaArg(gpa: number | bigint): bigint {
-  const g = BigInt.asUintN(64, BigInt(gpa));
-  if (g & 7n) throw new KvmError("EINVAL", "guest access must be 8-byte aligned");
+/** A guest-physical address: a u64, 8-aligned (guest accesses are 8-byte stores). */
+function gpaArg(gpa: unknown, call: string): bigint {
+  const g = u64(gpa, "gpa", call);
+  if (g & 7n) throw new KvmError("EINVAL", call, `gpa 0x${g.toString(16)} is not 8-byte aligned`);
   return g;
 }

@@ -1,6 +1,12 @@
 // Vm: the VM file descriptor's ioctls as synchronous methods over the core.
 // All state lives in the VM's shared WebAssembly.Memory; this class only allocates
-// regions, converts arguments and turns negative returns into KvmError.
+// regions, validates arguments and turns negative returns into KvmError.
+//
+// Invariants: a rejected call throws a KvmError and changes nothing (every argument is
+// validated and every region allocated before the first change; the one exception is the
+// kernel's own: a MOVE rejected by the arch check, see memslot_prepare). After dispose()
+// every call throws EBADF; after a vCPU thread trapped inside the core (KVM_BUG_ON's
+// kvm_vm_bugged) every call throws EIO.
 import {
   APIC_ACCESS_PAGE_PRIVATE_MEMSLOT,
   APIC_DEFAULT_PHYS_BASE,
@@ -26,10 +32,19 @@ import {
   KVM_USER_MEM_SLOTS,
   TSS_PRIVATE_MEMSLOT,
 } from "./constants.js";
-import { CAN_BLOCK, CORE_MAX_PAGES, CORE_MIN_PAGES, type CoreExports, coreModule, instantiateCore } from "./core.js";
-import { KvmError, check } from "./errors.js";
+import { bool, int, object, u32, u64 } from "./args.js";
+import {
+  CAN_BLOCK,
+  CORE_MAX_PAGES,
+  CORE_MIN_PAGES,
+  type CoreExports,
+  HOST_TAG,
+  coreModule,
+  instantiateCore,
+} from "./core.js";
+import { CORE_REASONS, KvmError, check } from "./errors.js";
 import * as L from "./layout.js";
-import { RegionAllocator } from "./region.js";
+import { RegionAllocator, RegionBatch } from "./region.js";
 import { Vcpu } from "./vcpu.js";
 
 export interface VmOptions {
@@ -46,6 +61,8 @@ export interface VmOptions {
    * skips the SPTE walk until the vCPU handles a TLB flush request, as on hardware.
    */
   tlb?: boolean;
+  /** Where the vCPU worker script is (default: vcpu-worker.js next to this module). */
+  workerUrl?: string | URL;
 }
 
 export interface UserMemoryRegion {
@@ -89,22 +106,28 @@ interface SlotRegions {
 
 const MIB = 1 << 20;
 const GUARD = 65536;
-const BACKING_ALIGN = 2 * MIB;
+const HUGE_2M = 2 * MIB;
+const MAX_BYTES = CORE_MAX_PAGES * 65536;
+const VM_OPTIONS = ["maxMemoryBytes", "mmuPoolBytes", "irqchip", "pml", "tlb", "workerUrl"];
 
-/** A u64 argument as the kernel would see it (negative numbers wrap, like C). */
-export function u64(x: number | bigint, call: string): bigint {
-  if (typeof x === "number" && !Number.isInteger(x)) throw new KvmError("EINVAL", call);
-  return BigInt.asUintN(64, BigInt(x));
-}
-
-/** Create a VM (KVM_CREATE_VM). */
+/** Create a VM (KVM_CREATE_VM). Options are validated before anything is made. */
 export async function createVm(options: VmOptions = {}): Promise<Vm> {
+  const call = "KVM_CREATE_VM";
+  const o = object<VmOptions>(options, "options", call);
+  for (const k of Object.keys(o)) {
+    if (!VM_OPTIONS.includes(k)) throw new KvmError("EINVAL", call, `unknown option ${JSON.stringify(k)}`);
+  }
+  const maxBytes = o.maxMemoryBytes === undefined ? MAX_BYTES : int(o.maxMemoryBytes, "maxMemoryBytes", call, MIB, MAX_BYTES);
+  if (o.mmuPoolBytes !== undefined) int(o.mmuPoolBytes, "mmuPoolBytes", call, 0, MAX_BYTES);
+  for (const k of ["irqchip", "pml", "tlb"] as const) bool(o[k], k, call);
+  if (o.workerUrl !== undefined && typeof o.workerUrl !== "string" && !(o.workerUrl instanceof URL)) {
+    throw new KvmError("EINVAL", call, "workerUrl must be a string or a URL");
+  }
   const module = await coreModule();
-  const maxBytes = Math.min(options.maxMemoryBytes ?? 4096 * MIB, CORE_MAX_PAGES * 65536);
   const maximum = Math.max(CORE_MIN_PAGES, Math.floor(maxBytes / 65536));
   const memory = new WebAssembly.Memory({ initial: CORE_MIN_PAGES, maximum, shared: true });
   const core = await instantiateCore(module, memory);
-  return new Vm(module, memory, core, options);
+  return new Vm(module, memory, core, o);
 }
 
 export class Vm {
@@ -120,7 +143,11 @@ export class Vm {
   private identityMapAddr: bigint | undefined;
   /** The VM models Intel PML. */
   readonly pml: boolean;
+  /** @internal where vCPU workers load from (VmOptions.workerUrl). */
+  readonly workerUrl: string | URL | undefined;
   private disposed = false;
+  /** Why the VM is dead (a vCPU thread trapped in the core), or undefined. */
+  private bugged: string | undefined;
 
   constructor(module: WebAssembly.Module, memory: WebAssembly.Memory, core: CoreExports, options: VmOptions) {
     this.module = module;
@@ -128,6 +155,7 @@ export class Vm {
     this.core = core;
     this.irqchip = options.irqchip ?? false;
     this.pml = options.pml ?? false;
+    this.workerUrl = options.workerUrl;
     const limit = Math.min(options.maxMemoryBytes ?? 4096 * MIB, CORE_MAX_PAGES * 65536);
     this.regions = new RegionAllocator(memory, GUARD, limit);
     const vm = this.regions.alloc(L.VM_SIZE, 4096);
@@ -146,7 +174,7 @@ export class Vm {
       !vcpuTable ||
       core.kvm_vm_init(vm, slots, sorted, pool, poolPages, vcpuTable, pml, tlb) < 0
     ) {
-      throw new KvmError("ENOMEM", "KVM_CREATE_VM");
+      throw new KvmError("ENOMEM", "KVM_CREATE_VM", "maxMemoryBytes cannot hold the VM's tables and page-table pool");
     }
     this.addr = vm;
   }
@@ -159,6 +187,21 @@ export class Vm {
   private view(): DataView {
     return new DataView(this.memory.buffer);
   }
+  /** Throw EBADF after dispose(), EIO after the VM was marked bugged. */
+  checkAlive(call: string): void {
+    if (this.disposed) throw new KvmError("EBADF", call, "the VM has been disposed");
+    if (this.bugged !== undefined) throw new KvmError("EIO", call, `the VM is dead: ${this.bugged}`);
+  }
+
+  /**
+   * @internal kvm_vm_bugged: a vCPU thread trapped or was killed inside the core, which may
+   * have been left mid-operation (a lock held, a table half-written). Every later call
+   * throws EIO; close() and dispose() still work.
+   */
+  bug(reason: string): void {
+    this.bugged ??= reason;
+  }
+
   private slotAddr(slot: number): number {
     const slots = this.view().getUint32(this.addr + L.VM_SLOTS, true);
     return slots + ((slot >>> 16) * 32768 + (slot & 0xffff)) * L.SLOT_SIZE;
@@ -171,7 +214,9 @@ export class Vm {
 
   // ---- KVM_CHECK_EXTENSION / KVM_ENABLE_CAP ----
   checkExtension(cap: number): number {
-    switch (cap) {
+    const call = "KVM_CHECK_EXTENSION";
+    this.checkAlive(call);
+    switch (u32(cap, "cap", call)) {
       case KVM_CAP_USER_MEMORY:
       case KVM_CAP_SET_TSS_ADDR:
       case KVM_CAP_SET_IDENTITY_MAP_ADDR:
@@ -194,8 +239,14 @@ export class Vm {
   }
 
   enableCap(cap: number, args: Array<number | bigint> = [], flags = 0): void {
-    const call = "KVM_ENABLE_CAP";
-    const arg0 = u64(args[0] ?? 0, call);
+    const call = `KVM_ENABLE_CAP(${cap})`;
+    this.checkAlive(call);
+    u32(cap, "cap", call);
+    // struct kvm_enable_cap: __u32 cap, __u32 flags, __u64 args[4]
+    if (!Array.isArray(args) || args.length > 4) throw new KvmError("EINVAL", call, "args must be an array of at most 4 u64");
+    for (const [i, a] of args.entries()) u64(a, `args[${i}]`, call);
+    u32(flags, "flags", call);
+    const arg0 = u64(args[0] ?? 0, "args[0]", call);
     switch (cap) {
       case KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: {
         // INITIALLY_SET is allowed only together with ENABLE: values 0, 1, 3.
@@ -203,21 +254,42 @@ export class Vm {
           arg0 & BigInt(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)
             ? BigInt(KVM_DIRTY_LOG_MANUAL_CAPS)
             : BigInt(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE);
-        if (flags !== 0 || arg0 & ~allowed) throw new KvmError("EINVAL", call);
+        if (flags !== 0) throw new KvmError("EINVAL", call, `flags 0x${flags.toString(16)} must be 0`);
+        if (arg0 & ~allowed) {
+          throw new KvmError("EINVAL", call, `args[0] 0x${arg0.toString(16)} is not 0, ENABLE, or ENABLE | INITIALLY_SET`);
+        }
         this.view().setUint32(this.addr + L.VM_MANUAL_PROTECT, Number(arg0), true);
         return;
       }
       case KVM_CAP_DIRTY_LOG_RING:
       case KVM_CAP_DIRTY_LOG_RING_ACQ_REL:
         // args[0] reaches the kernel's u32 `size` parameter truncated; flags are not checked
-        check(this.core.kvm_enable_dirty_log_ring(this.addr, Number(arg0 & 0xffffffffn)), call);
+        check(this.core.kvm_enable_dirty_log_ring(this.addr, Number(arg0 & 0xffffffffn)), call, () =>
+          this.ringSizeReason(Number(arg0 & 0xffffffffn)),
+        );
         return;
       case KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP:
-        check(this.core.kvm_enable_dirty_ring_with_bitmap(this.addr, flags >>> 0), call);
+        check(this.core.kvm_enable_dirty_ring_with_bitmap(this.addr, flags), call, () =>
+          this.dirtyRingSize === 0
+            ? "the dirty ring must be enabled first"
+            : flags !== 0
+              ? "flags must be 0"
+              : "must be enabled before the first memslot",
+        );
         return;
       default:
-        throw new KvmError("EINVAL", call);
+        throw new KvmError("EINVAL", call, `capability ${cap} cannot be enabled on a VM`);
     }
+  }
+
+  /** Why kvm_vm_ioctl_enable_dirty_log_ring refused `bytes` (in its check order). */
+  private ringSizeReason(bytes: number): string {
+    const reserved = 64 + (this.pml ? 512 : 0);
+    if (bytes === 0 || (bytes & (bytes - 1)) !== 0) return `size ${bytes} is not a power of two`;
+    if (bytes < reserved * 16 || bytes < L.PAGE_SIZE) return `size ${bytes} is below ${Math.max(reserved * 16, 4096)} bytes`;
+    if (bytes > KVM_DIRTY_RING_MAX_ENTRIES * KVM_DIRTY_GFN_SIZE) return `size ${bytes} is above the maximum`;
+    if (this.dirtyRingSize !== 0) return "the dirty ring is already enabled";
+    return "must be enabled before the first vCPU";
   }
 
   /** KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is enabled (GET copies; CLEAR re-arms). */
@@ -232,30 +304,64 @@ export class Vm {
 
   /** KVM_RESET_DIRTY_RINGS: re-arm every harvested entry; returns the number reset. */
   resetDirtyRings(): number {
-    this.alive();
-    const n = check(this.core.kvm_reset_dirty_rings(this.addr, CAN_BLOCK), "KVM_RESET_DIRTY_RINGS");
+    const call = "KVM_RESET_DIRTY_RINGS";
+    this.checkAlive(call);
+    const n = check(this.core.kvm_reset_dirty_rings(this.addr, CAN_BLOCK), call, "the VM has no dirty ring");
     if (n > 0) for (const v of this.vcpus.values()) v.wake(); // vCPU loops waiting on a full ring
     return n;
   }
 
   /** The vCPUs in creation order. */
   get vcpuList(): Vcpu[] {
+    this.checkAlive("vcpuList");
     return [...this.vcpus.values()];
   }
 
   // ---- memslots ----
+  /** The words for the core's last ERR_* code. */
+  private coreReason(): string {
+    return CORE_REASONS[this.view().getUint32(this.addr + L.VM_ERR_REASON, true)] ?? "";
+  }
+
   /** KVM_SET_USER_MEMORY_REGION. Size 0 deletes. */
   setUserMemoryRegion(region: UserMemoryRegion): void {
     const call = "KVM_SET_USER_MEMORY_REGION";
-    this.alive();
-    const slot = region.slot >>> 0;
-    const flags = (region.flags ?? 0) >>> 0;
-    const gpa = u64(region.guestPhysAddr, call);
-    const size = u64(region.memorySize, call);
-    const backed = region.backed ? 1 : 0;
-    const change = check(this.core.memslot_prepare(this.addr, slot, flags, gpa, size, backed, 0), call);
-    this.commitRegion(slot, flags, gpa, size, backed, change, call);
-    if (change === KVM_MR_MOVE_REJECTED) throw new KvmError("EINVAL", call);
+    this.checkAlive(call);
+    const r = object<UserMemoryRegion>(region, "region", call, false);
+    for (const k of Object.keys(r)) {
+      if (!REGION_FIELDS.includes(k)) throw new KvmError("EINVAL", call, `unknown field ${JSON.stringify(k)}`);
+    }
+    const slot = u32(r.slot, "slot", call);
+    const flags = r.flags === undefined ? 0 : u32(r.flags, "flags", call);
+    const gpa = u64(r.guestPhysAddr, "guestPhysAddr", call);
+    const size = u64(r.memorySize, "memorySize", call);
+    const backed = bool(r.backed, "backed", call) ? 1 : 0;
+    const change = check(this.core.memslot_prepare(this.addr, slot, flags, gpa, size, backed, 0), call, () =>
+      this.coreReason(),
+    );
+    const regions = change === KVM_MR_CREATE ? this.allocSlotRegions(size, backed, call) : undefined;
+    this.commitRegion(slot, flags, gpa, size, change, regions);
+    if (change === KVM_MR_MOVE_REJECTED) throw new KvmError("EINVAL", call, this.coreReason());
+  }
+
+  /**
+   * The regions a new slot needs: metadata (bitmaps, summary, host-present map) and, when
+   * backed, its bytes — aligned to 2 MiB only when the slot can hold a 2 MiB mapping. All
+   * or nothing (ENOMEM with nothing taken).
+   */
+  private allocSlotRegions(size: bigint, backed: number, call: string, batch?: RegionBatch): SlotRegions {
+    const b = batch ?? new RegionBatch(this.regions, (what, bytes) => this.enomem(call, what, bytes));
+    const metaBytes = Number(this.core.memslot_meta_bytes(size >> 12n));
+    if (backed && size > BigInt(MAX_BYTES)) this.enomem(call, "guest memory", Number(size));
+    const backingBytes = backed ? Number(size) : 0;
+    const meta = b.alloc(metaBytes, 8, "memslot metadata");
+    const backing = backed ? b.alloc(backingBytes, backingBytes >= HUGE_2M ? HUGE_2M : L.PAGE_SIZE, "guest memory") : 0;
+    if (!batch) b.keep();
+    return { meta, metaBytes, backing, backingBytes };
+  }
+
+  private enomem(call: string, what: string, bytes: number): never {
+    throw new KvmError("ENOMEM", call, `no room for ${bytes} bytes of ${what} in the VM's memory (maxMemoryBytes)`);
   }
 
   private commitRegion(
@@ -263,25 +369,12 @@ export class Vm {
     flags: number,
     gpa: bigint,
     size: bigint,
-    backed: number,
     change: number,
-    call: string,
-    shared?: number,
+    regions: SlotRegions | undefined,
   ): void {
-    let meta = 0;
-    let backing = 0;
-    if (change === KVM_MR_CREATE) {
-      const metaBytes = Number(this.core.memslot_meta_bytes(size >> 12n));
-      meta = this.regions.alloc(metaBytes, 8);
-      if (!meta) throw new KvmError("ENOMEM", call);
-      const backingBytes = backed ? Number(size) : 0;
-      backing = shared ?? (backed ? this.regions.alloc(backingBytes, BACKING_ALIGN) : 0);
-      if (backed && !backing) {
-        this.regions.release(meta, metaBytes);
-        throw new KvmError("ENOMEM", call);
-      }
-      this.slots.set(slot, { meta, metaBytes, backing, backingBytes: shared ? 0 : backingBytes });
-    }
+    const meta = regions?.meta ?? 0;
+    const backing = regions?.backing ?? 0;
+    if (change === KVM_MR_CREATE && regions) this.slots.set(slot, regions);
     // hva: the backing's address; unbacked slots behave as if the hva equals the gpa
     // (congruent at every size, like a hugetlbfs mapping).
     const hva = backing ? BigInt(backing) : gpa;
@@ -298,30 +391,49 @@ export class Vm {
   }
 
   /**
-   * __x86_set_memory_region: an internal slot (ids 32764..32766) of `pages` pages in every
-   * address space, sharing one backing. All address spaces are checked before any changes
-   * (the kernel could leave address space 0 updated when address space 1 fails).
+   * __x86_set_memory_region, checked: an internal slot (ids 32764..32766) of `pages` pages
+   * in every address space. Every address space is checked before any changes (the kernel
+   * could leave address space 0 updated when address space 1 fails).
    */
-  private setInternalRegion(id: number, gpa: bigint, pages: number, call: string): void {
+  private checkInternalRegion(id: number, gpa: bigint, pages: number, call: string): void {
     const size = BigInt(pages * L.PAGE_SIZE);
-    if (this.slots.has(id)) throw new KvmError("EEXIST", call);
+    if (this.slots.has(id)) throw new KvmError("EEXIST", call, `internal memslot ${id} already exists`);
     for (let as = 0; as < L.KVM_NR_AS; as++) {
-      check(this.core.memslot_prepare(this.addr, (as << 16) | id, 0, gpa, size, 1, 1), call);
+      check(this.core.memslot_prepare(this.addr, (as << 16) | id, 0, gpa, size, 1, 1), call, () => this.coreReason());
     }
-    const backing = this.regions.alloc(pages * L.PAGE_SIZE, L.PAGE_SIZE);
-    if (!backing) throw new KvmError("ENOMEM", call);
-    for (let as = 0; as < L.KVM_NR_AS; as++) {
-      this.commitRegion((as << 16) | id, 0, gpa, size, 1, KVM_MR_CREATE, call, backing);
-    }
+  }
+
+  /** Create a checked internal slot in every address space over one backing (from `batch`). */
+  private commitInternalRegion(id: number, gpa: bigint, pages: number, batch: RegionBatch): () => void {
+    const size = BigInt(pages * L.PAGE_SIZE);
+    const backingBytes = pages * L.PAGE_SIZE;
+    const backing = batch.alloc(backingBytes, L.PAGE_SIZE, "internal memslot");
+    const metas = Array.from({ length: L.KVM_NR_AS }, () => {
+      const metaBytes = Number(this.core.memslot_meta_bytes(size >> 12n));
+      return { meta: batch.alloc(metaBytes, 8, "memslot metadata"), metaBytes };
+    });
+    return () => {
+      for (let as = 0; as < L.KVM_NR_AS; as++) {
+        // the backing is owned (and freed) by address space 0's entry
+        const regions = { ...metas[as], backing, backingBytes: as === 0 ? backingBytes : 0 };
+        this.commitRegion((as << 16) | id, 0, gpa, size, KVM_MR_CREATE, regions);
+      }
+    };
   }
 
   /** KVM_SET_TSS_ADDR: the 3-page TSS internal slot (id 32764) at addr. */
   setTssAddr(addr: number): void {
     const call = "KVM_SET_TSS_ADDR";
-    if (!Number.isInteger(addr) || addr < 0 || addr > 0x1_0000_0000 - 3 * L.PAGE_SIZE) {
-      throw new KvmError("EINVAL", call);
+    this.checkAlive(call);
+    const a = Number(u64(addr, "addr", call));
+    if (a > 0x1_0000_0000 - 3 * L.PAGE_SIZE) {
+      throw new KvmError("EINVAL", call, `addr 0x${a.toString(16)}: the TSS's 3 pages must lie below 4 GiB`);
     }
-    this.setInternalRegion(TSS_PRIVATE_MEMSLOT, BigInt(addr), 3, call);
+    this.checkInternalRegion(TSS_PRIVATE_MEMSLOT, BigInt(a), 3, call);
+    const batch = new RegionBatch(this.regions, (what, bytes) => this.enomem(call, what, bytes));
+    const commit = this.commitInternalRegion(TSS_PRIVATE_MEMSLOT, BigInt(a), 3, batch);
+    batch.keep();
+    commit();
   }
 
   /**
@@ -331,14 +443,18 @@ export class Vm {
    */
   setIdentityMapAddr(addr: number | bigint): void {
     const call = "KVM_SET_IDENTITY_MAP_ADDR";
-    const a = u64(addr, call);
-    if (this.vcpus.size > 0) throw new KvmError("EINVAL", call);
+    this.checkAlive(call);
+    const a = u64(addr, "addr", call);
+    if (this.vcpus.size > 0) throw new KvmError("EINVAL", call, "must be set before the first vCPU");
     this.identityMapAddr = a;
   }
 
   /** Slot id that maps gpa in address space asId, or undefined. */
   memslotAt(asId: number, gpa: number | bigint): number | undefined {
-    const s = this.core.memslot_lookup(this.addr, asId, u64(gpa, "lookup") >> 12n) >>> 0;
+    const call = "memslotAt";
+    this.checkAlive(call);
+    const as = int(asId, "asId", call, 0, L.KVM_NR_AS - 1);
+    const s = this.core.memslot_lookup(this.addr, as, u64(gpa, "gpa", call) >> 12n) >>> 0;
     if (!s) return undefined;
     const slots = this.view().getUint32(this.addr + L.VM_SLOTS, true);
     const idx = (s - slots) / L.SLOT_SIZE;
@@ -347,6 +463,7 @@ export class Vm {
 
   /** The memslots that exist (user and internal), in no particular order. */
   memslots(): MemslotInfo[] {
+    this.checkAlive("memslots");
     const v = this.view();
     return [...this.slots.entries()].map(([slot, r]) => {
       const s = this.slotAddr(slot);
@@ -362,9 +479,12 @@ export class Vm {
 
   /** Guest bytes of a backed slot (a view into the shared memory), or undefined. */
   guestMemory(slot: number): Uint8Array | undefined {
-    const r = this.slots.get(slot >>> 0);
+    const call = "guestMemory";
+    this.checkAlive(call);
+    const id = u32(slot, "slot", call);
+    const r = this.slots.get(id);
     if (!r?.backing) return undefined;
-    const s = this.slotAddr(slot >>> 0);
+    const s = this.slotAddr(id);
     const npages = Number(this.view().getBigUint64(s + L.SLOT_NPAGES, true));
     return new Uint8Array(this.memory.buffer, r.backing, npages * L.PAGE_SIZE);
   }
@@ -373,17 +493,22 @@ export class Vm {
    * The VMM writes guest memory through its own mapping (userspace_addr + offset): the
    * bytes land in a backed slot and the host pages now exist, so a later guest read fault
    * maps them writable (and, in a logged slot, reports them). KVM sees no write: nothing
-   * is reported dirty by this call itself.
+   * is reported dirty by this call itself. `data` must be a Uint8Array (bytes, not elements).
    */
   writeUserMemory(slot: number, offset: number, data: Uint8Array): void {
     const call = "writeUserMemory";
-    slot >>>= 0;
-    const r = this.slots.get(slot);
-    if (!r || !Number.isInteger(offset) || offset < 0) throw new KvmError("EINVAL", call);
-    const first = Math.floor(offset / L.PAGE_SIZE);
-    const last = Math.ceil((offset + data.byteLength) / L.PAGE_SIZE);
-    check(this.core.memslot_host_touch(this.addr, slot, BigInt(first), BigInt(last - first)), call);
-    if (r.backing) this.u8().set(data, r.backing + offset);
+    this.checkAlive(call);
+    const id = u32(slot, "slot", call);
+    const off = int(offset, "offset", call, 0, Number.MAX_SAFE_INTEGER);
+    if (!(data instanceof Uint8Array)) {
+      throw new KvmError("EINVAL", call, `data must be a Uint8Array of bytes, got ${data === null ? "null" : (data as object)?.constructor?.name ?? typeof data}`);
+    }
+    const r = this.slots.get(id);
+    if (!r) throw new KvmError("EINVAL", call, `memslot ${id} does not exist`);
+    const first = Math.floor(off / L.PAGE_SIZE);
+    const last = Math.ceil((off + data.byteLength) / L.PAGE_SIZE);
+    check(this.core.memslot_host_touch(this.addr, id, BigInt(first), BigInt(last - first)), call, "the bytes reach beyond the slot");
+    if (r.backing) this.u8().set(data, r.backing + off);
   }
 
   /**
@@ -394,53 +519,66 @@ export class Vm {
    */
   kvmWriteGuest(gpa: number | bigint, value: number | bigint): void {
     const call = "kvm_write_guest";
-    const g = u64(gpa, call);
-    if (g & 7n) throw new KvmError("EINVAL", call);
-    check(this.core.kvm_write_guest(this.addr, 0, g, BigInt.asUintN(64, BigInt(value))), call);
+    this.checkAlive(call);
+    const g = u64(gpa, "gpa", call);
+    if (g & 7n) throw new KvmError("EINVAL", call, `gpa 0x${g.toString(16)} is not 8-byte aligned`);
+    const v = u64(value, "value", call);
+    check(this.core.kvm_write_guest(this.addr, 0, HOST_TAG, g, v), call, `no writable memslot maps gpa 0x${g.toString(16)}`);
   }
 
   /**
-   * Fault injection for tests: with `skipTlbFlush`, remote TLB flushes are counted but
-   * never requested, so vCPUs keep writing through stale translations — the bug class the
-   * flush protocol prevents (the no-loss test shows it losing pages).
+   * Fault injection for tests: with `skipTlbFlush`, the remote TLB flushes that follow
+   * dirty-log write protection are counted but never requested, so vCPUs keep writing
+   * through stale translations — the bug class the flush protocol prevents (the no-loss
+   * test shows it losing pages). It never breaks progress.
    */
   setDebug(flags: { skipTlbFlush?: boolean }): void {
-    this.view().setUint32(this.addr + L.VM_DEBUG, flags.skipTlbFlush ? L.VM_DEBUG_SKIP_TLB_FLUSH : 0, true);
+    const call = "setDebug";
+    this.checkAlive(call);
+    const skip = bool(object<{ skipTlbFlush?: boolean }>(flags, "flags", call, false).skipTlbFlush, "skipTlbFlush", call);
+    this.view().setUint32(this.addr + L.VM_DEBUG, skip ? L.VM_DEBUG_SKIP_TLB_FLUSH : 0, true);
   }
 
   /** The value guest workloads store (dirty_log_test's `iteration`). */
   get iteration(): bigint {
+    this.checkAlive("iteration");
     return this.view().getBigUint64(this.addr + L.VM_ITERATION, true);
   }
   set iteration(value: bigint) {
+    this.checkAlive("iteration");
+    const v = u64(value, "iteration", "iteration");
     const i = new BigUint64Array(this.memory.buffer, this.addr + L.VM_ITERATION, 1);
-    Atomics.store(i, 0, BigInt.asUintN(64, value));
+    Atomics.store(i, 0, v);
   }
 
   /** Memslot generation of an address space (kvm_memslots(kvm, as)->generation). */
   generation(asId = 0): bigint {
-    return this.view().getBigUint64(this.addr + L.VM_GEN + asId * 8, true);
+    const call = "generation";
+    this.checkAlive(call);
+    const as = int(asId, "asId", call, 0, L.KVM_NR_AS - 1);
+    return this.view().getBigUint64(this.addr + L.VM_GEN + as * 8, true);
   }
 
   // ---- dirty log ----
   /** KVM_GET_DIRTY_LOG: ALIGN(npages, 64) / 8 bytes, bit p = page p (little-endian). */
   getDirtyLog(slot: number): Uint8Array {
-    this.alive();
-    slot >>>= 0;
-    const count = check(this.core.kvm_get_dirty_log(this.addr, slot, CAN_BLOCK), "KVM_GET_DIRTY_LOG");
-    const n = this.bitmapBytes(slot);
+    const call = "KVM_GET_DIRTY_LOG";
+    this.checkAlive(call);
+    const id = u32(slot, "slot", call);
+    const count = check(this.core.kvm_get_dirty_log(this.addr, id, CAN_BLOCK), call, () => this.coreReason());
+    const n = this.bitmapBytes(id);
     const out = new Uint8Array(n);
     if (count > 0) {
       const u8 = this.u8();
-      const src = this.core.kvm_dirty_log_source(this.addr, slot) >>> 0;
-      const list = new Uint32Array(this.memory.buffer, this.core.kvm_dirty_log_scratch(this.addr, slot) >>> 0, count);
+      const src = this.core.kvm_dirty_log_source(this.addr, id) >>> 0;
+      const list = new Uint32Array(this.memory.buffer, this.core.kvm_dirty_log_scratch(this.addr, id) >>> 0, count);
       for (let k = 0; k < count; k++) {
         // each summary word covers 64 bitmap words = 512 bytes
         const at = list[k] * 512;
         const end = Math.min(n, at + 512);
         out.set(u8.subarray(src + at, src + end), at);
       }
-      this.core.kvm_dirty_log_done(this.addr, slot, count);
+      this.core.kvm_dirty_log_done(this.addr, id, count);
     }
     return out;
   }
@@ -448,16 +586,18 @@ export class Vm {
   /** KVM_CLEAR_DIRTY_LOG: clear (and re-arm) the pages whose bits are set in `bitmap`. */
   clearDirtyLog(slot: number, firstPage: number | bigint, numPages: number | bigint, bitmap: Uint8Array): void {
     const call = "KVM_CLEAR_DIRTY_LOG";
-    this.alive();
-    slot >>>= 0;
-    const first = u64(firstPage, call);
-    const num = BigInt.asUintN(32, u64(numPages, call)); // num_pages is a u32 field
-    check(this.core.kvm_clear_dirty_log_check(this.addr, slot, first, num), call);
+    this.checkAlive(call);
+    const id = u32(slot, "slot", call);
+    const first = u64(firstPage, "firstPage", call);
+    const num = BigInt(u32(numPages, "numPages", call)); // struct kvm_clear_dirty_log: __u32 num_pages
+    check(this.core.kvm_clear_dirty_log_check(this.addr, id, first, num), call, () => this.coreReason());
     const n = Number(((num + 63n) / 64n) * 8n);
-    if (!(bitmap instanceof Uint8Array) || bitmap.byteLength < n) throw new KvmError("EFAULT", call);
-    const second = this.core.kvm_dirty_log_second(this.addr, slot) >>> 0;
+    if (!(bitmap instanceof Uint8Array) || bitmap.byteLength < n) {
+      throw new KvmError("EFAULT", call, `bitmap must be a Uint8Array of at least ${n} bytes`);
+    }
+    const second = this.core.kvm_dirty_log_second(this.addr, id) >>> 0;
     this.u8().set(bitmap.subarray(0, n), second + Number(first / 8n));
-    this.core.kvm_clear_dirty_log(this.addr, slot, first, num, CAN_BLOCK);
+    this.core.kvm_clear_dirty_log(this.addr, id, first, num, CAN_BLOCK);
   }
 
   private bitmapBytes(slot: number): number {
@@ -466,28 +606,41 @@ export class Vm {
   }
 
   // ---- vCPUs ----
-  /** KVM_CREATE_VCPU. */
+  /**
+   * KVM_CREATE_VCPU. The first vCPU also creates the identity-map and APIC-access internal
+   * slots where the VM needs them; everything is checked and allocated before any of it is
+   * created, so a failure (EEXIST, ENOMEM) leaves the VM as it was.
+   */
   createVcpu(id: number): Vcpu {
     const call = "KVM_CREATE_VCPU";
-    this.alive();
-    if (!Number.isInteger(id) || id < 0 || id >= KVM_MAX_VCPU_IDS) throw new KvmError("EINVAL", call);
-    if (this.vcpus.has(id)) throw new KvmError("EEXIST", call);
+    this.checkAlive(call);
+    int(id, "id", call, 0, KVM_MAX_VCPU_IDS - 1);
+    if (this.vcpus.has(id)) throw new KvmError("EEXIST", call, `vCPU ${id} already exists`);
+    // check: the internal slots the first vCPU brings
+    const internal: Array<[number, bigint]> = [];
     if (this.vcpus.size === 0 && this.identityMapAddr !== undefined) {
-      // init_rmode_identity_map, on the first vCPU
-      this.setInternalRegion(IDENTITY_PAGETABLE_PRIVATE_MEMSLOT, this.identityMapAddr, 1, call);
+      internal.push([IDENTITY_PAGETABLE_PRIVATE_MEMSLOT, this.identityMapAddr]); // init_rmode_identity_map
     }
     if (this.vcpus.size === 0 && this.irqchip && !this.slots.has(APIC_ACCESS_PAGE_PRIVATE_MEMSLOT)) {
-      // kvm_alloc_apic_access_page
-      this.setInternalRegion(APIC_ACCESS_PAGE_PRIVATE_MEMSLOT, BigInt(APIC_DEFAULT_PHYS_BASE), 1, call);
+      internal.push([APIC_ACCESS_PAGE_PRIVATE_MEMSLOT, BigInt(APIC_DEFAULT_PHYS_BASE)]); // kvm_alloc_apic_access_page
     }
+    for (const [slot, gpa] of internal) this.checkInternalRegion(slot, gpa, 1, call);
+    if (internal.length === 2 && internal[0][1] >> 12n === internal[1][1] >> 12n) {
+      throw new KvmError("EEXIST", call, "the identity map page overlaps the APIC access page");
+    }
+    // allocate: all or nothing
+    const batch = new RegionBatch(this.regions, (what, bytes) => this.enomem(call, what, bytes));
+    const commits = internal.map(([slot, gpa]) => this.commitInternalRegion(slot, gpa, 1, batch));
     const ringBytes = this.dirtyRingSize;
-    const addr = this.regions.alloc(L.VCPU_SIZE, 64);
+    const addr = batch.alloc(L.VCPU_SIZE, 64, "the vCPU block");
     // the ring is mmapped by userspace at KVM_DIRTY_LOG_PAGE_OFFSET: page aligned
-    const ring = ringBytes ? this.regions.alloc(ringBytes, L.PAGE_SIZE) : 0;
-    const priv = ringBytes ? this.regions.alloc(ringBytes, 64) : 0;
-    const pml = this.pml ? this.regions.alloc(L.PAGE_SIZE, L.PAGE_SIZE) : 0;
-    const tlb = this.regions.alloc(L.TLB_ENTRIES * 8, 64);
-    if (!addr || !tlb || (ringBytes && (!ring || !priv)) || (this.pml && !pml)) throw new KvmError("ENOMEM", call);
+    const ring = ringBytes ? batch.alloc(ringBytes, L.PAGE_SIZE, "the dirty ring") : 0;
+    const priv = ringBytes ? batch.alloc(ringBytes, 64, "the dirty ring's private copy") : 0;
+    const pml = this.pml ? batch.alloc(L.PAGE_SIZE, L.PAGE_SIZE, "the PML buffer") : 0;
+    const tlb = batch.alloc(L.TLB_ENTRIES * 8, 64, "the TLB");
+    batch.keep();
+    // act
+    for (const commit of commits) commit();
     this.core.kvm_vcpu_init(this.addr, addr, id, ring, priv, pml, tlb);
     const vcpu = new Vcpu(this, this.core, addr, id);
     this.vcpus.set(id, vcpu);
@@ -496,6 +649,7 @@ export class Vm {
 
   // ---- introspection ----
   get stats(): VmStats {
+    this.checkAlive("stats");
     const v = this.view();
     return {
       tlbFlushes: v.getBigUint64(this.addr + L.VM_TLB_FLUSHES, true),
@@ -510,15 +664,18 @@ export class Vm {
 
   /** The leaf SPTE mapping gpa in address space asId and its level (0n / 0 if none). */
   spte(asId: number, gpa: number | bigint): { spte: bigint; level: number } {
-    const w = this.core.tdp_walk(this.addr, asId, u64(gpa, "spte") >> 12n) >>> 0;
+    const call = "spte";
+    this.checkAlive(call);
+    const as = int(asId, "asId", call, 0, L.KVM_NR_AS - 1);
+    const w = this.core.tdp_walk(this.addr, as, u64(gpa, "gpa", call) >> 12n) >>> 0;
     const spte = this.view().getBigUint64(w & ~7, true);
     return { spte, level: spte & (1n << 11n) ? w & 7 : 0 };
   }
 
-  /** @internal A zeroed region of the VM's memory (workload tables). */
-  allocRegion(bytes: number, align = 64): number {
+  /** @internal A zeroed region of the VM's memory (workload tables, collector scratch). */
+  allocRegion(bytes: number, align = 64, call = "allocRegion"): number {
     const a = this.regions.alloc(bytes, align);
-    if (!a) throw new KvmError("ENOMEM", "allocRegion");
+    if (!a) this.enomem(call, "tables", bytes);
     return a;
   }
 
@@ -527,21 +684,21 @@ export class Vm {
     this.regions.release(addr, bytes);
   }
 
-  /** End every vCPU thread, then dispose. */
+  /** End every vCPU thread (each within a bounded wait), then dispose. */
   async close(): Promise<void> {
+    if (this.disposed) return;
     await Promise.all([...this.vcpus.values()].map((v) => v.terminate()));
     this.dispose();
   }
 
   /** Release the VM (vCPU threads are told to end; use close() to wait for them). */
   dispose(): void {
-    for (const v of this.vcpus.values()) void v.terminate();
+    if (this.disposed) return;
+    for (const v of this.vcpus.values()) v.abandon();
     this.disposed = true;
     this.slots.clear();
     this.vcpus.clear();
   }
-
-  private alive(): void {
-    if (this.disposed) throw new KvmError("EBADF", "vm disposed");
-  }
 }
+
+const REGION_FIELDS = ["slot", "flags", "guestPhysAddr", "memorySize", "backed"];

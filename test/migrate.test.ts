@@ -6,6 +6,7 @@ import {
   KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
   KVM_DIRTY_LOG_INITIALLY_SET,
   KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+  KVM_EXIT_INTR,
   KVM_MEM_LOG_DIRTY_PAGES,
   type Vm,
   createVm,
@@ -50,7 +51,7 @@ async function setup(mode: Mode): Promise<Vm> {
   const regions = splitRegion(GPA, PAGES, 2, true);
   const vcpus = [vm.createVcpu(0), vm.createVcpu(1)];
   // a hot set (80 % of writes to 5 % of pages) over the whole slot, shared by both vCPUs
-  vcpus[0].setWorkload({ pattern: "hot-set", ...regions[0], hotPages: PAGES / 20, hotFraction: 0.8, batch: 512 });
+  vcpus[0].setWorkload({ pattern: "hot-set", ...regions[0], hotPages: Math.floor(PAGES / 20), hotFraction: 0.8, batch: 512 });
   vcpus[1].setWorkload({ pattern: "uniform", ...regions[1], batch: 512 });
   return vm;
 }
@@ -61,7 +62,8 @@ describe("migrate(): pre-copy with vCPU workers writing, then stop-and-copy", ()
       const vm = await setup(mode);
       try {
         vm.iteration = 0xfeedn;
-        const loops = vm.vcpuList.map((v) => v.startLoop({ rate: 1_000_000 }));
+        await Promise.all(vm.vcpuList.map((v) => v.startLoop({ rate: 1_000_000 })));
+        const ends = vm.vcpuList.map((v) => v.loopEnd);
         // the guest is busy before migration starts
         const stores = () => vm.vcpuList.reduce((a, v) => a + v.workloadStores, 0n);
         while (stores() < 20_000n) await new Promise((r) => setTimeout(r, 5));
@@ -82,7 +84,8 @@ describe("migrate(): pre-copy with vCPU workers writing, then stop-and-copy", ()
         // and byte for byte
         expect(Buffer.compare(vm.guestMemory(0) as Uint8Array, r.destination.get(0) as Uint8Array)).toBe(0);
         await vm.close();
-        await Promise.all(loops);
+        // the loops ended because close() stopped them (KVM_EXIT_INTR)
+        expect(await Promise.all(ends)).toEqual(ends.map(() => KVM_EXIT_INTR));
       } finally {
         vm.dispose();
       }
@@ -97,12 +100,11 @@ describe("migrate(): pre-copy with vCPU workers writing, then stop-and-copy", ()
       // stale writable translations and never reported again
       for (const v of vm.vcpuList) v.setWorkload({ pattern: "uniform", gpa: GPA, pages: 128, batch: 512 });
       vm.iteration = 1n;
-      const loops = vm.vcpuList.map((v) => v.startLoop({ rate: 1_000_000 }));
+      await Promise.all(vm.vcpuList.map((v) => v.startLoop({ rate: 1_000_000 })));
       while (vm.vcpuList.reduce((a, v) => a + v.workloadStores, 0n) < 20_000n) await new Promise((r) => setTimeout(r, 5));
       const r = await migrate(vm, { threshold: 0, maxRounds: 6, onRound: () => (vm.iteration += 1n) });
       expect(r.equal).toBe(false);
       await vm.close();
-      await Promise.all(loops);
     } finally {
       vm.dispose();
     }

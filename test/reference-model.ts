@@ -90,6 +90,17 @@ export class ModelError extends Error {
 }
 
 /**
+ * An ioctl structure field of `bits` bits: a value that does not fit could never reach the
+ * kernel, so the call is EINVAL before any of the kernel's own checks.
+ */
+function field(value: number | bigint, bits: 32 | 64, call: string): bigint {
+  if (typeof value === "number" && !Number.isInteger(value)) throw new ModelError("EINVAL", call);
+  const v = BigInt(value);
+  if (v < 0n || v >= 1n << BigInt(bits)) throw new ModelError("EINVAL", call);
+  return v;
+}
+
+/**
  * Rules that can be flipped on purpose, to show the property test is able to fail.
  *   readFaultNeverReports  a read fault that maps a page writable does not log it
  *   classicGetNoRearm      classic GET returns the bits but does not write-protect
@@ -569,6 +580,8 @@ export class RefModel {
   // ------------------------------------------------------------------ KVM_ENABLE_CAP
   enableCap(cap: number, arg0: number | bigint, flags = 0): void {
     const call = "KVM_ENABLE_CAP";
+    field(arg0, 64, call);
+    field(flags, 32, call);
     if (cap === KVM_CAP_DIRTY_LOG_RING || cap === KVM_CAP_DIRTY_LOG_RING_ACQ_REL) {
       // §3.3: args[0] reaches a u32 size; flags are not checked
       const size = Number(BigInt.asUintN(32, BigInt(arg0)));
@@ -602,10 +615,10 @@ export class RefModel {
     backed: boolean;
   }): void {
     const call = "KVM_SET_USER_MEMORY_REGION";
-    const slotArg = r.slot >>> 0;
-    const flags = r.flags >>> 0;
-    const gpa = BigInt.asUintN(64, BigInt(r.guestPhysAddr));
-    const size = BigInt.asUintN(64, BigInt(r.memorySize));
+    const slotArg = Number(field(r.slot, 32, call));
+    const flags = Number(field(r.flags, 32, call));
+    const gpa = field(r.guestPhysAddr, 64, call);
+    const size = field(r.memorySize, 64, call);
     const as = slotArg >>> 16;
     const id = slotArg & 0xffff;
     // §1.3, in order (all EINVAL up to the overlap check)
@@ -838,9 +851,10 @@ export class RefModel {
   /** KVM_CLEAR_DIRTY_LOG (§2.5). `user` is the userspace buffer. */
   clearDirtyLog(slotArg: number, firstPage: number | bigint, numPages: number | bigint, user: Uint8Array): void {
     const call = "KVM_CLEAR_DIRTY_LOG";
-    const first = BigInt.asUintN(64, BigInt(firstPage));
-    const num = BigInt.asUintN(32, BigInt(numPages)); // u32 field
-    const s = this.dirtyLogSlot(slotArg >>> 0, call, first);
+    const slot = Number(field(slotArg, 32, call));
+    const first = field(firstPage, 64, call);
+    const num = field(numPages, 32, call); // __u32 num_pages
+    const s = this.dirtyLogSlot(slot, call, first);
     const npages = BigInt(s.npages);
     if (first > npages || num > npages - first || (num < npages - first && num % 64n !== 0n)) {
       throw new ModelError("EINVAL", call);

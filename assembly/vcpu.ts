@@ -1,0 +1,58 @@
+// vcpu — vcpu->mutex: a vCPU is driven by one thread at a time (virt/kvm/kvm_main.c
+// kvm_vcpu_ioctl takes vcpu->mutex around every vCPU ioctl, KVM_RUN included).
+//
+//   VCPU_MUTEX (u32)   0 = free, else the tag of the thread that holds it
+//
+// Tags are chosen by the host: each thread that drives vCPUs has its own non-zero tag
+// (the VMM thread that owns the VM object uses 1; every vCPU worker gets a unique one).
+// Every vCPU-context entry point (kvm_run, the guest accesses, kvm_vcpu_write_guest) calls
+// vcpu_load with its caller's tag:
+//   - mutex free           → taken for the call, released by vcpu_put at the end;
+//   - held with this tag   → the caller already owns the vCPU (a worker's run loop holds
+//                            it from loop start to pause/end): the call runs, keeps it;
+//   - held with another tag→ -EBUSY, and the call changes nothing.
+// The kernel's mutex_lock sleeps instead; a model whose run loop owns the vCPU for its
+// whole life would then block the caller until the loop pauses, so a second driver gets
+// EBUSY at once (the deviation is documented in the README).
+//
+// Fields only the mutex holder may write: dirty_index and the ring entries it pushes, the
+// PML index, the TLB and paging-structure cache, the workload state, exit_reason and the
+// statistics of the vCPU block. The debug build asserts the mutex is held where the
+// single-writer ones are written (lockdep_assert_vcpu_held).
+import { EBUSY, EPERM, VCPU_MUTEX } from "./layout";
+
+/**
+ * vcpu_load: take vcpu->mutex for a call with `tag` (non-zero). Returns 1 when taken now
+ * (vcpu_put releases it), 0 when `tag` already holds it, -EBUSY when another thread does.
+ */
+@inline export function vcpu_load(vcpu: usize, tag: u32): i32 {
+  const old = atomic.cmpxchg<u32>(vcpu + VCPU_MUTEX, 0, tag);
+  if (old == 0) return 1;
+  return old == tag && tag != 0 ? 0 : -EBUSY;
+}
+
+/** vcpu_put: release what vcpu_load took (`loaded` is its return value). */
+@inline export function vcpu_put(vcpu: usize, loaded: i32): void {
+  if (loaded == 1) {
+    atomic.store<u32>(vcpu + VCPU_MUTEX, 0);
+    atomic.notify(vcpu + VCPU_MUTEX, 1); // a worker may sleep on it before its loop starts
+  }
+}
+
+/** Take vcpu->mutex for `tag` until kvm_vcpu_unlock (a run loop's ownership). 0 or -EBUSY. */
+export function kvm_vcpu_lock(vcpu: usize, tag: u32): i32 {
+  if (tag == 0) return -EBUSY;
+  return atomic.cmpxchg<u32>(vcpu + VCPU_MUTEX, 0, tag) == 0 ? 0 : -EBUSY;
+}
+
+/** Release vcpu->mutex held by `tag`. 0, or -EPERM when `tag` does not hold it. */
+export function kvm_vcpu_unlock(vcpu: usize, tag: u32): i32 {
+  if (tag == 0 || atomic.cmpxchg<u32>(vcpu + VCPU_MUTEX, tag, 0) != tag) return -EPERM;
+  atomic.notify(vcpu + VCPU_MUTEX, 1);
+  return 0;
+}
+
+/** The thread driving the vCPU holds vcpu->mutex (debug builds only). */
+@inline export function lockdep_assert_vcpu_held(vcpu: usize): void {
+  if (!ASC_NO_ASSERT) assert(atomic.load<u32>(vcpu + VCPU_MUTEX) != 0, "vcpu->mutex is not held");
+}
