@@ -25,6 +25,18 @@ export default defineConfig({
         },
       },
       {
+        // The same suite against the debug build of the core (asc --target debug): its
+        // asserts check the locking rules (mmu_lock held for write, vcpu->mutex held) on
+        // every path the tests take; a failed assert throws out of the core.
+        extends: true,
+        test: {
+          name: "node-debug-core",
+          include: ["test/**/*.test.ts"],
+          exclude: [...configDefaults.exclude, "test/browser/**"],
+          env: { DIRTLOG_CORE: "debug" },
+        },
+      },
+      {
         // The built package (dist/ + build/dirtlog.wasm) in headless Debian Chromium, with
         // real Web Workers; no browser download (/usr/bin/chromium, see .ci/run).
         extends: true,

@@ -19,16 +19,18 @@
 // PML index, the TLB and paging-structure cache, the workload state, exit_reason and the
 // statistics of the vCPU block. The debug build asserts the mutex is held where the
 // single-writer ones are written (lockdep_assert_vcpu_held).
-import { EBUSY, EPERM, VCPU_MUTEX } from "./layout";
+import { EBUSY, EINVAL, EPERM, VCPU_MUTEX } from "./layout";
 
 /**
  * vcpu_load: take vcpu->mutex for a call with `tag` (non-zero). Returns 1 when taken now
- * (vcpu_put releases it), 0 when `tag` already holds it, -EBUSY when another thread does.
+ * (vcpu_put releases it), 0 when `tag` already holds it, -EBUSY when another thread does,
+ * -EINVAL for tag 0.
  */
 @inline export function vcpu_load(vcpu: usize, tag: u32): i32 {
+  if (tag == 0) return -EINVAL; // 0 means "free": no thread has it
   const old = atomic.cmpxchg<u32>(vcpu + VCPU_MUTEX, 0, tag);
   if (old == 0) return 1;
-  return old == tag && tag != 0 ? 0 : -EBUSY;
+  return old == tag ? 0 : -EBUSY;
 }
 
 /** vcpu_put: release what vcpu_load took (`loaded` is its return value). */
@@ -39,9 +41,9 @@ import { EBUSY, EPERM, VCPU_MUTEX } from "./layout";
   }
 }
 
-/** Take vcpu->mutex for `tag` until kvm_vcpu_unlock (a run loop's ownership). 0 or -EBUSY. */
+/** Take vcpu->mutex for `tag` until kvm_vcpu_unlock (a run loop's ownership). 0, -EBUSY or -EINVAL (tag 0). */
 export function kvm_vcpu_lock(vcpu: usize, tag: u32): i32 {
-  if (tag == 0) return -EBUSY;
+  if (tag == 0) return -EINVAL;
   return atomic.cmpxchg<u32>(vcpu + VCPU_MUTEX, 0, tag) == 0 ? 0 : -EBUSY;
 }
 

@@ -63,6 +63,8 @@ export interface VmOptions {
   tlb?: boolean;
   /** Where the vCPU worker script is (default: vcpu-worker.js next to this module). */
   workerUrl?: string | URL;
+  /** The compiled core to use instead of build/dirtlog.wasm (e.g. a debug build). */
+  wasm?: WebAssembly.Module;
 }
 
 export interface UserMemoryRegion {
@@ -108,7 +110,7 @@ const MIB = 1 << 20;
 const GUARD = 65536;
 const HUGE_2M = 2 * MIB;
 const MAX_BYTES = CORE_MAX_PAGES * 65536;
-const VM_OPTIONS = ["maxMemoryBytes", "mmuPoolBytes", "irqchip", "pml", "tlb", "workerUrl"];
+const VM_OPTIONS = ["maxMemoryBytes", "mmuPoolBytes", "irqchip", "pml", "tlb", "workerUrl", "wasm"];
 
 /** Create a VM (KVM_CREATE_VM). Options are validated before anything is made. */
 export async function createVm(options: VmOptions = {}): Promise<Vm> {
@@ -123,7 +125,10 @@ export async function createVm(options: VmOptions = {}): Promise<Vm> {
   if (o.workerUrl !== undefined && typeof o.workerUrl !== "string" && !(o.workerUrl instanceof URL)) {
     throw new KvmError("EINVAL", call, "workerUrl must be a string or a URL");
   }
-  const module = await coreModule();
+  if (o.wasm !== undefined && !(o.wasm instanceof WebAssembly.Module)) {
+    throw new KvmError("EINVAL", call, "wasm must be a compiled WebAssembly.Module");
+  }
+  const module = o.wasm ?? (await coreModule());
   const maximum = Math.max(CORE_MIN_PAGES, Math.floor(maxBytes / 65536));
   const memory = new WebAssembly.Memory({ initial: CORE_MIN_PAGES, maximum, shared: true });
   const core = await instantiateCore(module, memory);
@@ -239,7 +244,7 @@ export class Vm {
   }
 
   enableCap(cap: number, args: Array<number | bigint> = [], flags = 0): void {
-    const call = `KVM_ENABLE_CAP(${cap})`;
+    const call = `KVM_ENABLE_CAP(${CAP_NAMES[cap] ?? cap})`;
     this.checkAlive(call);
     u32(cap, "cap", call);
     // struct kvm_enable_cap: __u32 cap, __u32 flags, __u64 args[4]
@@ -702,3 +707,11 @@ export class Vm {
 }
 
 const REGION_FIELDS = ["slot", "flags", "guestPhysAddr", "memorySize", "backed"];
+
+/** Capability names for error messages. */
+const CAP_NAMES: Record<number, string> = {
+  [KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2]: "MANUAL_DIRTY_LOG_PROTECT2",
+  [KVM_CAP_DIRTY_LOG_RING]: "DIRTY_LOG_RING",
+  [KVM_CAP_DIRTY_LOG_RING_ACQ_REL]: "DIRTY_LOG_RING_ACQ_REL",
+  [KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP]: "DIRTY_LOG_RING_WITH_BITMAP",
+};
