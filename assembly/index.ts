@@ -3,7 +3,13 @@
 export { kvm_vm_init, kvm_vcpu_init, kvm_enable_dirty_log_ring, kvm_enable_dirty_ring_with_bitmap } from "./vm";
 export { kvm_reset_dirty_rings } from "./dirty_ring";
 export { dirty_ring_reap } from "./ring_reaper";
-export { memslot_prepare, memslot_commit, memslot_meta_bytes, memslot_lookup } from "./memslot";
+export {
+  memslot_prepare,
+  memslot_commit,
+  memslot_meta_bytes,
+  memslot_lookup,
+  memslot_host_present_map,
+} from "./memslot";
 export {
   kvm_get_dirty_log,
   kvm_dirty_log_done,

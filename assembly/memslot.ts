@@ -112,6 +112,19 @@ export function memslot_meta_bytes(npages: u64): u64 {
   return slot_host_present(slot) + <usize>(slot_words(slot) << 3);
 }
 
+/**
+ * The host-page-present bitmap (W u64, bit p = page p's host page exists) of an active
+ * slot, or 0 (no such slot). The host reads it to scrub only the backing pages that may
+ * have been written when it recycles the VM's memory (src/vm.ts).
+ */
+export function memslot_host_present_map(vm: usize, slot_id: u32): usize {
+  const as_id = slot_id >> 16;
+  const id = slot_id & 0xffff;
+  if (as_id >= KVM_NR_AS || id >= KVM_MEM_SLOTS_NUM) return 0;
+  const s = slot_ptr(vm, as_id, id);
+  return load<u32>(s + SLOT_ACTIVE) != 0 ? slot_host_present(s) : 0;
+}
+
 // ---- lookup ----
 @inline export function slot_ptr(vm: usize, as_id: u32, id: u32): usize {
   return <usize>load<u32>(vm + VM_SLOTS) + <usize>((as_id << 15) | id) * SLOT_SIZE;

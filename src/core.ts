@@ -41,6 +41,7 @@ export interface CoreExports {
   ): number;
   memslot_meta_bytes(npages: bigint): bigint;
   memslot_lookup(vm: number, asId: number, gfn: bigint): number;
+  memslot_host_present_map(vm: number, slot: number): number;
   kvm_get_dirty_log(vm: number, slot: number, canBlock: number): number;
   kvm_dirty_log_done(vm: number, slot: number, count: number): void;
   kvm_clear_dirty_log_check(vm: number, slot: number, first: bigint, num: bigint): number;

@@ -39,6 +39,11 @@ export interface DirtyLogTestOptions {
   partition?: boolean;
   /** Fault injection: never deliver remote TLB flushes (the result must show lost pages). */
   skipTlbFlush?: boolean;
+  /**
+   * Misuse: while the loops run, this thread keeps calling vCPU 0's writeGuest (vCPU
+   * context from another thread). Each call must get EBUSY and change nothing.
+   */
+  mainThreadHammer?: boolean;
 }
 
 export interface DirtyLogTestResult {
@@ -55,6 +60,9 @@ export interface DirtyLogTestResult {
   writes: bigint;
   ringFullExits: bigint;
   harvests: number;
+  /** mainThreadHammer: calls made, and how many were rejected with EBUSY. */
+  hammerCalls: number;
+  hammerEbusy: number;
   firstError?: string;
 }
 
@@ -82,7 +90,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
   const iterations = o.iterations === undefined ? 32 : int(o.iterations, "iterations", call, 1, 1 << 20);
   const interval = o.intervalMs === undefined ? 10 : finite(o.intervalMs, "intervalMs", call, 0, 3_600_000);
   const entries = o.ringEntries === undefined ? 1024 : int(o.ringEntries, "ringEntries", call, 1, 65536);
-  for (const k of ["pml", "tlb", "partition", "skipTlbFlush"] as const) bool(o[k], k, call);
+  for (const k of ["pml", "tlb", "partition", "skipTlbFlush", "mainThreadHammer"] as const) bool(o[k], k, call);
   if (o.pattern !== undefined) oneOf(o.pattern, PATTERNS, "pattern", call);
   const vm = await createVm({
     maxMemoryBytes: Math.max(256 << 20, pages * 4096 + (64 << 20)),
@@ -115,6 +123,21 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     writes: 0n,
     ringFullExits: 0n,
     harvests: 0,
+    hammerCalls: 0,
+    hammerEbusy: 0,
+  };
+  /** A burst of vCPU-context calls from this thread into vCPU 0 while its loop runs. */
+  const hammer = (value: bigint) => {
+    for (let k = 0; k < 256; k++) {
+      result.hammerCalls++;
+      try {
+        // a call that went through would be a legitimate write of this iteration's value
+        vcpus[0].writeGuest(GPA + ((result.hammerCalls * 7919) % pages) * 4096, value);
+      } catch (e) {
+        if (!(e instanceof KvmError) || e.errno !== "EBUSY") throw e;
+        result.hammerEbusy++;
+      }
+    }
   };
   // ring mode: the last page harvested from each vCPU (its store may not have retired)
   const lastPage = new Array<number>(nVcpus).fill(-1);
@@ -159,6 +182,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
         const writes = vcpus.reduce((a, v) => a + v.workloadStores, 0n) - before;
         const full = vcpus.reduce((a, v) => a + v.stats.ringFullExits, 0n);
         if (step === 0 || (mode === "dirty-ring" && full !== fullSeen)) collect(bmap[0]);
+        if (o.mainThreadHammer) hammer(it);
         fullSeen = full;
         step++;
         if (performance.now() - t0 >= interval && writes >= 0x100n) break;

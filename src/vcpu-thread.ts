@@ -278,9 +278,9 @@ export class VcpuThread {
   }
 
   /** Tell the worker to end without waiting (dispose): quit, then terminate. */
-  abandon(): void {
+  abandon(): Promise<void> {
     this.stopping = true;
     if (!this.failure) this.interrupt(CTL_QUIT);
-    void this.endpoint.terminate();
+    return this.endpoint.terminate();
   }
 }

@@ -55,6 +55,8 @@ export class Vcpu {
   private readonly core: CoreExports;
   private thread: VcpuThread | undefined;
   private spawning: Promise<VcpuThread> | undefined;
+  /** terminate() calls whose thread has not ended yet. */
+  private readonly ending = new Set<Promise<void>>();
   private loopEnded: Promise<number> | undefined;
 
   constructor(vm: Vm, core: CoreExports, addr: number, id: number) {
@@ -201,8 +203,9 @@ export class Vcpu {
       this.spawning = spawning;
       spawning.then(
         (t) => {
+          if (this.spawning !== spawning) return; // abandoned by dispose() meanwhile
           this.thread = t;
-          if (this.spawning === spawning) this.spawning = undefined;
+          this.spawning = undefined;
         },
         () => {
           if (this.spawning === spawning) this.spawning = undefined;
@@ -314,22 +317,34 @@ export class Vcpu {
   }
 
   /** End the vCPU's thread (its loop or run first, within a bounded wait). */
-  async terminate(): Promise<void> {
-    const t = this.thread ?? (await this.spawning?.catch(() => undefined));
-    this.thread = undefined;
-    await t?.terminate();
+  terminate(): Promise<void> {
+    const end = (async () => {
+      const t = this.thread ?? (await this.spawning?.catch(() => undefined));
+      this.thread = undefined;
+      await t?.terminate();
+    })().finally(() => this.ending.delete(end));
+    this.ending.add(end);
+    return end;
   }
 
-  /** @internal dispose(): tell the thread to end without waiting. */
-  abandon(): void {
-    this.thread?.abandon();
-    void this.spawning?.then((t) => t.abandon(), () => {});
+  /**
+   * @internal dispose(): tell the thread (and one still spawning) to end without waiting
+   * for it. Settles once every thread of this vCPU has ended — including one a terminate()
+   * in progress is ending — so nothing can write the VM's memory any more (Node delivers
+   * a worker's last messages before its exit, so their handlers have run too).
+   */
+  abandon(): Promise<void> {
+    const ended: Array<Promise<unknown>> = [...this.ending];
+    if (this.thread) ended.push(this.thread.abandon());
+    if (this.spawning) ended.push(this.spawning.then((t) => t.abandon(), () => {}));
     this.thread = undefined;
+    this.spawning = undefined;
+    return Promise.allSettled(ended).then(() => {});
   }
 
-  /** @internal the vCPU's thread exists and no longer runs (close() joined it, or none). */
+  /** @internal no thread of this vCPU exists or is being ended (close() joined it, or none). */
   get joined(): boolean {
-    return this.thread === undefined && this.spawning === undefined;
+    return this.thread === undefined && this.spawning === undefined && this.ending.size === 0;
   }
 
   /** Stores the workload has retired so far. */

@@ -7,6 +7,9 @@
 // kernel's own: a MOVE rejected by the arch check, see memslot_prepare). After dispose()
 // every call throws EBADF; after a vCPU thread trapped inside the core (KVM_BUG_ON's
 // kvm_vm_bugged) every call throws EIO.
+//
+// Memories are pooled: a disposed VM's memory, scrubbed back to zero, serves a later
+// createVm (see `idle` below for why and for the pool's invariant).
 import {
   APIC_ACCESS_PAGE_PRIVATE_MEMSLOT,
   APIC_DEFAULT_PHYS_BASE,
@@ -104,6 +107,17 @@ interface SlotRegions {
   metaBytes: number;
   backing: number;
   backingBytes: number;
+  /** guestMemory() handed out a view: the backing may hold bytes the core never saw. */
+  exposed?: boolean;
+}
+
+/** The VM's memslots; remembers every slot id ever created (see Vm.recycle). */
+class SlotMap extends Map<number, SlotRegions> {
+  readonly created = new Set<number>();
+  override set(slot: number, regions: SlotRegions): this {
+    this.created.add(slot);
+    return super.set(slot, regions);
+  }
 }
 
 const MIB = 1 << 20;
@@ -111,6 +125,45 @@ const GUARD = 65536;
 const HUGE_2M = 2 * MIB;
 const MAX_BYTES = CORE_MAX_PAGES * 65536;
 const VM_OPTIONS = ["maxMemoryBytes", "mmuPoolBytes", "irqchip", "pml", "tlb", "workerUrl", "wasm"];
+/** Idle memories kept per (core module, maximum size); more are left to the garbage collector. */
+const MAX_IDLE = 4;
+
+interface IdleMemory {
+  memory: WebAssembly.Memory;
+  /** The core instantiated over it on this thread (instances keep no state of their own). */
+  core: CoreExports;
+}
+
+/**
+ * Memories of disposed VMs, by core module and maximum pages, for createVm to reuse. V8
+ * does not count shared WebAssembly memories as memory pressure, so a memory left to the
+ * GC keeps every page it touched (2 MiB each under THP) until a collection the JS heap may
+ * never ask for; a loop of createVm/dispose then grows without bound.
+ *
+ * Invariant: every byte of an idle memory from GUARD up is zero, and no thread (vCPU
+ * worker) that could write it is still running. Vm.recycle keeps it: it runs only once
+ * every vCPU thread of the VM has ended, scrubs what the VM may have written, and never
+ * pools the memory of a bugged VM (its tables may be half-written).
+ */
+const idle = new WeakMap<WebAssembly.Module, Map<number, IdleMemory[]>>();
+/** Memories createVm made, with their maximum in 64 KiB pages: only these are pooled. */
+const poolable = new WeakMap<WebAssembly.Memory, number>();
+const poolStats = { created: 0, reused: 0, recycled: 0, idle: 0 };
+
+/**
+ * @internal How many WebAssembly.Memory objects createVm has made and reused, how many
+ * disposed VMs' memories were recycled, and how many are idle now (per process or page).
+ */
+export function memoryPoolStats(): { created: number; reused: number; recycled: number; idle: number } {
+  return { ...poolStats };
+}
+
+/**
+ * Only Node tells when a worker has really ended (Worker.terminate() resolves on its exit);
+ * a browser's terminate() returns at once, so a VM disposed while a vCPU worker may still
+ * run is left to the GC there (after close(), the workers were joined: it is recycled).
+ */
+const WORKER_EXIT_OBSERVABLE = typeof process !== "undefined" && typeof process.versions?.node === "string";
 
 /** Create a VM (KVM_CREATE_VM). Options are validated before anything is made. */
 export async function createVm(options: VmOptions = {}): Promise<Vm> {
@@ -130,7 +183,15 @@ export async function createVm(options: VmOptions = {}): Promise<Vm> {
   }
   const module = o.wasm ?? (await coreModule());
   const maximum = Math.max(CORE_MIN_PAGES, Math.floor(maxBytes / 65536));
+  const reused = idle.get(module)?.get(maximum)?.pop();
+  if (reused) {
+    poolStats.idle--;
+    poolStats.reused++;
+    return new Vm(module, reused.memory, reused.core, o);
+  }
   const memory = new WebAssembly.Memory({ initial: CORE_MIN_PAGES, maximum, shared: true });
+  poolStats.created++;
+  poolable.set(memory, maximum);
   const core = await instantiateCore(module, memory);
   return new Vm(module, memory, core, o);
 }
@@ -142,7 +203,9 @@ export class Vm {
   readonly addr: number;
   private readonly core: CoreExports;
   private readonly regions: RegionAllocator;
-  private readonly slots = new Map<number, SlotRegions>();
+  private readonly slots = new SlotMap();
+  /** Regions the VM keeps for life: the slot table, the sorted ids, the page-table pool, the vCPU table. */
+  private readonly fixed: { slots: number; sorted: number; pool: number; vcpuTable: number };
   private readonly vcpus = new Map<number, Vcpu>();
   private readonly irqchip: boolean;
   private identityMapAddr: bigint | undefined;
@@ -182,11 +245,13 @@ export class Vm {
       throw new KvmError("ENOMEM", "KVM_CREATE_VM", "maxMemoryBytes cannot hold the VM's tables and page-table pool");
     }
     this.addr = vm;
+    this.fixed = { slots, sorted, pool, vcpuTable };
   }
 
   // ---- views ----
   /** Byte view of the whole shared memory (re-made after the memory grows). */
   u8(): Uint8Array {
+    this.checkAlive("u8");
     return new Uint8Array(this.memory.buffer);
   }
   private view(): DataView {
@@ -214,6 +279,7 @@ export class Vm {
 
   /** The raw core exports (for benchmarks and workers that call the core directly). */
   get raw(): CoreExports {
+    this.checkAlive("raw");
     return this.core;
   }
 
@@ -489,6 +555,7 @@ export class Vm {
     const id = u32(slot, "slot", call);
     const r = this.slots.get(id);
     if (!r?.backing) return undefined;
+    r.exposed = true;
     const s = this.slotAddr(id);
     const npages = Number(this.view().getBigUint64(s + L.SLOT_NPAGES, true));
     return new Uint8Array(this.memory.buffer, r.backing, npages * L.PAGE_SIZE);
@@ -696,14 +763,114 @@ export class Vm {
     this.dispose();
   }
 
-  /** Release the VM (vCPU threads are told to end; use close() to wait for them). */
+  /**
+   * Release the VM (vCPU threads are told to end; use close() to wait for them). Its memory
+   * then serves a later createVm — at once after close(), else once the threads have
+   * ended — so views of it (guestMemory(), u8(), dirtyRing, memory.buffer) must not be
+   * used after dispose.
+   */
   dispose(): void {
     if (this.disposed) return;
-    for (const v of this.vcpus.values()) v.abandon();
     this.disposed = true;
+    const vcpus = [...this.vcpus.values()];
+    const slots = [...this.slots];
+    const joined = vcpus.every((v) => v.joined);
+    const ended = Promise.all(vcpus.map((v) => v.abandon()));
     this.slots.clear();
     this.vcpus.clear();
+    if (joined) this.recycle(vcpus, slots);
+    else if (WORKER_EXIT_OBSERVABLE) void ended.then(() => this.recycle(vcpus, slots));
   }
+
+  /**
+   * Zero what the VM may have written and put its memory in the idle pool (no vCPU thread
+   * may run). Scrubbed are only extents that may be non-zero, so pages never touched stay
+   * uncommitted: the page-table pool up to its bump index, the slot-table entries and
+   * sorted-id prefixes of slots ever created, the vCPU table up to the vCPU count, the
+   * core's private ring copies up to their push count, and backing pages whose host page
+   * exists (host_present; the whole backing once guestMemory() exposed it). Every other
+   * live region (VM and vCPU blocks, TLBs, PML buffers, the rings userspace writes, slot
+   * metadata, workload tables) is scrubbed whole. Bytes written through u8() or
+   * memory.buffer outside those are not tracked.
+   */
+  private recycle(vcpus: Vcpu[], slots: Array<[number, SlotRegions]>): void {
+    const maximum = poolable.get(this.memory);
+    if (maximum === undefined || this.bugged !== undefined) return;
+    const v = this.view();
+    const u32 = (a: number) => v.getUint32(a, true);
+    const { slots: table, sorted, pool, vcpuTable } = this.fixed;
+    const written = new Map<number, Array<[number, number]>>();
+    const add = (region: number, start: number, end: number) => {
+      const list = written.get(region);
+      if (list) list.push([start, end]);
+      else written.set(region, [[start, end]]);
+    };
+    add(pool, pool, pool + u32(this.addr + L.VM_POOL_NEXT) * L.PAGE_SIZE);
+    add(vcpuTable, vcpuTable, vcpuTable + 4 * u32(this.addr + L.VM_NR_VCPUS));
+    const perAs = new Array<number>(L.KVM_NR_AS).fill(0);
+    add(table, table, table); // a VM without slots wrote none of its table
+    for (const slot of this.slots.created) {
+      const a = this.slotAddr(slot);
+      add(table, a, a + L.SLOT_SIZE);
+      perAs[slot >>> 16]++;
+    }
+    // removing a slot from the sorted ids leaves the old last entry behind, so the prefix
+    // ever used is as long as the number of slots ever created in the address space
+    for (const [as, n] of perAs.entries()) add(sorted, sorted + as * 65536, sorted + as * 65536 + 2 * n);
+    for (const vcpu of vcpus) {
+      // only pushes write the private copy (userspace may write anywhere on the shared ring)
+      const priv = u32(vcpu.addr + L.VCPU_RING_PRIV);
+      const entries = u32(vcpu.addr + L.VCPU_RING_ENTRIES);
+      const pushes = v.getBigUint64(vcpu.addr + L.VCPU_RING_PUSHES, true);
+      if (priv) add(priv, priv, priv + 16 * (pushes < BigInt(entries) ? Number(pushes) : entries));
+    }
+    // a backing is written only where its host page exists, through any slot that maps it
+    // (an internal slot's backing is shared by its address spaces)
+    const exposed = new Set(slots.filter(([, r]) => r.exposed).map(([, r]) => r.backing));
+    for (const [slot, r] of slots) {
+      if (!r.backing || exposed.has(r.backing)) continue;
+      const present = this.core.memslot_host_present_map(this.addr, slot) >>> 0;
+      const npages = Number(v.getBigUint64(this.slotAddr(slot) + L.SLOT_NPAGES, true));
+      if (!written.has(r.backing)) written.set(r.backing, []);
+      if (present) pagesPresent(this.memory, present, npages, r.backing, (s, e) => add(r.backing, s, e));
+      else add(r.backing, r.backing, r.backing + npages * L.PAGE_SIZE); // cannot happen: scrub it all
+    }
+    this.regions.reset(written);
+    let byMax = idle.get(this.module);
+    if (!byMax) idle.set(this.module, (byMax = new Map()));
+    const list = byMax.get(maximum) ?? [];
+    byMax.set(maximum, list);
+    poolStats.recycled++;
+    if (list.length >= MAX_IDLE) return;
+    list.push({ memory: this.memory, core: this.core });
+    poolStats.idle++;
+  }
+}
+
+/** Call `extent` with each run of present pages of a host-present bitmap, as bytes of the backing. */
+function pagesPresent(
+  memory: WebAssembly.Memory,
+  bitmap: number,
+  npages: number,
+  backing: number,
+  extent: (start: number, end: number) => void,
+): void {
+  const words = new Uint32Array(memory.buffer, bitmap, 2 * Math.ceil(npages / 64));
+  let run = -1; // first page of the current run
+  for (let w = 0; w < words.length; w++) {
+    const bits = words[w];
+    if (bits === (run < 0 ? 0 : 0xffffffff)) continue; // no change of state in these 32 pages
+    for (let k = 0; k < 32; k++) {
+      const p = w * 32 + k;
+      const on = p < npages && ((bits >>> k) & 1) === 1;
+      if (on && run < 0) run = p;
+      else if (!on && run >= 0) {
+        extent(backing + run * L.PAGE_SIZE, backing + p * L.PAGE_SIZE);
+        run = -1;
+      }
+    }
+  }
+  if (run >= 0) extent(backing + run * L.PAGE_SIZE, backing + npages * L.PAGE_SIZE);
 }
 
 const REGION_FIELDS = ["slot", "flags", "guestPhysAddr", "memorySize", "backed"];

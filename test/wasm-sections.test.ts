@@ -99,3 +99,38 @@ describe("build/dirtlog.wasm", () => {
     expect(got).toContain(SECTION_GLOBAL);
   });
 });
+
+describe("build/dirtlog.debug.wasm (asserts on)", () => {
+  const bytes = new Uint8Array(readFileSync(new URL("../build/dirtlog.debug.wasm", import.meta.url)));
+  const mod = new WebAssembly.Module(bytes);
+
+  it("imports env.abort for its asserts, next to the shared memory; the release build does not", () => {
+    const names = WebAssembly.Module.imports(mod).map((i) => `${i.module}.${i.name}`);
+    expect(names.sort()).toEqual(["env.abort", "env.memory"]);
+  });
+
+  it("exports what the release build exports", () => {
+    const release = new WebAssembly.Module(readFileSync(new URL("../build/dirtlog.wasm", import.meta.url)));
+    const names = (m: WebAssembly.Module) => WebAssembly.Module.exports(m).map((e) => e.name).sort();
+    expect(names(mod)).toEqual(names(release));
+  });
+
+  it("keeps its assert messages in the guard below 64 KiB (re-applied on each instantiate, never changing)", () => {
+    const data = sections(bytes).find((s) => s.id === SECTION_DATA);
+    expect(data).toBeDefined();
+    // every segment is active with an i32.const offset: (flags 0, 0x41 offset, 0x0b)
+    let [n, i] = leb(bytes, (data as Section).start);
+    expect(n).toBeGreaterThan(0);
+    while (n--) {
+      expect(bytes[i++]).toBe(0);
+      expect(bytes[i++]).toBe(0x41);
+      let offset: number;
+      [offset, i] = leb(bytes, i);
+      expect(bytes[i++]).toBe(0x0b);
+      let len: number;
+      [len, i] = leb(bytes, i);
+      expect(offset + len).toBeLessThanOrEqual(65536);
+      i += len;
+    }
+  });
+});
