@@ -57,7 +57,10 @@ export class Vcpu {
   private spawning: Promise<VcpuThread> | undefined;
   /** terminate() calls whose thread has not ended yet. */
   private readonly ending = new Set<Promise<void>>();
+  /** The loop in flight (cleared when it ends). */
   private loopEnded: Promise<number> | undefined;
+  /** The last loop's end, kept after it ended (for `loopEnd`). */
+  private lastLoopEnd: Promise<number> | undefined;
 
   constructor(vm: Vm, core: CoreExports, addr: number, id: number) {
     this.vm = vm;
@@ -268,6 +271,7 @@ export class Vcpu {
     });
     end.catch(() => {}); // for whoever awaits loopEnd; never an unhandled rejection
     this.loopEnded = end;
+    this.lastLoopEnd = end;
     const clear = () => {
       if (this.loopEnded === end) this.loopEnded = undefined;
     };
@@ -282,12 +286,12 @@ export class Vcpu {
   }
 
   /**
-   * The exit that ended the current run loop (KVM_EXIT_INTR after terminate()/close(),
-   * SHUTDOWN, MMIO, …), or undefined when no loop exists. Rejects with EIO if the vCPU's
-   * thread failed.
+   * The exit that ends (or ended) the last run loop started (KVM_EXIT_INTR after
+   * terminate()/close(), SHUTDOWN, MMIO, …), or undefined before the first startLoop.
+   * Rejects with EIO if the vCPU's thread failed.
    */
   get loopEnd(): Promise<number> | undefined {
-    return this.loopEnded;
+    return this.lastLoopEnd;
   }
 
   /** Pause the loop and wait until the vCPU is parked outside guest mode. */

@@ -126,3 +126,51 @@ describe("dirtlog in a browser (Chromium, Web Workers)", () => {
     });
   });
 });
+
+describe("vCPU threads in a browser: start, failures", () => {
+  it("the README's ring example: after await startLoop() and 50 ms, a harvest finds entries", async () => {
+    const { KVM_CAP_DIRTY_LOG_RING, harvestDirtyRings } = await import("../../dist/index.js");
+    const vm = await createVm({ maxMemoryBytes: 256 << 20, mmuPoolBytes: 8 << 20 });
+    try {
+      vm.enableCap(KVM_CAP_DIRTY_LOG_RING, [4096 * 16]);
+      vm.setUserMemoryRegion({ slot: 1, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: GPA, memorySize: 64 << 20 });
+      const vcpu = vm.createVcpu(0);
+      vcpu.setWorkload({ pattern: "uniform", gpa: GPA, pages: 16384 });
+      await vcpu.startLoop();
+      await new Promise((r) => setTimeout(r, 50));
+      const { entries, reset } = harvestDirtyRings(vm);
+      expect(entries).toBeGreaterThan(0);
+      expect(reset).toBe(entries);
+    } finally {
+      await vm.close();
+    }
+  });
+
+  it("a worker script that 404s rejects startLoop with EIO instead of hanging the page", async () => {
+    const vm = await createVm({ maxMemoryBytes: 64 << 20, mmuPoolBytes: 1 << 20, workerUrl: "/no-such-vcpu-worker.js" });
+    try {
+      vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0, memorySize: 64 * 4096 });
+      const v = vm.createVcpu(0);
+      v.setWorkload({ pattern: "uniform", gpa: 0, pages: 64 });
+      await expect(v.startLoop()).rejects.toMatchObject({ errno: "EIO" });
+      await expect(v.loopEnd).rejects.toMatchObject({ errno: "EIO" });
+    } finally {
+      await vm.close();
+    }
+  });
+
+  it("a trap in a worker's KVM_RUN rejects run() with EIO naming the vCPU", async () => {
+    const { VCPU_WL_ZIPF } = await import("../../dist/layout.js");
+    const vm = await createVm({ maxMemoryBytes: 64 << 20, mmuPoolBytes: 1 << 20 });
+    try {
+      vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0, memorySize: 64 * 4096, backed: true });
+      const v = vm.createVcpu(0);
+      v.setWorkload({ pattern: "zipf", gpa: 0, pages: 64 });
+      await v.spawn();
+      new DataView(vm.memory.buffer).setUint32(v.addr + VCPU_WL_ZIPF, 0xffff_f000, true);
+      await expect(v.run()).rejects.toThrow(/vCPU 0: KVM_RUN.*out of bounds/);
+    } finally {
+      await vm.close();
+    }
+  });
+});
