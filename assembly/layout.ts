@@ -13,7 +13,8 @@
 //   page-table pool        POOL pages of 4 KiB (512 u64 SPTEs each), see tdp.ts
 //   vcpu blocks            VCPU_SIZE each, see below
 //   per-slot metadata      one region per slot (SLOT_META), see memslot.ts
-//   per-slot backing       guest bytes of backed slots, 2 MiB aligned
+//   per-slot backing       guest bytes of backed slots, 2 MiB aligned when ≥ 2 MiB (huge
+//                          mappings need hva ≡ gpa mod 2 MiB), else 4 KiB
 
 // ---- errno (values returned negated by the core) ----
 export const EPERM: i32 = 1;

@@ -182,6 +182,7 @@ export class VcpuThread {
   }
 
   private checkUsable(call: string): void {
+    if (this.failure?.errno === "EBADF") throw new KvmError("EBADF", call, this.failure.reason);
     if (this.failure) throw new KvmError("EIO", call, `vCPU ${this.o.id}'s thread failed: ${this.failure.reason}`);
     if (this.request || this.loopEnded) {
       throw new KvmError("EBUSY", call, `vCPU ${this.o.id}'s thread is running ${this.loopEnded ? "its loop" : "KVM_RUN"}`);
@@ -280,7 +281,15 @@ export class VcpuThread {
   /** Tell the worker to end without waiting (dispose): quit, then terminate. */
   abandon(): Promise<void> {
     this.stopping = true;
-    if (!this.failure) this.interrupt(CTL_QUIT);
-    return this.endpoint.terminate();
+    if (!this.failure) {
+      this.interrupt(CTL_QUIT);
+      this.failure = new KvmError("EBADF", `vCPU ${this.o.id}`, "the VM was disposed");
+    }
+    const failure = this.failure;
+    // whatever the worker did not answer before it ended is rejected: every promise settles
+    return this.endpoint.terminate().finally(() => {
+      for (const d of [this.request, this.loopStarted, this.loopEnded]) d?.reject(failure);
+      this.request = this.loopStarted = this.loopEnded = undefined;
+    });
   }
 }

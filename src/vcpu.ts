@@ -379,6 +379,7 @@ export class Vcpu {
     this.withVcpu(call, () => this.view().setUint32(this.addr + L.VCPU_AS, on ? 1 : 0, true));
   }
   get smm(): boolean {
+    this.vm.checkAlive("smm");
     return this.view().getUint32(this.addr + L.VCPU_AS, true) === 1;
   }
 

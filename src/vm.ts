@@ -365,11 +365,13 @@ export class Vm {
 
   /** KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is enabled (GET copies; CLEAR re-arms). */
   get manualDirtyLogProtect(): boolean {
+    this.checkAlive("manualDirtyLogProtect");
     return (this.view().getUint32(this.addr + L.VM_MANUAL_PROTECT, true) & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE) !== 0;
   }
 
   /** Dirty ring size in bytes (0 = bitmap mode). */
   get dirtyRingSize(): number {
+    this.checkAlive("dirtyRingSize");
     return this.view().getUint32(this.addr + L.VM_RING_SIZE, true);
   }
 
@@ -746,6 +748,7 @@ export class Vm {
 
   /** @internal A zeroed region of the VM's memory (workload tables, collector scratch). */
   allocRegion(bytes: number, align = 64, call = "allocRegion"): number {
+    this.checkAlive(call);
     const a = this.regions.alloc(bytes, align);
     if (!a) this.enomem(call, "tables", bytes);
     return a;
@@ -753,6 +756,7 @@ export class Vm {
 
   /** @internal */
   releaseRegion(addr: number, bytes: number): void {
+    this.checkAlive("releaseRegion");
     this.regions.release(addr, bytes);
   }
 
@@ -836,8 +840,8 @@ export class Vm {
       else add(r.backing, r.backing, r.backing + npages * L.PAGE_SIZE); // cannot happen: scrub it all
     }
     this.regions.reset(written);
-    let byMax = idle.get(this.module);
-    if (!byMax) idle.set(this.module, (byMax = new Map()));
+    const byMax = idle.get(this.module) ?? new Map<number, IdleMemory[]>();
+    idle.set(this.module, byMax);
     const list = byMax.get(maximum) ?? [];
     byMax.set(maximum, list);
     poolStats.recycled++;

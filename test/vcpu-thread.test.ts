@@ -96,6 +96,38 @@ describe("stopping", () => {
   });
 });
 
+describe("dispose() while a loop is starting", () => {
+  it("rejects the pending startLoop and loopEnd with EBADF instead of leaving them pending", async () => {
+    const vm = await vmWithSlot();
+    const v = vm.createVcpu(0);
+    v.setWorkload({ pattern: "uniform", gpa: 0, pages: 64 });
+    const started = v.startLoop(); // the worker is still being spawned
+    const end = v.loopEnd;
+    vm.dispose();
+    await expect(within(started, 10_000, "startLoop")).rejects.toMatchObject({ errno: "EBADF" });
+    await expect(within(end as Promise<number>, 10_000, "loopEnd")).rejects.toMatchObject({ errno: "EBADF" });
+  });
+
+  it("rejects a loop that already runs (loopEnd settles)", async () => {
+    const vm = await vmWithSlot();
+    const v = vm.createVcpu(0);
+    v.setWorkload({ pattern: "uniform", gpa: 0, pages: 64 });
+    await v.startLoop();
+    const end = v.loopEnd as Promise<number>;
+    vm.dispose();
+    // it either ended at the stop request (KVM_EXIT_INTR) or was cut off (EBADF): it settles
+    const r = await within(
+      end.then(
+        (x) => x,
+        (e) => e.errno,
+      ),
+      10_000,
+      "loopEnd",
+    );
+    expect([KVM_EXIT_INTR, "EBADF"]).toContain(r);
+  });
+});
+
 describe("worker failures reject, never hang or crash", () => {
   it("a trap in KVM_RUN rejects run() with EIO naming the vCPU and the call; the VM is dead (EIO), close() works", async () => {
     const vm = await vmWithSlot();
