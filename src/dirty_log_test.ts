@@ -12,7 +12,7 @@ import {
   KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
   KVM_MEM_LOG_DIRTY_PAGES,
 } from "./constants.js";
-import { bool, finite, int, object, oneOf } from "./args.js";
+import { bool, finite, int, known, object, oneOf } from "./args.js";
 import { collectDirtyRing } from "./dirty_ring_collector.js";
 import { KvmError } from "./errors.js";
 import { type Vm, createVm } from "./vm.js";
@@ -67,6 +67,20 @@ export interface DirtyLogTestResult {
 }
 
 const GPA = 0x1_0000_0000;
+const OPTIONS = [
+  "mode",
+  "ringEntries",
+  "pml",
+  "tlb",
+  "vcpus",
+  "iterations",
+  "intervalMs",
+  "pages",
+  "pattern",
+  "partition",
+  "skipTlbFlush",
+  "mainThreadHammer",
+];
 const LOG_MODES: Record<LogMode, true> = { "dirty-log": true, "clear-log": true, "dirty-ring": true };
 const PATTERNS: Record<WorkloadPattern, true> = { sequential: true, uniform: true, "hot-set": true, zipf: true, strided: true };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -84,12 +98,18 @@ function testAndClear(bm: Uint8Array, p: number): boolean {
 export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<DirtyLogTestResult> {
   const call = "runDirtyLogTest";
   const o = object<DirtyLogTestOptions>(options, "options", call, false);
+  known(o, OPTIONS, call);
   const mode = oneOf(o.mode, LOG_MODES, "mode", call);
-  const pages = o.pages === undefined ? (1 << 14) + 3 : int(o.pages, "pages", call, 1, 1 << 20);
+  const pages = o.pages === undefined ? (1 << 14) + 3 : int(o.pages, "pages", call, 1, 1 << 19);
   const nVcpus = o.vcpus === undefined ? 2 : int(o.vcpus, "vcpus", call, 1, 64);
   const iterations = o.iterations === undefined ? 32 : int(o.iterations, "iterations", call, 1, 1 << 20);
   const interval = o.intervalMs === undefined ? 10 : finite(o.intervalMs, "intervalMs", call, 0, 3_600_000);
   const entries = o.ringEntries === undefined ? 1024 : int(o.ringEntries, "ringEntries", call, 1, 65536);
+  // the ring's own rules (kvm_vm_ioctl_enable_dirty_log_ring), checked before a VM exists
+  const reserve = 64 + (o.pml ? 512 : 0);
+  if ((entries & (entries - 1)) !== 0 || entries < Math.max(reserve, 256)) {
+    throw new KvmError("EINVAL", call, `ringEntries ${entries} must be a power of two of at least ${Math.max(reserve, 256)}`);
+  }
   for (const k of ["pml", "tlb", "partition", "skipTlbFlush", "mainThreadHammer"] as const) bool(o[k], k, call);
   if (o.pattern !== undefined) oneOf(o.pattern, PATTERNS, "pattern", call);
   const vm = await createVm({
@@ -98,72 +118,72 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     pml: options.pml,
     tlb: options.tlb,
   });
-  if (options.skipTlbFlush) vm.setDebug({ skipTlbFlush: true });
-  if (mode === "clear-log") {
-    vm.enableCap(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, [KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET]);
-  }
-  if (mode === "dirty-ring") vm.enableCap(KVM_CAP_DIRTY_LOG_RING, [entries * 16]);
-  const slot = 1;
-  vm.setUserMemoryRegion({ slot, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: GPA, memorySize: pages * 4096, backed: true });
-  const memory = vm.guestMemory(slot) as Uint8Array;
-  const values = new BigUint64Array(memory.buffer, memory.byteOffset, pages * 512);
-  const vcpus = Array.from({ length: nVcpus }, (_, i) => vm.createVcpu(i));
-  const regions = options.partition ? splitRegion(GPA, pages, nVcpus) : splitRegion(GPA, pages, nVcpus, true);
-  for (const [i, v] of vcpus.entries()) v.setWorkload({ pattern: options.pattern ?? "uniform", ...regions[i], batch: 1024 });
-
-  const bytes = Math.ceil(pages / 64) * 8;
-  const bmap = [new Uint8Array(bytes), new Uint8Array(bytes)];
-  const result: DirtyLogTestResult = {
-    mode: `${mode}${mode === "dirty-ring" ? `-${entries}` : ""}${options.pml ? "+pml" : ""}${options.tlb === false ? "-notlb" : ""}`,
-    iterations,
-    pagesChecked: 0,
-    dirtyPages: 0,
-    lost: 0,
-    wrongValue: 0,
-    writes: 0n,
-    ringFullExits: 0n,
-    harvests: 0,
-    hammerCalls: 0,
-    hammerEbusy: 0,
-  };
-  /** A burst of vCPU-context calls from this thread into vCPU 0 while its loop runs. */
-  const hammer = (value: bigint) => {
-    for (let k = 0; k < 256; k++) {
-      result.hammerCalls++;
-      try {
-        // a call that went through would be a legitimate write of this iteration's value
-        vcpus[0].writeGuest(GPA + ((result.hammerCalls * 7919) % pages) * 4096, value);
-      } catch (e) {
-        if (!(e instanceof KvmError) || e.errno !== "EBUSY") throw e;
-        result.hammerEbusy++;
-      }
-    }
-  };
-  // ring mode: the last page harvested from each vCPU (its store may not have retired)
-  const lastPage = new Array<number>(nVcpus).fill(-1);
-  let prevLastPage = new Array<number>(nVcpus).fill(-1);
-
-  const collect = (into: Uint8Array) => {
-    result.harvests++;
-    if (mode === "dirty-ring") {
-      let n = 0;
-      vcpus.forEach((v, i) => {
-        n += collectDirtyRing(v, (s, offset) => {
-          if (s !== slot || offset >= pages) throw new Error(`bad ring entry slot ${s} offset ${offset}`);
-          setBit(into, offset);
-          lastPage[i] = offset;
-        });
-      });
-      const reset = vm.resetDirtyRings();
-      if (reset !== n) throw new Error(`KVM_RESET_DIRTY_RINGS returned ${reset}, harvested ${n}`);
-      return;
-    }
-    const got = vm.getDirtyLog(slot);
-    for (let i = 0; i < bytes; i++) into[i] |= got[i];
-    if (mode === "clear-log") vm.clearDirtyLog(slot, 0, pages, got);
-  };
-
   try {
+    if (options.skipTlbFlush) vm.setDebug({ skipTlbFlush: true });
+    if (mode === "clear-log") {
+      vm.enableCap(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, [KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET]);
+    }
+    if (mode === "dirty-ring") vm.enableCap(KVM_CAP_DIRTY_LOG_RING, [entries * 16]);
+    const slot = 1;
+    vm.setUserMemoryRegion({ slot, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: GPA, memorySize: pages * 4096, backed: true });
+    const memory = vm.guestMemory(slot) as Uint8Array;
+    const values = new BigUint64Array(memory.buffer, memory.byteOffset, pages * 512);
+    const vcpus = Array.from({ length: nVcpus }, (_, i) => vm.createVcpu(i));
+    const regions = options.partition ? splitRegion(GPA, pages, nVcpus) : splitRegion(GPA, pages, nVcpus, true);
+    for (const [i, v] of vcpus.entries()) v.setWorkload({ pattern: options.pattern ?? "uniform", ...regions[i], batch: 1024 });
+
+    const bytes = Math.ceil(pages / 64) * 8;
+    const bmap = [new Uint8Array(bytes), new Uint8Array(bytes)];
+    const result: DirtyLogTestResult = {
+      mode: `${mode}${mode === "dirty-ring" ? `-${entries}` : ""}${options.pml ? "+pml" : ""}${options.tlb === false ? "-notlb" : ""}`,
+      iterations,
+      pagesChecked: 0,
+      dirtyPages: 0,
+      lost: 0,
+      wrongValue: 0,
+      writes: 0n,
+      ringFullExits: 0n,
+      harvests: 0,
+      hammerCalls: 0,
+      hammerEbusy: 0,
+    };
+    /** A burst of vCPU-context calls from this thread into vCPU 0 while its loop runs. */
+    const hammer = (value: bigint) => {
+      for (let k = 0; k < 256; k++) {
+        result.hammerCalls++;
+        try {
+          // a call that went through would be a legitimate write of this iteration's value
+          vcpus[0].writeGuest(GPA + ((result.hammerCalls * 7919) % pages) * 4096, value);
+        } catch (e) {
+          if (!(e instanceof KvmError) || e.errno !== "EBUSY") throw e;
+          result.hammerEbusy++;
+        }
+      }
+    };
+    // ring mode: the last page harvested from each vCPU (its store may not have retired)
+    const lastPage = new Array<number>(nVcpus).fill(-1);
+    let prevLastPage = new Array<number>(nVcpus).fill(-1);
+
+    const collect = (into: Uint8Array) => {
+      result.harvests++;
+      if (mode === "dirty-ring") {
+        let n = 0;
+        vcpus.forEach((v, i) => {
+          n += collectDirtyRing(v, (s, offset) => {
+            if (s !== slot || offset >= pages) throw new Error(`bad ring entry slot ${s} offset ${offset}`);
+            setBit(into, offset);
+            lastPage[i] = offset;
+          });
+        });
+        const reset = vm.resetDirtyRings();
+        if (reset !== n) throw new Error(`KVM_RESET_DIRTY_RINGS returned ${reset}, harvested ${n}`);
+        return;
+      }
+      const got = vm.getDirtyLog(slot);
+      for (let i = 0; i < bytes; i++) into[i] |= got[i];
+      if (mode === "clear-log") vm.clearDirtyLog(slot, 0, pages, got);
+    };
+
     for (let iteration = 1; iteration <= iterations; iteration++) {
       const it = BigInt(iteration);
       vm.iteration = it;
@@ -218,12 +238,12 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
         }
       }
     }
+    // a harness that checked nothing has not shown anything
+    if (result.pagesChecked === 0) throw new KvmError("EINVAL", call, "no page was checked");
+    return result;
   } finally {
     await vm.close();
   }
-  // a harness that checked nothing has not shown anything
-  if (result.pagesChecked === 0) throw new KvmError("EINVAL", call, "no page was checked");
-  return result;
 }
 
 export type { Vm };

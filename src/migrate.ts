@@ -8,10 +8,10 @@
 // (classic), after CLEAR (manual protect), after KVM_RESET_DIRTY_RINGS (ring) — so a write
 // racing with the copy is reported again in the next round.
 import { KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY } from "./constants.js";
-import { int, object } from "./args.js";
+import { int, known, object } from "./args.js";
 import { collectDirtyRing } from "./dirty_ring_collector.js";
 import { KvmError } from "./errors.js";
-import type { MemslotInfo, Vm } from "./vm.js";
+import { type MemslotInfo, Vm } from "./vm.js";
 
 export interface MigrateOptions {
   /** Stop pre-copy once a round reports at most this many pages (default 64). */
@@ -68,7 +68,9 @@ export function hashMemory(bytes: Uint8Array): string {
  */
 export async function migrate(vm: Vm, options: MigrateOptions = {}): Promise<MigrationResult> {
   const call = "migrate";
+  if (!(vm instanceof Vm)) throw new KvmError("EINVAL", call, "vm must be a Vm from createVm()");
   const o = object<MigrateOptions>(options, "options", call);
+  known(o, ["threshold", "maxRounds", "onRound"], call);
   const threshold = o.threshold === undefined ? 64 : int(o.threshold, "threshold", call, 0, Number.MAX_SAFE_INTEGER);
   const maxRounds = o.maxRounds === undefined ? 30 : int(o.maxRounds, "maxRounds", call, 0, 1_000_000);
   if (o.onRound !== undefined && typeof o.onRound !== "function") {

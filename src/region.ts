@@ -10,7 +10,7 @@
 const WASM_PAGE = 65536;
 
 export class RegionAllocator {
-  /** Free extents [start, end), sorted by start, never adjacent (coalesced). */
+  /** Free extents [start, end) below `top`, sorted by start, never adjacent (coalesced). */
   private free: Array<[number, number]> = [];
   /** Regions handed out and not released: address → bytes (rounded up to 8). */
   private readonly live = new Map<number, number>();
@@ -70,7 +70,10 @@ export class RegionAllocator {
       this.free.splice(i - 1, 1);
       i--;
     }
-    this.free.splice(i, 0, [start, end]);
+    // free space that reaches the top joins the untouched tail (it is zero too): a large
+    // region freed there can be taken again whole, with any alignment
+    if (end === this.top) this.top = start;
+    else this.free.splice(i, 0, [start, end]);
   }
 
   /**

@@ -6,7 +6,7 @@
 // run loop or a single run() is in flight on the worker, every vCPU-context call from
 // another thread is rejected with EBUSY and changes nothing; a paused loop frees the vCPU.
 import { type CoreExports, HOST_TAG } from "./core.js";
-import { finite, int, object, u64 } from "./args.js";
+import { finite, int, known, object, u64 } from "./args.js";
 import { ERRNO, KvmError } from "./errors.js";
 import * as L from "./layout.js";
 import { VcpuThread } from "./vcpu-thread.js";
@@ -260,6 +260,7 @@ export class Vcpu {
     try {
       this.vm.checkAlive(call);
       const o = object<LoopOptions>(options, "options", call);
+      known(o, ["rate"], call);
       rate = o.rate === undefined ? 0 : finite(o.rate, "rate", call, 0, Number.MAX_SAFE_INTEGER);
       if (this.loopEnded) throw new KvmError("EBUSY", call, `vCPU ${this.id} already has a run loop`);
     } catch (e) {

@@ -35,7 +35,7 @@ import {
   KVM_USER_MEM_SLOTS,
   TSS_PRIVATE_MEMSLOT,
 } from "./constants.js";
-import { bool, int, object, u32, u64 } from "./args.js";
+import { bool, int, known, object, u32, u64 } from "./args.js";
 import {
   CAN_BLOCK,
   CORE_MAX_PAGES,
@@ -309,14 +309,14 @@ export class Vm {
     }
   }
 
-  enableCap(cap: number, args: Array<number | bigint> = [], flags = 0): void {
+  enableCap(capArg: number, args: Array<number | bigint> = [], flagsArg = 0): void {
+    this.checkAlive("KVM_ENABLE_CAP");
+    const cap = u32(capArg, "cap", "KVM_ENABLE_CAP");
     const call = `KVM_ENABLE_CAP(${CAP_NAMES[cap] ?? cap})`;
-    this.checkAlive(call);
-    u32(cap, "cap", call);
     // struct kvm_enable_cap: __u32 cap, __u32 flags, __u64 args[4]
     if (!Array.isArray(args) || args.length > 4) throw new KvmError("EINVAL", call, "args must be an array of at most 4 u64");
     for (const [i, a] of args.entries()) u64(a, `args[${i}]`, call);
-    u32(flags, "flags", call);
+    const flags = u32(flagsArg, "flags", call);
     const arg0 = u64(args[0] ?? 0, "args[0]", call);
     switch (cap) {
       case KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: {
@@ -609,7 +609,9 @@ export class Vm {
   setDebug(flags: { skipTlbFlush?: boolean }): void {
     const call = "setDebug";
     this.checkAlive(call);
-    const skip = bool(object<{ skipTlbFlush?: boolean }>(flags, "flags", call, false).skipTlbFlush, "skipTlbFlush", call);
+    const o = object<{ skipTlbFlush?: boolean }>(flags, "flags", call, false);
+    known(o, ["skipTlbFlush"], call);
+    const skip = bool(o.skipTlbFlush, "skipTlbFlush", call);
     this.view().setUint32(this.addr + L.VM_DEBUG, skip ? L.VM_DEBUG_SKIP_TLB_FLUSH : 0, true);
   }
 
@@ -880,7 +882,7 @@ function pagesPresent(
 const REGION_FIELDS = ["slot", "flags", "guestPhysAddr", "memorySize", "backed"];
 
 /** Capability names for error messages. */
-const CAP_NAMES: Record<number, string> = {
+const CAP_NAMES: Partial<Record<number, string>> = {
   [KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2]: "MANUAL_DIRTY_LOG_PROTECT2",
   [KVM_CAP_DIRTY_LOG_RING]: "DIRTY_LOG_RING",
   [KVM_CAP_DIRTY_LOG_RING_ACQ_REL]: "DIRTY_LOG_RING_ACQ_REL",
