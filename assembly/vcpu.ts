@@ -1,7 +1,8 @@
 // vcpu — vcpu->mutex: a vCPU is driven by one thread at a time (virt/kvm/kvm_main.c
 // kvm_vcpu_ioctl takes vcpu->mutex around every vCPU ioctl, KVM_RUN included).
 //
-//   VCPU_MUTEX (u32)   0 = free, else the tag of the thread that holds it
+//   VCPU_MUTEX (u32)   0 = free, else the tag of the thread that holds it, with bit 31
+//                      (MUTEX_WAITER) set while another thread sleeps until it is free
 //
 // Tags are chosen by the host: each thread that drives vCPUs has its own non-zero tag
 // (the VMM thread that owns the VM object uses 1; every vCPU worker gets a unique one).
@@ -21,36 +22,56 @@
 // single-writer ones are written (lockdep_assert_vcpu_held).
 import { EBUSY, EINVAL, EPERM, VCPU_MUTEX } from "./layout";
 
+/** Bit of VCPU_MUTEX set by a thread sleeping until the mutex is free (the holder notifies). */
+export const MUTEX_WAITER: u32 = 0x8000_0000;
+
 /**
  * vcpu_load: take vcpu->mutex for a call with `tag` (non-zero). Returns 1 when taken now
  * (vcpu_put releases it), 0 when `tag` already holds it, -EBUSY when another thread does,
  * -EINVAL for tag 0.
  */
 @inline export function vcpu_load(vcpu: usize, tag: u32): i32 {
-  if (tag == 0) return -EINVAL; // 0 means "free": no thread has it
+  if (tag == 0 || (tag & MUTEX_WAITER) != 0) return -EINVAL; // 0 means "free": no thread has it
   const old = atomic.cmpxchg<u32>(vcpu + VCPU_MUTEX, 0, tag);
   if (old == 0) return 1;
-  return old == tag ? 0 : -EBUSY;
+  return (old & ~MUTEX_WAITER) == tag ? 0 : -EBUSY;
 }
 
 /** vcpu_put: release what vcpu_load took (`loaded` is its return value). */
 @inline export function vcpu_put(vcpu: usize, loaded: i32): void {
-  if (loaded == 1) {
-    atomic.store<u32>(vcpu + VCPU_MUTEX, 0);
-    atomic.notify(vcpu + VCPU_MUTEX, 1); // a worker may sleep on it before its loop starts
-  }
+  if (loaded == 1) mutex_release(vcpu);
+}
+
+/** Free the mutex; wake a thread waiting for it (only then: a notify costs a lock in the engine). */
+@inline function mutex_release(vcpu: usize): void {
+  if ((atomic.xchg<u32>(vcpu + VCPU_MUTEX, 0) & MUTEX_WAITER) != 0) atomic.notify(vcpu + VCPU_MUTEX);
 }
 
 /** Take vcpu->mutex for `tag` until kvm_vcpu_unlock (a run loop's ownership). 0, -EBUSY or -EINVAL (tag 0). */
 export function kvm_vcpu_lock(vcpu: usize, tag: u32): i32 {
-  if (tag == 0) return -EINVAL;
+  if (tag == 0 || (tag & MUTEX_WAITER) != 0) return -EINVAL;
   return atomic.cmpxchg<u32>(vcpu + VCPU_MUTEX, 0, tag) == 0 ? 0 : -EBUSY;
 }
 
 /** Release vcpu->mutex held by `tag`. 0, or -EPERM when `tag` does not hold it. */
 export function kvm_vcpu_unlock(vcpu: usize, tag: u32): i32 {
-  if (tag == 0 || atomic.cmpxchg<u32>(vcpu + VCPU_MUTEX, tag, 0) != tag) return -EPERM;
-  atomic.notify(vcpu + VCPU_MUTEX, 1);
+  if (tag == 0 || (atomic.load<u32>(vcpu + VCPU_MUTEX) & ~MUTEX_WAITER) != tag) return -EPERM;
+  mutex_release(vcpu);
+  return 0;
+}
+
+/**
+ * Before sleeping until the mutex is free: mark it as waited for, so that its holder
+ * notifies. Returns the word to sleep on (wait while it still holds this value), or 0 when
+ * the mutex is already free (retry kvm_vcpu_lock).
+ */
+export function kvm_vcpu_mutex_wait_prepare(vcpu: usize): u32 {
+  const p = vcpu + VCPU_MUTEX;
+  while (true) {
+    const old = atomic.load<u32>(p);
+    if (old == 0) return 0;
+    if ((old & MUTEX_WAITER) != 0 || atomic.cmpxchg<u32>(p, old, old | MUTEX_WAITER) == old) return old | MUTEX_WAITER;
+  }
   return 0;
 }
 

@@ -20,14 +20,21 @@ function fail(call: string, name: string, value: unknown, problem: string): neve
   throw new KvmError("EINVAL", call, `${name} ${show(value)} ${problem}`);
 }
 
+const LIMIT = { 32: 1n << 32n, 64: U64_LIMIT } as const;
+
 /** An unsigned integer field of `bits` bits given as a number or a bigint. */
 export function unsigned(value: unknown, bits: 32 | 64, name: string, call: string): bigint {
+  // the common case first: a safe non-negative integer number (no BigInt arithmetic)
+  if (typeof value === "number" && value >= 0 && value <= Number.MAX_SAFE_INTEGER && Number.isInteger(value)) {
+    if (bits === 64 || value <= 0xffff_ffff) return BigInt(value);
+    return fail(call, name, value, `does not fit a u${bits}`);
+  }
   let v: bigint;
   if (typeof value === "bigint") v = value;
   else if (typeof value === "number" && Number.isInteger(value)) v = BigInt(value);
   else if (typeof value === "number") return fail(call, name, value, "is not an integer");
   else return fail(call, name, value, `must be a number or a bigint (u${bits})`);
-  if (v < 0n || v >= 1n << BigInt(bits)) fail(call, name, value, `does not fit a u${bits}`);
+  if (v < 0n || v >= LIMIT[bits]) fail(call, name, value, `does not fit a u${bits}`);
   return v;
 }
 
@@ -38,6 +45,7 @@ export function u64(value: unknown, name: string, call: string): bigint {
 
 /** A u32 field (slot ids, flags, counts) as a number. */
 export function u32(value: unknown, name: string, call: string): number {
+  if (typeof value === "number" && value >= 0 && value <= 0xffff_ffff && Number.isInteger(value)) return value;
   return Number(unsigned(value, 32, name, call));
 }
 

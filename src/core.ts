@@ -19,6 +19,8 @@ export interface CoreExports {
   kvm_run(vm: number, vcpu: number, tag: number): number;
   kvm_vcpu_lock(vcpu: number, tag: number): number;
   kvm_vcpu_unlock(vcpu: number, tag: number): number;
+  /** Mark vcpu->mutex as waited for; the value to sleep on, or 0 when it is free. */
+  kvm_vcpu_mutex_wait_prepare(vcpu: number): number;
   kvm_flush_remote_tlbs(vm: number, canBlock: number): void;
   dirty_ring_reap(ring: number, entries: number, fetch: number, out: number, max: number): number;
   kvm_write_guest(vm: number, vcpu: number, tag: number, gpa: bigint, value: bigint): number;

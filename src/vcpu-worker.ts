@@ -73,8 +73,9 @@ function loop(rate: number, started: () => void): number {
   const acquire = (): boolean => {
     while (c.kvm_vcpu_lock(vcpu, tag) !== 0) {
       if (Atomics.load(ctl, 0) === CTL_QUIT) return false;
-      const holder = Atomics.load(mutex, 0);
-      if (holder !== 0) Atomics.wait(mutex, 0, holder, 20);
+      // the holder notifies when it sees the waiter bit; the timeout re-checks for quit
+      const held = c.kvm_vcpu_mutex_wait_prepare(vcpu);
+      if (held !== 0) Atomics.wait(mutex, 0, held | 0, 20);
     }
     return true;
   };

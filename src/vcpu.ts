@@ -405,6 +405,8 @@ export class Vcpu {
 
 /** A guest-physical address: a u64, 8-aligned (guest accesses are 8-byte stores). */
 function gpaArg(gpa: unknown, call: string): bigint {
+  // the common case without BigInt arithmetic: a safe, 8-aligned, non-negative number
+  if (typeof gpa === "number" && gpa >= 0 && gpa <= Number.MAX_SAFE_INTEGER && gpa % 8 === 0) return BigInt(gpa);
   const g = u64(gpa, "gpa", call);
   if (g & 7n) throw new KvmError("EINVAL", call, `gpa 0x${g.toString(16)} is not 8-byte aligned`);
   return g;
