@@ -100,9 +100,19 @@ describe("migrate(): pre-copy with vCPU workers writing, then stop-and-copy", ()
       // stale writable translations and never reported again
       for (const v of vm.vcpuList) v.setWorkload({ pattern: "uniform", gpa: GPA, pages: 128, batch: 512 });
       vm.iteration = 1n;
-      await Promise.all(vm.vcpuList.map((v) => v.startLoop({ rate: 1_000_000 })));
+      // unpaced: a paced loop may sleep through the few microseconds between the last
+      // round's new value and the pause, and then nothing differs to be caught
+      await Promise.all(vm.vcpuList.map((v) => v.startLoop()));
       while (vm.vcpuList.reduce((a, v) => a + v.workloadStores, 0n) < 20_000n) await new Promise((r) => setTimeout(r, 5));
-      const r = await migrate(vm, { threshold: 0, maxRounds: 6, onRound: () => (vm.iteration += 1n) });
+      // after each round the guest stores a new value, and (even on a loaded machine) really
+      // writes it before the next round: a page missed by a stale TLB entry then differs
+      const stores = () => vm.vcpuList.reduce((a, v) => a + v.workloadStores, 0n);
+      const onRound = () => {
+        vm.iteration += 1n;
+        const target = stores() + 2048n;
+        for (const end = performance.now() + 2000; stores() < target && performance.now() < end; );
+      };
+      const r = await migrate(vm, { threshold: 0, maxRounds: 6, onRound });
       expect(r.equal).toBe(false);
       await vm.close();
     } finally {
