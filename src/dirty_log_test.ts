@@ -5,23 +5,15 @@
 // reported, and a reported page must hold this iteration's value — with the kernel's
 // exceptions (INITIALLY_SET's first report; the ring's last harvested page, whose store may
 // not have retired yet). One harness over every tracking mode.
-import {
-  KVM_CAP_DIRTY_LOG_RING,
-  KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
-  KVM_DIRTY_LOG_INITIALLY_SET,
-  KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
-  KVM_MEM_LOG_DIRTY_PAGES,
-} from "./constants.js";
 import { bool, finite, int, known, object, oneOf } from "./args.js";
-import { collectDirtyRing } from "./dirty_ring_collector.js";
+import { KVM_MEM_LOG_DIRTY_PAGES } from "./constants.js";
 import { KvmError } from "./errors.js";
+import { type LogMode, type LogModeKind, logMode } from "./log_mode.js";
 import { type Vm, createVm } from "./vm.js";
 import { type WorkloadPattern, splitRegion } from "./workload.js";
 
-export type LogMode = "dirty-log" | "clear-log" | "dirty-ring";
-
 export interface DirtyLogTestOptions {
-  mode: LogMode;
+  mode: LogModeKind;
   /** Ring size in entries (dirty-ring). */
   ringEntries?: number;
   /** Model Intel PML. */
@@ -81,7 +73,7 @@ const OPTIONS = [
   "skipTlbFlush",
   "mainThreadHammer",
 ];
-const LOG_MODES: Record<LogMode, true> = { "dirty-log": true, "clear-log": true, "dirty-ring": true };
+const LOG_MODES: Record<LogModeKind, true> = { "dirty-log": true, "clear-log": true, "dirty-ring": true };
 const PATTERNS: Record<WorkloadPattern, true> = { sequential: true, uniform: true, "hot-set": true, zipf: true, strided: true };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -105,13 +97,16 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
   const iterations = o.iterations === undefined ? 32 : int(o.iterations, "iterations", call, 1, 1 << 20);
   const interval = o.intervalMs === undefined ? 10 : finite(o.intervalMs, "intervalMs", call, 0, 3_600_000);
   const entries = o.ringEntries === undefined ? 1024 : int(o.ringEntries, "ringEntries", call, 1, 65536);
-  // the ring's own rules (kvm_vm_ioctl_enable_dirty_log_ring), checked before a VM exists
-  const reserve = 64 + (o.pml ? 512 : 0);
-  if ((entries & (entries - 1)) !== 0 || entries < Math.max(reserve, 256)) {
-    throw new KvmError("EINVAL", call, `ringEntries ${entries} must be a power of two of at least ${Math.max(reserve, 256)}`);
-  }
   for (const k of ["pml", "tlb", "partition", "skipTlbFlush", "mainThreadHammer"] as const) bool(o[k], k, call);
   if (o.pattern !== undefined) oneOf(o.pattern, PATTERNS, "pattern", call);
+  // the selftest's clear-log mode runs with INITIALLY_SET; the mode checks its own rules
+  // (a ring size the kernel refuses) before any VM exists
+  let logmode: LogMode;
+  try {
+    logmode = logMode({ kind: mode, ringEntries: entries, pml: o.pml === true, initiallySet: mode === "clear-log" });
+  } catch (e) {
+    throw e instanceof KvmError ? new KvmError(e.errno, call, e.reason) : e;
+  }
   const vm = await createVm({
     maxMemoryBytes: Math.max(256 << 20, pages * 4096 + (64 << 20)),
     mmuPoolBytes: 8 << 20,
@@ -120,10 +115,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
   });
   try {
     if (options.skipTlbFlush) vm.setDebug({ skipTlbFlush: true });
-    if (mode === "clear-log") {
-      vm.enableCap(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, [KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET]);
-    }
-    if (mode === "dirty-ring") vm.enableCap(KVM_CAP_DIRTY_LOG_RING, [entries * 16]);
+    logmode.createVmDone(vm);
     const slot = 1;
     vm.setUserMemoryRegion({ slot, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: GPA, memorySize: pages * 4096, backed: true });
     const memory = vm.guestMemory(slot) as Uint8Array;
@@ -166,22 +158,14 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
 
     const collect = (into: Uint8Array) => {
       result.harvests++;
-      if (mode === "dirty-ring") {
-        let n = 0;
-        vcpus.forEach((v, i) => {
-          n += collectDirtyRing(v, (s, offset) => {
-            if (s !== slot || offset >= pages) throw new Error(`bad ring entry slot ${s} offset ${offset}`);
-            setBit(into, offset);
-            lastPage[i] = offset;
-          });
-        });
-        const reset = vm.resetDirtyRings();
-        if (reset !== n) throw new Error(`KVM_RESET_DIRTY_RINGS returned ${reset}, harvested ${n}`);
-        return;
+      const c = logmode.collectDirtyPages(vm, [slot], (s, offset, vcpu) => {
+        if (s !== slot || offset >= pages) throw new Error(`bad report: slot ${s} offset ${offset}`);
+        setBit(into, offset);
+        if (vcpu >= 0) lastPage[vcpu] = offset; // ring order: the last one harvested per vCPU
+      });
+      if (c.ringResets !== c.ringEntries) {
+        throw new Error(`KVM_RESET_DIRTY_RINGS returned ${c.ringResets}, harvested ${c.ringEntries}`);
       }
-      const got = vm.getDirtyLog(slot);
-      for (let i = 0; i < bytes; i++) into[i] |= got[i];
-      if (mode === "clear-log") vm.clearDirtyLog(slot, 0, pages, got);
     };
 
     for (let iteration = 1; iteration <= iterations; iteration++) {

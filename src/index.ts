@@ -6,5 +6,15 @@ export { Vcpu, type VcpuStats, type DirtyRingState } from "./vcpu.js";
 export { coreModule } from "./core.js";
 export { collectDirtyRing, harvestDirtyRings, type RingHarvest } from "./dirty_ring_collector.js";
 export { type Workload, type WorkloadPattern, splitRegion, zipfCdf } from "./workload.js";
-export { runDirtyLogTest, type DirtyLogTestOptions, type DirtyLogTestResult, type LogMode } from "./dirty_log_test.js";
+export { runDirtyLogTest, type DirtyLogTestOptions, type DirtyLogTestResult } from "./dirty_log_test.js";
+export {
+  logMode,
+  logModeOf,
+  parseLogMode,
+  type LogMode,
+  type LogModeKind,
+  type LogModeSpec,
+  type HarvestCounts,
+  type OnPage,
+} from "./log_mode.js";
 export { migrate, hashMemory, type MigrateOptions, type MigrationResult, type MigrationRound } from "./migrate.js";

@@ -9,8 +9,8 @@
 // racing with the copy is reported again in the next round.
 import { KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY } from "./constants.js";
 import { int, known, object } from "./args.js";
-import { collectDirtyRing } from "./dirty_ring_collector.js";
 import { KvmError } from "./errors.js";
+import { logModeOf } from "./log_mode.js";
 import { type MemslotInfo, Vm } from "./vm.js";
 
 export interface MigrateOptions {
@@ -77,7 +77,6 @@ export async function migrate(vm: Vm, options: MigrateOptions = {}): Promise<Mig
     throw new KvmError("EINVAL", call, "onRound must be a function");
   }
   vm.checkAlive(call);
-  const ring = vm.dirtyRingSize !== 0;
   const slots = vm.memslots().filter((s) => s.backed && (s.slot & 0xffff) < 32764 && !(s.flags & KVM_MEM_READONLY));
   for (const s of slots) {
     if (!(s.flags & KVM_MEM_LOG_DIRTY_PAGES)) {
@@ -103,34 +102,17 @@ export async function migrate(vm: Vm, options: MigrateOptions = {}): Promise<Mig
   };
 
   /** Take the dirty pages since the last harvest (re-arming them), then copy them. */
+  const mode = logModeOf(vm);
+  const slotIds = slots.map((s) => s.slot);
   const harvestAndCopy = (): number => {
+    const seen = new Set<number>();
     let sent = 0;
-    if (ring) {
-      const pending: Array<[number, number]> = [];
-      for (const v of vm.vcpuList) v.kick();
-      for (const v of vm.vcpuList) collectDirtyRing(v, (slot, offset) => pending.push([slot, offset]));
-      vm.resetDirtyRings(); // re-arm first, copy after
-      const seen = new Set<string>();
-      for (const [slot, offset] of pending) {
-        const key = `${slot}:${offset}`;
-        if (seen.has(key)) continue; // duplicates are normal
-        seen.add(key);
-        if (copy(slot, offset)) sent++;
-      }
-      return sent;
-    }
-    for (const s of slots) {
-      const bitmap = vm.getDirtyLog(s.slot);
-      if (vm.manualDirtyLogProtect) vm.clearDirtyLog(s.slot, 0, s.npages, bitmap);
-      for (let i = 0; i < bitmap.length; i++) {
-        let b = bitmap[i];
-        while (b) {
-          const bit = 31 - Math.clz32(b & -b);
-          b &= b - 1;
-          if (copy(s.slot, i * 8 + bit)) sent++;
-        }
-      }
-    }
+    mode.collectDirtyPages(vm, slotIds, (slot, offset) => {
+      const key = (slot >>> 0) * 2 ** 31 + offset;
+      if (seen.has(key)) return; // ring duplicates are normal
+      seen.add(key);
+      if (copy(slot, offset)) sent++;
+    });
     return sent;
   };
 
