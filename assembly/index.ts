@@ -23,5 +23,5 @@ export { kvm_vcpu_write, kvm_vcpu_read, kvm_vcpu_write_strided, kvm_write_guest,
 export { kvm_vcpu_kick } from "./pml";
 export { kvm_run } from "./run";
 export { kvm_vcpu_lock, kvm_vcpu_mutex_wait_prepare, kvm_vcpu_unlock } from "./vcpu";
-export { tdp_walk } from "./tdp";
+export { tdp_count_bits, tdp_walk } from "./tdp";
 export { kvm_flush_remote_tlbs } from "./tlb";

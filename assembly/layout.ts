@@ -171,6 +171,7 @@ export const VCPU_WAKE: u32 = 212; // u32: futex word the worker sleeps on (bump
 export const VCPU_PSC_TAG: u32 = 216; // u64: paging-structure cache tag ((gfn >> 9) << 1 | as) + 1, 0 = empty
 export const VCPU_PSC_TABLE: u32 = 224; // u32: the cached leaf (4K) page table
 export const VCPU_LAST_SLOT: u32 = 228; // u32 × KVM_NR_AS: last memslot the fast path used (0 = none)
+export const VCPU_STALL_NS: u32 = 240; // u64: ns the vCPU's loop waited on a full ring (host-side, src/vcpu-worker.ts)
 export const VCPU_MUTEX: u32 = 236; // u32: vcpu->mutex, the tag of the thread driving the vCPU (0 = free), see vcpu.ts
 
 // vcpu->mode (include/linux/kvm_host.h)

@@ -56,6 +56,35 @@ export function tdp_walk(vm: usize, as_id: u32, gfn: u64): usize {
 }
 
 /**
+ * Count the present leaves mapping gfns [gfn, gfn + npages) whose SPTE has any bit of
+ * `bits` (a test tool: e.g. W after a final harvest is a page dirtied but never reported).
+ * A huge leaf counts once per 4K page it maps. One walk per 512-page block; blocks with
+ * no leaf table are skipped whole. Reads only (any thread, no lock: a snapshot).
+ */
+export function tdp_count_bits(vm: usize, as_id: u32, gfn: u64, npages: u64, bits: u64): u64 {
+  let n: u64 = 0;
+  const end = gfn + npages;
+  let g = gfn;
+  while (g < end) {
+    const block_end = (g | 511) + 1 < end ? (g | 511) + 1 : end;
+    const w = tdp_walk(vm, as_id, g);
+    const level = <u32>(w & 7);
+    const spte = atomic.load<u64>(w & ~7);
+    if (level == 1) {
+      const table = w & ~(<usize>0xfff);
+      for (let x = g; x < block_end; x++) {
+        const e = atomic.load<u64>(table + (<usize>(x & 511) << 3));
+        if (is_present(e) && (e & bits) != 0) n++;
+      }
+    } else if (is_present(spte) && (spte & bits) != 0) {
+      n += block_end - g; // a huge leaf (or the block lies in one)
+    }
+    g = block_end;
+  }
+  return n;
+}
+
+/**
  * Replace the huge leaf `spte` at `p` (level > 1) by a table of 512 children with the
  * same permissions. Returns false if the pool is empty or another thread changed `p`.
  */

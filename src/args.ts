@@ -16,8 +16,8 @@ export function show(value: unknown): string {
   return typeof value === "object" ? `a ${value.constructor?.name ?? "object"}` : typeof value;
 }
 
-function fail(call: string, name: string, value: unknown, problem: string): never {
-  throw new KvmError("EINVAL", call, `${name} ${show(value)} ${problem}`);
+function fail(call: string, name: string, value: unknown, problem: string, shown = show(value)): never {
+  throw new KvmError("EINVAL", call, `${name} ${shown} ${problem}`);
 }
 
 const LIMIT = { 32: 1n << 32n, 64: U64_LIMIT } as const;
@@ -54,14 +54,15 @@ export function int(value: unknown, name: string, call: string, min: number, max
   if (typeof value !== "number" || !Number.isInteger(value)) {
     return fail(call, name, value, typeof value === "number" ? "is not an integer" : "must be an integer");
   }
-  if (value < min || value > max) fail(call, name, value, `is outside [${min}, ${max}]`);
+  // counts and sizes read best in decimal (addresses are shown in hex)
+  if (value < min || value > max) fail(call, name, value, `is outside [${min}, ${max}]`, String(value));
   return value;
 }
 
 /** A finite number in [min, max]. */
 export function finite(value: unknown, name: string, call: string, min: number, max: number): number {
   if (typeof value !== "number" || !Number.isFinite(value)) return fail(call, name, value, "must be a finite number");
-  if (value < min || value > max) fail(call, name, value, `is outside [${min}, ${max}]`);
+  if (value < min || value > max) fail(call, name, value, `is outside [${min}, ${max}]`, String(value));
   return value;
 }
 

@@ -64,6 +64,7 @@ export interface CoreExports {
   ): number;
   memslot_host_touch(vm: number, slot: number, first: bigint, count: bigint): number;
   tdp_walk(vm: number, asId: number, gfn: bigint): number;
+  tdp_count_bits(vm: number, asId: number, gfn: bigint, npages: bigint, bits: bigint): bigint;
 }
 
 /** Pages the module declares as its minimum and maximum memory (asconfig.json). */

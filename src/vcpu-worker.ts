@@ -69,6 +69,7 @@ function loop(rate: number, started: () => void): number {
   const mutex = new Int32Array(memory.buffer, vcpu + L.VCPU_MUTEX, 1);
   const requests = new Int32Array(memory.buffer, vcpu + L.VCPU_REQUESTS, 1);
   const done = new BigUint64Array(memory.buffer, vcpu + L.VCPU_WL_DONE, 1);
+  const stall = new BigUint64Array(memory.buffer, vcpu + L.VCPU_STALL_NS, 1);
   /** Take vcpu->mutex; false if told to quit first. */
   const acquire = (): boolean => {
     while (c.kvm_vcpu_lock(vcpu, tag) !== 0) {
@@ -113,7 +114,9 @@ function loop(rate: number, started: () => void): number {
       continue;
     }
     if (reason === KVM_EXIT_DIRTY_RING_FULL) {
+      const t = performance.now();
       sleep(1); // a reset bumps the wake word
+      stall[0] += BigInt(Math.round((performance.now() - t) * 1e6)); // this thread is its only writer
       continue;
     }
     if (reason === KVM_EXIT_INTR) continue;

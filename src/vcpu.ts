@@ -25,6 +25,8 @@ export interface VcpuStats {
   pmlFullExits: bigint;
   /** TLB flush requests this vCPU has served. */
   tlbFlushes: bigint;
+  /** Nanoseconds its worker loop waited on a full ring (KVM_EXIT_DIRTY_RING_FULL until a reset). */
+  ringFullStallNs: bigint;
 }
 
 /** The kernel-private ring indices (struct kvm_dirty_ring), for tests and tools. */
@@ -394,6 +396,7 @@ export class Vcpu {
       ringFullExits: v.getBigUint64(this.addr + L.VCPU_RING_FULL_EXITS, true),
       pmlFullExits: v.getBigUint64(this.addr + L.VCPU_PML_FULL_EXITS, true),
       tlbFlushes: v.getBigUint64(this.addr + L.VCPU_TLB_FLUSHES, true),
+      ringFullStallNs: v.getBigUint64(this.addr + L.VCPU_STALL_NS, true),
     };
   }
 

@@ -748,6 +748,22 @@ export class Vm {
     return { spte, level: spte & (1n << 11n) ? w & 7 : 0 };
   }
 
+  /**
+   * How many 4K pages of [gpa, gpa + pages × 4096) in address space asId are mapped by a
+   * leaf SPTE with any of `bits` set (e.g. W = 1n << 1n, D = 1n << 9n): after a final
+   * harvest, a writable page of a logged slot is one dirtied without a report.
+   */
+  countSptes(asId: number, gpa: number | bigint, pages: number, bits: bigint): number {
+    const call = "countSptes";
+    this.checkAlive(call);
+    const as = int(asId, "asId", call, 0, L.KVM_NR_AS - 1);
+    const g = u64(gpa, "gpa", call);
+    if (g % 4096n !== 0n) throw new KvmError("EINVAL", call, `gpa 0x${g.toString(16)} is not page-aligned`);
+    const n = int(pages, "pages", call, 0, Number.MAX_SAFE_INTEGER);
+    const b = u64(bits, "bits", call);
+    return Number(this.core.tdp_count_bits(this.addr, as, g >> 12n, BigInt(n), b));
+  }
+
   /** @internal A zeroed region of the VM's memory (workload tables, collector scratch). */
   allocRegion(bytes: number, align = 64, call = "allocRegion"): number {
     this.checkAlive(call);
