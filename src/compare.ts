@@ -410,8 +410,25 @@ export function verdictOf(modes: ModeResult[]): VerdictLine[] {
     const r = ranked.find((x) => isRing(x) !== isRing(w)) ?? ranked[1];
     const wv = m.value(w);
     const rv = m.value(r);
-    // equal (no mode stalled), or within 5 % (noise on these machines): no winner to name
-    if (wv === rv || (wv !== 0 && rv !== 0 && Math.max(wv, rv) / Math.min(wv, rv) < 1.05)) continue;
+    const worst = ranked[ranked.length - 1];
+    const xv = m.value(worst);
+    if (wv === rv) {
+      // the best of each kind tie (e.g. neither stalled): name the mode that differs, if any
+      if (xv === wv) continue;
+      const tied = ranked.filter((x) => m.value(x) === wv).map((x) => x.mode);
+      out.push({
+        metric: m.metric,
+        better: m.better,
+        basis: m.basis,
+        winner: w.mode,
+        runnerUp: worst.mode,
+        ratio: wv === 0 || xv === 0 ? null : m.better === "lower" ? xv / wv : wv / xv,
+        text: `${tied.join(", ")}: ${wv === 0 ? "none" : m.unit(wv)}; ${worst.mode}: ${m.unit(xv)}`,
+      });
+      continue;
+    }
+    // within 5 % (noise on these machines): no winner to name
+    if (wv !== 0 && rv !== 0 && Math.max(wv, rv) / Math.min(wv, rv) < 1.05) continue;
     const ratio = m.better === "lower" ? (wv === 0 ? null : rv / wv) : rv === 0 ? null : wv / rv;
     const times = ratio === null ? "no" : `${ratio.toFixed(ratio < 10 ? 2 : 0)}×`;
     const text =

@@ -2,7 +2,7 @@
 // every figure and they agree with each other; bad options exit 2 with one line naming the
 // option; the verdict points where the physics is known, measured and projected.
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -37,7 +37,14 @@ describe("dirtlog compare, end to end", () => {
       expect(res.scenario).toMatchObject({ memoryBytes: 64 << 20, vcpus: 2, dirtyRatePagesPerSec: 50_000, durationMs: 500 });
       expect(res.modes.map((m) => m.mode)).toEqual(["bitmap", "manual:65536", "ring:256", "ring:1024"]);
       expect(Object.keys(res.costs).length).toBeGreaterThan(10);
-      expect(res.environment).toMatchObject({ cores: expect.any(Number), node: process.version });
+      expect(res.environment).toMatchObject({
+        cpu: expect.any(String),
+        cores: expect.any(Number),
+        node: process.version,
+        version: expect.any(String),
+        timerResolutionNs: expect.any(Number),
+        coreWasmSha256: expect.stringMatching(/^[0-9a-f]{64}$/),
+      });
       for (const m of res.modes) {
         // every figure is there and is a number
         for (const v of [
@@ -80,6 +87,27 @@ describe("dirtlog compare, end to end", () => {
       expect(existsSync(join(out, "report.html"))).toBe(true);
     } finally {
       rmSync(out, { recursive: true, force: true });
+    }
+  });
+
+  it("--costs FILE replaces the kernel cost table: the projection follows it", () => {
+    const dir = mkdtempSync(join(tmpdir(), "dirtlog-costs-"));
+    try {
+      const base = ["compare", "--memory", "16MiB", "--vcpus", "1", "--duration", "200ms", "--interval", "50ms", "--modes", "bitmap,ring:256"];
+      const a = json(base);
+      const costs = { ...a.costs, source: "a host 10× slower", getClassicNsPerDirtyPage: 450, resetNsPerEntry: 650, collectNsPerEntry: 20 };
+      writeFileSync(join(dir, "costs.json"), JSON.stringify(costs));
+      const b = json([...base, "--costs", join(dir, "costs.json")]);
+      expect(b.costs).toEqual(costs);
+      // per reported page the kernel projection is now 10× (+ the unchanged scan for bitmap)
+      expect(b.modes[1].projection.nsPerReportedPage).toBeCloseTo(670, 5);
+      expect(b.modes[0].projection.nsPerReportedPage).toBeGreaterThan(450);
+      writeFileSync(join(dir, "bad.json"), JSON.stringify({ ...costs, resetNsPerEntry: -1 }));
+      const bad = run([...base, "--costs", join(dir, "bad.json")]);
+      expect(bad.status).toBe(2);
+      expect(bad.stderr).toMatch(/--costs ".*bad.json": cost resetNsPerEntry must be a number ≥ 0/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
