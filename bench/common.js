@@ -1,11 +1,12 @@
-// Shared plumbing of the benchmark scripts (bench/run.js, bench/dirty-ring.js,
-// bench/threads.js, bench/get-breakdown.js): option parsing, the environment report, sample
-// statistics, bitmap checks, table formatting and the results writers. Nothing here is
-// timed; the measurements themselves stay in each script.
+// Shared plumbing of the benchmark scripts (bench/micro.js, bench/threads.js,
+// bench/scenarios.js, bench/vcpu-mutex.js): the command line (--save, --quick), the
+// environment report, VM setup through the LogMode table, the one tinybench harness
+// (runGroup), sample statistics, bitmap checks, table formatting and the results writers.
+// Scripts print; they write bench/results/* only with --save.
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
-import { calibrateTimerOverhead, hrtimeNowTimestampProvider } from "tinybench";
+import { Bench, calibrateTimerOverhead, hrtimeNowTimestampProvider } from "tinybench";
 
 export const MIB = 1 << 20;
 export const GIB = 1 << 30;
@@ -18,18 +19,25 @@ export const root = new URL("../", import.meta.url);
 
 // ---------------------------------------------------------------- command line
 /**
- * `--help` prints `usage: <usage>` and exits; otherwise returns `option(name, fallback)`,
- * the number following `name` on the command line, or `fallback` when it is absent.
+ * The command line every script shares: `--help` prints `usage: <usage>` and exits;
+ * `save` (--save: write bench/results/*), `quick` (--quick: a ~20 s smoke run), and
+ * `option(name, fallback)`, the number following `name` (or `fallback` when absent).
  */
-export function cliOptions(usage) {
+export function commandLine(usage) {
   const args = process.argv.slice(2);
   if (args.includes("--help")) {
-    console.log(`usage: ${usage}`);
+    console.log(
+      `usage: ${usage}\n  --save   write bench/results/* (otherwise the results are only printed)\n  --quick  a short smoke run`,
+    );
     process.exit(0);
   }
-  return (name, fallback) => {
-    const i = args.indexOf(name);
-    return i >= 0 ? Number(args[i + 1]) : fallback;
+  return {
+    save: args.includes("--save"),
+    quick: args.includes("--quick"),
+    option(name, fallback) {
+      const i = args.indexOf(name);
+      return i >= 0 ? Number(args[i + 1]) : fallback;
+    },
   };
 }
 
@@ -144,6 +152,115 @@ export function sortedMedian(sorted) {
 /** Median of samples in any order. */
 export const median = (xs) => sortedMedian([...xs].sort((a, b) => a - b));
 
+/** Median and nearest-rank p99 (p99 only with at least 50 samples), min and max. */
+export function summarize(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return {
+    n: s.length,
+    p50: sortedMedian(s),
+    p99: s.length >= 50 ? nearestRank(s, 0.99) : null,
+    min: s[0],
+    max: s[s.length - 1],
+  };
+}
+
+// ---------------------------------------------------------------- VM setup
+/**
+ * A VM set up for a dirty-tracking mode the way every job does it, through the LogMode
+ * table (dist/log_mode.js): the mode's VM options, create_vm_done, one tracked slot of
+ * `pages` pages at `gpa` with the mode's slot flags, then `vcpus` vCPUs. `mode` is a
+ * LogMode or its CLI name ("bitmap", "manual", "ring:65536", …). Returns { vm, mode, vcpus }.
+ */
+export async function trackedVm({
+  mode,
+  pages,
+  gpa = GPA,
+  backed = false,
+  vcpus = 1,
+  tlb,
+  maxMemoryBytes = 128 * MIB,
+  mmuPoolBytes = 8 * MIB,
+}) {
+  const { createVm, parseLogMode } = await import("../dist/index.js");
+  const m = typeof mode === "string" ? parseLogMode(mode) : mode;
+  const vm = await createVm({ maxMemoryBytes, mmuPoolBytes, ...(tlb === undefined ? {} : { tlb }), ...m.vmOptions });
+  m.createVmDone(vm);
+  vm.setUserMemoryRegion({ slot: 0, flags: m.slotFlags, guestPhysAddr: gpa, memorySize: pages * PAGE, backed });
+  return { vm, mode: m, vcpus: Array.from({ length: vcpus }, (_, i) => vm.createVcpu(i)) };
+}
+
+// ---------------------------------------------------------------- the tinybench harness
+/**
+ * The one harness of the microbenchmarks: a group of tasks run as `rounds` tinybench runs
+ * (each task's time budget split over them, explicit warm-up in each, hrtime timer), so
+ * that the tasks of a group interleave in time and a burst of load on the shared machine
+ * hits all of them, keeping same-run ratios fair. tinybench does not time the hooks:
+ * setup and checks go in beforeEach/afterEach. Returns one row per task: p50/p99/min over
+ * the samples tinybench retained (merged over the rounds, tinybench's quantile method),
+ * each round's tinybench p50, and per-op figures when the task says how many ops (`ops`)
+ * one sample does. Task: { id, label, fn, ops?, beforeEach?, afterEach?, beforeAll?,
+ * afterAll?, ...extra fields copied to the row }.
+ */
+export async function runGroup(title, { time, iterations = 32, rounds = 5, scale = 1, log = () => {} }, tasks) {
+  const t0 = performance.now();
+  const samples = new Map(tasks.map((t) => [t.id, []]));
+  const roundP50 = new Map(tasks.map((t) => [t.id, []]));
+  for (let r = 0; r < rounds; r++) {
+    const bench = new Bench({
+      name: title,
+      time: (time * scale) / rounds,
+      iterations: Math.max(2, Math.ceil(iterations / rounds)),
+      warmupTime: 10,
+      warmupIterations: 4,
+      timestampProvider: hrtimeNowTimestampProvider,
+      retainSamples: true,
+      throws: true,
+    });
+    for (const t of tasks) {
+      // async: false, or tinybench calls fn once (outside the hooks) to find out
+      bench.add(t.label, t.fn, {
+        async: t.async ?? false,
+        beforeEach: t.beforeEach,
+        afterEach: t.afterEach,
+        beforeAll: t.beforeAll,
+        afterAll: t.afterAll,
+      });
+    }
+    await bench.run();
+    for (const t of tasks) {
+      const res = bench.getTask(t.label).result;
+      if (!res.latency?.samples) throw new Error(`${t.label}: ${res.state} ${res.error ?? ""}`);
+      const into = samples.get(t.id);
+      for (const x of res.latency.samples) into.push(x);
+      roundP50.get(t.id).push(res.latency.p50 * 1000);
+    }
+  }
+  const rows = tasks.map((t) => {
+    const all = samples.get(t.id).sort((x, y) => x - y);
+    const us = (ms) => ms * 1000;
+    const { id, label, fn, beforeEach, afterEach, beforeAll, afterAll, async: _a, ...extra } = t;
+    const row = {
+      ...extra,
+      id,
+      group: title,
+      task: label,
+      samples: all.length,
+      p50Us: us(quantile(all, 0.5)),
+      p99Us: us(quantile(all, 0.99)),
+      minUs: us(all[0]),
+      roundP50Us: roundP50.get(id).map((x) => Number(x.toFixed(x < 10 ? 3 : 1))),
+    };
+    if (t.ops) {
+      row.nsPerOpP50 = (row.p50Us * 1000) / t.ops;
+      row.nsPerOpP99 = (row.p99Us * 1000) / t.ops;
+    }
+    log(`${label}: p50 ${fmt(row.p50Us, 2)} µs, p99 ${fmt(row.p99Us, 2)} µs, ${row.samples} samples`);
+    return row;
+  });
+  log(`group "${title}" took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  return rows;
+}
+
 // ---------------------------------------------------------------- dirty bitmaps
 const ONES = new Uint8Array(256);
 for (let b = 1; b < 256; b++) ONES[b] = ONES[b >> 1] + (b & 1);
@@ -190,7 +307,7 @@ export const mdTable = (header, rows) =>
 export function targetLines(targets) {
   return targets.map(
     (t) =>
-      `  ${t.met ? "met   " : "MISSED"}  ${t.target}: ${t.value}${t.kernel === undefined ? "" : ` (kernel: ${t.kernel})`}`,
+      `  ${t.met ? "MET   " : "MISSED"}  ${t.target}: ${t.value}${t.kernel === undefined ? "" : ` (kernel: ${t.kernel})`}`,
   );
 }
 export function targetsMd(targets) {
@@ -199,16 +316,21 @@ export function targetsMd(targets) {
     kernel ? "| target | value | kernel | |" : "| target | value | |",
     kernel ? "|---|---|---|---|" : "|---|---|---|",
     ...targets.map(
-      (t) => `| ${t.target} | ${t.value} |${kernel ? ` ${t.kernel} |` : ""} ${t.met ? "met" : "**missed**"} |`,
+      (t) => `| ${t.target} | ${t.value} |${kernel ? ` ${t.kernel} |` : ""} ${t.met ? "MET" : "**MISSED**"} |`,
     ),
   ];
 }
 
 /**
- * Write bench/results/<name>.json (`data`, pretty-printed) and bench/results/<name>.md (the
- * markdown lines, joined); returns the two paths written, relative to the repository.
+ * With `save` (--save), write bench/results/<name>.json (`data`, pretty-printed) and
+ * bench/results/<name>.md (the markdown lines, joined) and return the paths written;
+ * without it write nothing and return [] (the scripts print their results either way).
  */
-export function writeResults(name, data, mdLines) {
+export function writeResults(save, name, data, mdLines) {
+  if (!save) {
+    console.log(`(not saved: pass --save to write bench/results/${name}.{json,md})`);
+    return [];
+  }
   const out = new URL("bench/results/", root);
   mkdirSync(out, { recursive: true });
   writeFileSync(new URL(`${name}.json`, out), `${JSON.stringify(data, null, 2)}\n`);

@@ -1,5 +1,5 @@
 // js-get-dirty-log — classic KVM_GET_DIRTY_LOG written in plain JavaScript over a VM's
-// shared memory: the baseline the WASM core is measured against (bench/run.js) and checked
+// shared memory: the baseline the WASM core is measured against (bench/micro.js) and checked
 // against (test/js-get-dirty-log.test.ts).
 //
 // Same algorithm, same memory effects as kvm_get_dirty_log + kvm_dirty_log_done in
@@ -17,7 +17,7 @@
 //   5. copy the listed 512-byte chunks of the second bitmap into a fresh Uint8Array and
 //      re-zero them
 //
-// Translation choices, each the fastest faithful one found (bench/run.js compares):
+// Translation choices, each the fastest faithful one found:
 //   - 64-bit words are two 32-bit halves on an Int32Array (BigUint64Array Atomics allocate
 //     BigInts and are 2-3x slower, ../shared/notes/wasm-shared-memory.md §3). Exchanging
 //     the halves one after the other is still loss-free: a vCPU sets a bit with an atomic

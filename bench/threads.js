@@ -2,7 +2,7 @@
 // concurrent collector, and the cost of the TLB model. One process, so every ratio printed
 // is a same-run ratio. Higher rates are better.
 //
-//   npm run build && node bench/threads.js [--scale k]   (k multiplies sample counts and windows)
+//   npm run build && node bench/threads.js [--quick] [--save] [--scale k]   (k multiplies sample counts and windows)
 //
 // Cases (tlb: true and tlb: false VMs are measured in the same rounds):
 //   1  stores to pages that are already writable in a dirty-logged slot (no faults):
@@ -12,12 +12,14 @@
 //      an unbacked slot (same tracking, no guest memory to store to).
 //   2  first write to a write-protected page (fast fault + report), bitmap and 65536-entry
 //      ring: runSync() of a sequential workload with batch = pages (16384, under the ring's
-//      soft limit). The pages are written once and re-protected (GET, or collect + reset)
-//      outside the timed region, and that re-protection checks what the run reported.
-//      Backed slots; unbacked rows again separate tracking from guest-memory cost.
+//      soft limit), TLB model on and off. The pages are written once and re-armed by a
+//      harvest outside the timed region, and that harvest checks what the run reported.
+//      (bench/micro.js compares the same first writes on unbacked slots, with the floor.)
 //   3  a vCPU loop on its worker (uniform over 4096 pages) alone vs. while the main thread
-//      harvests every 5 ms (classic GET, or collectDirtyRing + resetDirtyRings); windows of
-//      the two kinds alternate, and the rate is stores retired (vcpu.workloadStores) / wall
+//      harvests every 5 ms (bitmap: GET; ring: kick, collect, reset); windows of the two
+//      kinds alternate, and the rate is stores retired (vcpu.workloadStores) / wall
+// VMs are set up and every harvest is made through the LogMode table (dist/log_mode.js,
+// via common.js trackedVm): this script has no harvest sequence of its own.
 //   4  cases 1 and 2 with tlb: true vs tlb: false, as ratios
 // Timing: process.hrtime.bigint() around each runSync() / await run(); performance.now()
 // for case 3's windows. Cases rotate inside each round so that drift in the machine's load
@@ -28,16 +30,8 @@
 // /proc/stat. Every run's result is checked outside the timed region.
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import {
-  collectDirtyRing,
-  createVm,
-  KVM_CAP_DIRTY_LOG_RING,
-  KVM_EXIT_IO,
-  KVM_MEM_LOG_DIRTY_PAGES,
-} from "../dist/index.js";
-import {
   buildIdentity,
-  checkStridedBits,
-  cliOptions,
+  commandLine,
   fmt,
   GPA,
   hostEnvironment,
@@ -45,37 +39,38 @@ import {
   MIB,
   median,
   mdTable,
-  nearestRank,
   PAGE,
-  popcount,
   printEnvironment,
   requireBuild,
-  sortedMedian,
   startClock,
+  summarize,
   targetLines,
   targetsMd,
   textTable,
   timerResolutionNs,
+  trackedVm,
   writeResults,
 } from "./common.js";
 
-const SCALE = cliOptions("node bench/threads.js [--scale k (default 1): multiply sample counts and window lengths]")(
-  "--scale",
-  1,
+const cli = commandLine(
+  "node bench/threads.js [--quick] [--save] [--scale k (default 1): multiply sample counts and window lengths]",
 );
+const SCALE = cli.option("--scale", cli.quick ? 0.25 : 1);
+requireBuild();
+const { KVM_EXIT_IO } = await import("../dist/index.js");
 
 const HOT = 512; // pages: fits the core's 2048-entry direct-mapped TLB
 const LARGE = 16384; // pages (64 MiB): 8× the TLB
 const FAULT_PAGES = 16384; // first writes per case-2 sample (the ring's soft limit is 65472)
 const LOOP_PAGES = 4096; // case 3's hot set
 const RING = 65536; // entries
-const ROUNDS = 9;
+const ROUNDS = cli.quick ? 3 : 9;
 const STORE_SAMPLE_MS = 4; // case 1a: one runSync() ≈ 4 ms
 const STORE_SAMPLES = Math.max(3, Math.round(12 * SCALE)); // per case per round
 const WORKER_SAMPLE_MS = 40; // case 1b: one await run() ≈ 40 ms
 const WORKER_SAMPLES = Math.max(1, Math.round(3 * SCALE));
 const FAULT_SAMPLES = Math.max(4, Math.round(20 * SCALE));
-const ROUNDS_3 = 11;
+const ROUNDS_3 = cli.quick ? 3 : 11;
 const WINDOW_MS = Math.round(250 * SCALE); // case 3
 const HARVEST_EVERY_MS = 5;
 const LOOP_BATCH = 16384; // stores per KVM_RUN in the case-3 loop
@@ -84,7 +79,6 @@ const TARGETS = { storesMps: 150, faultMps: 20, collectorShare: 0.7 };
 const { log, seconds } = startClock("threads");
 
 // ---------------------------------------------------------------- environment
-requireBuild();
 const SCHEDSTAT = existsSync(`/proc/self/task/${process.pid}/schedstat`);
 const env = {
   ...hostEnvironment(),
@@ -169,19 +163,6 @@ function otherLoad() {
     },
   };
 }
-/** Median and nearest-rank p99 (reported only with at least 50 samples). */
-function summarize(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  return {
-    n: s.length,
-    p50: sortedMedian(s),
-    p99: s.length >= 50 ? nearestRank(s, 0.99) : null,
-    min: s[0],
-    max: s[s.length - 1],
-  };
-}
-/** bits 0..n-1 set, nothing else */
-const checkAllSet = (bm, n, what) => checkStridedBits(bm, 1, n, what);
 const faults = (vcpu) => {
   const s = vcpu.stats;
   return Number(s.fastFaults + s.slowFaults);
@@ -205,30 +186,28 @@ function check(cond, msg) {
   }
 }
 
-/** A VM with one dirty-logged slot of `pages` pages at GPA. */
-async function loggedVm({ tlb, pages, ring = false, backed = true }) {
-  const vm = await createVm({ tlb, maxMemoryBytes: 512 * MIB, mmuPoolBytes: 4 * MIB });
-  if (ring) vm.enableCap(KVM_CAP_DIRTY_LOG_RING, [RING * 16]);
-  vm.setUserMemoryRegion({
-    slot: 0,
-    flags: KVM_MEM_LOG_DIRTY_PAGES,
-    guestPhysAddr: GPA,
-    memorySize: pages * PAGE,
+/** A VM with one tracked slot of `pages` pages at GPA (bitmap or a 65536-entry ring) and `vcpus` vCPUs. */
+const loggedVm = ({ tlb, pages, ring = false, backed = true, vcpus = 1 }) =>
+  trackedVm({
+    mode: ring ? `ring:${RING}` : "bitmap",
+    pages,
     backed,
+    tlb,
+    vcpus,
+    maxMemoryBytes: 512 * MIB,
+    mmuPoolBytes: 4 * MIB,
   });
-  return vm;
-}
-function harvestRing(vm, vcpu, onOffset, times) {
-  const h0 = process.hrtime.bigint();
-  const n = collectDirtyRing(vcpu, onOffset);
-  const h1 = process.hrtime.bigint();
-  const reset = vm.resetDirtyRings();
-  if (times) {
-    times.collect.push(Number(h1 - h0) / 1000);
-    times.reset.push(Number(process.hrtime.bigint() - h1) / 1000);
-  }
-  check(reset === n, `reset ${reset} entries, collected ${n}`);
-  return n;
+/**
+ * Harvest x through its LogMode and check the report: exactly pages 0..n-1, each once, in
+ * order (a bitmap reports in page order; the ring in write order, here sequential).
+ */
+function harvestAll(x, n, what) {
+  let next = 0;
+  const c = x.mode.collectDirtyPages(x.vm, [0], (slot, offset) => {
+    if (slot !== 0 || offset !== next) throw new Error(`${what}: report ${next} is (${slot}, ${offset})`);
+    next++;
+  });
+  check(c.reported === n && next === n, `${what}: ${c.reported} pages reported, ${n} expected`);
 }
 const tlbName = (tlb) => (tlb ? "tlb on" : "tlb off");
 const records = []; // every correctness check that ran, for the JSON
@@ -275,16 +254,15 @@ log(`case 1 setup: 4 VMs (backed/unbacked × tlb on/off), one dirty-logged slot 
 const storeVms = [];
 for (const backed of [true, false]) {
   for (const tlb of [true, false]) {
-    const vm = await loggedVm({ tlb, pages: LARGE, backed });
-    const main = vm.createVcpu(0);
-    const worker = backed ? vm.createVcpu(1) : undefined;
-    // first write of every page (slow faults: map + report), GET (check + re-protect), then
-    // write every page again (fast faults): every SPTE is writable from here on
+    const x = await loggedVm({ tlb, pages: LARGE, backed, vcpus: backed ? 2 : 1 });
+    const [main, worker] = x.vcpus;
+    // first write of every page (slow faults: map + report), a harvest (check + re-arm),
+    // then write every page again (fast faults): every SPTE is writable from here on
     const name = `case 1 ${backed ? "backed" : "unbacked"}, ${tlbName(tlb)}`;
     check(main.writeStrided(GPA, PAGE, LARGE, 1) === LARGE, `${name}: first writes`);
-    checkAllSet(vm.getDirtyLog(0), LARGE, `${name}: GET after first writes`);
+    harvestAll(x, LARGE, `${name}: harvest after first writes`);
     check(main.writeStrided(GPA, PAGE, LARGE, 2) === LARGE, `${name}: second writes`);
-    storeVms.push({ name, backed, tlb, vm, main, worker, faults0: faults(main) });
+    storeVms.push({ name, backed, tlb, x, vm: x.vm, main, worker, faults0: faults(main) });
   }
 }
 const STORE_WORKLOADS = [
@@ -385,27 +363,28 @@ loads.case1 = load.end();
 for (const s of storeVms) {
   check(faults(s.main) === s.faults0, `${s.name}: no fault in the timed runSync() runs`);
   if (s.worker) check(faults(s.worker) === s.workerFaults0, `${s.name}: no fault in the timed worker runs`);
-  // every page was written (twice) before the timed runs and never re-protected since the
-  // setup GET: the next GET reports each page exactly once, whatever the timed runs did
-  checkAllSet(s.vm.getDirtyLog(0), LARGE, `${s.name}: GET after the timed runs`);
+  // every page was written (twice) before the timed runs and never re-armed since the
+  // setup harvest: the next harvest reports each page exactly once, whatever the timed runs did
+  harvestAll(s.x, LARGE, `${s.name}: harvest after the timed runs`);
   records.push({
-    check: `${s.name}: 0 faults during the timed runs (main${s.worker ? " and worker" : ""}); the GET after them reports each of the ${LARGE} pages once`,
+    check: `${s.name}: 0 faults during the timed runs (main${s.worker ? " and worker" : ""}); the harvest after them reports each of the ${LARGE} pages once`,
     ok: true,
   });
 }
 
 // ---------------------------------------------------------------- case 2: first writes
-log(`case 2 setup: 8 VMs (backed/unbacked × bitmap/ring × tlb on/off), a dirty-logged slot of ${FAULT_PAGES} pages`);
+log(`case 2 setup: 4 VMs (bitmap/ring × tlb on/off), a backed dirty-logged slot of ${FAULT_PAGES} pages`);
 const case2 = [];
-for (const backed of [true, false]) {
+{
+  const backed = true;
   for (const mode of ["bitmap", "ring"]) {
     for (const tlb of [true, false]) {
-      const vm = await loggedVm({ tlb, pages: FAULT_PAGES, ring: mode === "ring", backed });
-      const vcpu = vm.createVcpu(0);
-      const mem = backed ? "" : " [unbacked]";
+      const x = await loggedVm({ tlb, pages: FAULT_PAGES, ring: mode === "ring", backed });
+      const { vm } = x;
+      const vcpu = x.vcpus[0];
       const c = newCase({
-        id: `2-${mode}${backed ? "" : "-unbacked"}-${tlb ? "tlb" : "notlb"}`,
-        label: `2 first write, ${mode}${mem}, ${tlbName(tlb)}`,
+        id: `2-${mode}-${tlb ? "tlb" : "notlb"}`,
+        label: `2 first write, ${mode}, ${tlbName(tlb)}`,
         mode,
         tlb,
         backed,
@@ -413,19 +392,9 @@ for (const backed of [true, false]) {
         vcpu,
         checked: 0,
       });
-      let next = 0;
-      const inOrder = (slot, offset) => {
-        if (slot !== 0 || offset !== next) throw new Error(`${c.label}: ring entry ${next} is (${slot}, ${offset})`);
-        next++;
-      };
-      /** Re-protect, checking that exactly pages 0..FAULT_PAGES-1 were reported (in order, ring). */
+      /** Re-arm, checking that exactly pages 0..FAULT_PAGES-1 were reported, in order. */
       c.reprotect = () => {
-        if (mode === "bitmap") {
-          checkAllSet(vm.getDirtyLog(0), FAULT_PAGES, c.label);
-        } else {
-          next = 0;
-          check(harvestRing(vm, vcpu, inOrder) === FAULT_PAGES, `${c.label}: entries harvested`);
-        }
+        harvestAll(x, FAULT_PAGES, c.label);
         c.checked++;
       };
       check(vcpu.writeStrided(GPA, PAGE, FAULT_PAGES, 1) === FAULT_PAGES, "first writes"); // slow faults: map
@@ -478,18 +447,18 @@ for (const c of case2) {
 log(`case 3 setup: 2 VMs (bitmap, ring; tlb on), a backed ${LOOP_PAGES}-page dirty-logged slot, vCPU loop on a worker`);
 const case3 = [];
 for (const mode of ["bitmap", "ring"]) {
-  const vm = await loggedVm({ tlb: true, pages: LOOP_PAGES, ring: mode === "ring" });
-  const vcpu = vm.createVcpu(0);
+  const x = await loggedVm({ tlb: true, pages: LOOP_PAGES, ring: mode === "ring" });
+  const { vm } = x;
+  const vcpu = x.vcpus[0];
   const c = {
     mode,
     vm,
     vcpu,
-    label: mode === "bitmap" ? "classic GET every 5 ms" : "collect + reset every 5 ms",
+    label: `${x.mode.name} harvest (LogMode) every 5 ms`,
     alone: [],
     withCollector: [],
     pairRatios: [],
     harvestUs: [],
-    phases: { collect: [], reset: [] },
     pagesPerHarvest: [],
     intervalMs: [],
     harvestsPerS: [],
@@ -503,7 +472,7 @@ for (const mode of ["bitmap", "ring"]) {
   const onOffset = (slot, offset) => {
     if (slot !== 0 || offset >= LOOP_PAGES) c.badOffsets++;
   };
-  c.harvest = (times) => (mode === "bitmap" ? popcount(vm.getDirtyLog(0)) : harvestRing(vm, vcpu, onOffset, times));
+  c.harvest = () => x.mode.collectDirtyPages(vm, [0], onOffset).reported;
   vcpu.setWorkload({ pattern: "uniform", gpa: GPA, pages: LOOP_PAGES, batch: LOOP_BATCH });
   const before = allThreadTimes();
   await vcpu.spawn();
@@ -548,7 +517,7 @@ function collectorWindow(c) {
       continue;
     }
     const h0 = process.hrtime.bigint();
-    const pages = c.harvest(c.phases);
+    const pages = c.harvest();
     const h1 = process.hrtime.bigint();
     const us = Number(h1 - h0) / 1000;
     c.harvestUs.push(us);
@@ -669,8 +638,6 @@ const rows3 = case3.map((c) => {
     harvestsPerSP50: median(c.harvestsPerS),
     harvests: c.harvestUs.length,
     harvestUs: summarize(c.harvestUs),
-    collectUs: c.phases.collect.length ? summarize(c.phases.collect) : null,
-    resetUs: c.phases.reset.length ? summarize(c.phases.reset) : null,
     pagesPerHarvest: summarize(c.pagesPerHarvest),
     slowHarvests: c.slowHarvests,
     intervalMs: summarize(c.intervalMs),
@@ -695,8 +662,6 @@ const tlbStems = [
   "1a-seq16k-unbacked",
   "2-bitmap",
   "2-ring",
-  "2-bitmap-unbacked",
-  "2-ring-unbacked",
 ];
 const ratios = {
   tlbOnVsOff: Object.fromEntries(tlbStems.map((s) => [s, tlbGain(s)])),
@@ -708,8 +673,6 @@ const ratios = {
   backedVsUnbacked: {
     "1a-uni16k-tlb": byId["1a-uni16k-unbacked-tlb"].p50Ns / byId["1a-uni16k-tlb"].p50Ns,
     "1a-seq16k-tlb": byId["1a-seq16k-unbacked-tlb"].p50Ns / byId["1a-seq16k-tlb"].p50Ns,
-    "2-bitmap-tlb": byId["2-bitmap-unbacked-tlb"].p50Ns / byId["2-bitmap-tlb"].p50Ns,
-    "2-ring-tlb": byId["2-ring-unbacked-tlb"].p50Ns / byId["2-ring-tlb"].p50Ns,
   },
   ringVsBitmapFault: {
     tlb: byId["2-bitmap-tlb"].p50Ns / byId["2-ring-tlb"].p50Ns,
@@ -797,8 +760,8 @@ const tlbLines = [
       ` ${x2(ratios.tlbOnVsOff[`1b-${w.id}`])} (worker)` +
       (w.id === "hot512" ? "" : `, ${x2(ratios.tlbOnVsOff[`1a-${w.id}-unbacked`])} (runSync, unbacked)`),
   ),
-  `first write, bitmap: TLB on = ${x2(ratios.tlbOnVsOff["2-bitmap"])} off (unbacked ${x2(ratios.tlbOnVsOff["2-bitmap-unbacked"])})`,
-  `first write, ring: TLB on = ${x2(ratios.tlbOnVsOff["2-ring"])} off (unbacked ${x2(ratios.tlbOnVsOff["2-ring-unbacked"])})`,
+  `first write, bitmap: TLB on = ${x2(ratios.tlbOnVsOff["2-bitmap"])} off`,
+  `first write, ring: TLB on = ${x2(ratios.tlbOnVsOff["2-ring"])} off`,
 ];
 const rttSummary = summarize(rtt);
 const otherLines = [
@@ -815,7 +778,7 @@ const otherLines = [
     (r) =>
       `${r.task}: ${(r.ratioOfMedians * 100).toFixed(1)} % of alone (median of per-pair ratios ${(r.pairRatioP50 * 100).toFixed(1)} %,` +
       ` pairs ${r.pairRatios.join(" ")}); per on-CPU second ${fmt(r.aloneMopsPerCpuS)} → ${fmt(r.withMopsPerCpuS)} M/s` +
-      (r.collectUs ? `; collect p50 ${fmt(r.collectUs.p50)} µs + reset p50 ${fmt(r.resetUs.p50)} µs` : ""),
+      "",
   ),
   `worker run() message round trip (batch = 1): p50 ${fmt(rttSummary.p50)} µs, p99 ${fmt(rttSummary.p99)} µs`,
   `other processes' CPU during the phases (cores of ${env.cores}): ${Object.entries(loads)
@@ -890,7 +853,7 @@ const md = [
   `${date} · ${env.cpu}, ${env.cores} cores · Node ${env.node} (V8 ${env.v8}) · commit ${env.gitHead}, core wasm ${env.coreWasmSha256}` +
     ` · load average ${env.loadAverageAtStart.join(" ")} → ${env.loadAverageAtEnd.join(" ")}.` +
     " Rates are per vCPU, higher is better; p50 = median over all samples, p99 = the slow tail (ns/op), given with ≥ 50 samples;" +
-    " round p50s = the range of the per-round medians. Generated by `node bench/threads.js`; one process, so all ratios are same-run.",
+    " round p50s = the range of the per-round medians. Generated by `node bench/threads.js --save`; one process, so all ratios are same-run.",
   "",
   `Other processes' CPU at the start ${env.otherCoresAtStart} cores; during each phase (cores of ${env.cores}): ${Object.entries(
     loads,
@@ -931,9 +894,11 @@ const md = [
     ` ${fmt(rttSummary.p50)} µs). Every page was mapped writable before (first write, GET, second write), and` +
     " the fault counters show no fault during the timed runs. 1a and 1b cases are interleaved in the same rounds.",
   `- 2: each sample is \`runSync()\` of a sequential workload over ${FAULT_PAGES} write-protected pages, batch =` +
-    " pages; the GET (bitmap) or collect + reset (ring) that follows re-protects them and is checked to report exactly those pages.",
+    " pages; the LogMode harvest that follows (GET; or kick, collect, reset) re-arms them and is checked to report exactly" +
+    " those pages, in order.",
   "- [unbacked] rows: the same slot without guest memory (the store itself is skipped), to separate the tracking" +
     " cost from the cost of storing to the first 8 bytes of 16384 pages 4 KiB apart (cache-set aliasing, host TLB misses).",
+  "- 3: each harvest is the mode's LogMode `collectDirtyPages` (the sequence compare and migrate use), timed whole.",
   `- 3: the loop is \`vcpu.startLoop()\` (KVM_RUN batches of ${LOOP_BATCH} stores); the rate is the change of` +
     " `vcpu.workloadStores` over a window. Alone and collector windows alternate (ABBA by round); the collector" +
     " blocks in `Atomics.wait` between harvests. The pair ratios show the noise level.",
@@ -949,4 +914,4 @@ const md = [
   ),
   "",
 ];
-log(`wrote ${writeResults("threads", results, md).join(" and ")}`);
+for (const p of writeResults(cli.save, "threads", results, md)) log(`wrote ${p}`);

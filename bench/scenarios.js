@@ -1,0 +1,163 @@
+// Scenario runs: ring against bitmap on whole workloads, through the compare engine
+// (dist/compare.js, what `dirtlog compare` runs): per mode a fresh VM with the same guest,
+// vCPUs looping in worker threads, this thread harvesting through the mode's LogMode every
+// interval (ring modes also at each ring-full exit), every harvest timed, the run checked
+// for lost pages (and, backed, by a pre-copy migration). No VM setup, harvest or
+// statistics of its own: it picks scenarios and prints the engine's results side by side.
+// One process, so the mode comparisons within a scenario are same-run.
+//
+//   npm run build && node bench/scenarios.js [--quick] [--save] [--duration ms]
+import {
+  buildIdentity,
+  commandLine,
+  fmt,
+  hostEnvironment,
+  loadAverage,
+  mdTable,
+  printEnvironment,
+  requireBuild,
+  startClock,
+  textTable,
+  writeResults,
+} from "./common.js";
+
+const cli = commandLine("node bench/scenarios.js [--quick] [--save] [--duration ms per mode (default 2500)]");
+const DURATION = cli.option("--duration", cli.quick ? 400 : 2500);
+requireBuild();
+const { compare } = await import("../dist/compare.js");
+
+const { log, seconds } = startClock("scenarios");
+const env = {
+  ...hostEnvironment(),
+  ...buildIdentity(),
+  loadAverageAtStart: loadAverage(),
+  durationMsPerMode: DURATION,
+};
+printEnvironment(env);
+
+const MODES = ["bitmap", "manual:256k", "ring:4096", "ring:65536"];
+const GIB = 2 ** 30;
+const base = { backed: false, vcpus: 1, modes: MODES, durationMs: DURATION, seed: "1" };
+// 1 GiB is 262144 pages: 1 % is 2622 pages, 10 % 26215
+const SCENARIOS = [
+  {
+    id: "uniform-1pct",
+    what: "1 GiB, 1 vCPU, uniform writes at 52.4k pages/s, harvested every 50 ms: ~1 % of the guest per harvest",
+    scenario: { ...base, memoryBytes: GIB, pattern: "uniform", dirtyRatePagesPerSec: 52440, intervalMs: 50 },
+  },
+  {
+    id: "uniform-10pct",
+    what: "1 GiB, 1 vCPU, uniform writes at 524k pages/s, harvested every 50 ms: ~10 % per harvest (a 4096-entry ring fills between harvests)",
+    scenario: { ...base, memoryBytes: GIB, pattern: "uniform", dirtyRatePagesPerSec: 524300, intervalMs: 50 },
+  },
+  {
+    id: "sequential-max",
+    what: "1 GiB, 2 vCPUs, sequential writes as fast as they go, harvested every 100 ms: every write is a first write",
+    scenario: { ...base, memoryBytes: GIB, vcpus: 2, pattern: "sequential", dirtyRatePagesPerSec: 0, intervalMs: 100 },
+  },
+  {
+    id: "hot-set-backed",
+    what: "256 MiB backed, 2 vCPUs, hot set (5 % of pages take 90 % of writes) at 200k pages/s, every 100 ms; pre-copy migration checked byte for byte",
+    scenario: {
+      ...base,
+      memoryBytes: GIB / 4,
+      backed: true,
+      vcpus: 2,
+      pattern: "hot-set",
+      hotPagesFraction: 0.05,
+      hotFraction: 0.9,
+      dirtyRatePagesPerSec: 200000,
+      intervalMs: 100,
+    },
+  },
+];
+
+const header = [
+  "mode",
+  "harvests",
+  "harvest µs p50 (p99)",
+  "ns / reported page",
+  "reported / s",
+  "guest M stores/s",
+  "ring-full exits",
+  "stall ms",
+  "tracking KiB",
+  "kernel µs / harvest",
+  "kernel ns / page",
+  "correct",
+];
+const cells = (m) => [
+  m.mode,
+  String(m.collector.harvests),
+  `${fmt(m.collector.latencyUs.median)} (${fmt(m.collector.latencyUs.p99)})`,
+  fmt(m.collector.nsPerReportedPage),
+  `${fmt(m.collector.reportedPerSec / 1000, 1)}k`,
+  fmt(m.guest.storesPerSec.reduce((a, b) => a + b, 0) / 1e6, 2),
+  String(m.guest.ringFullExits),
+  fmt(m.guest.ringFullStallMs),
+  fmt(m.trackingBytes / 1024, 0),
+  fmt(m.projection.harvestUsPerCall),
+  fmt(m.projection.nsPerReportedPage),
+  m.correctness.ok ? "ok" : `FAILED ${JSON.stringify(m.correctness)}`,
+];
+
+const results = [];
+for (const s of SCENARIOS) {
+  log(`${s.id}: ${s.what}`);
+  const r = await compare(s.scenario, {
+    onProgress: (p) => {
+      if (p.phase === "done") log(`  ${p.mode} done`);
+    },
+  });
+  results.push({ ...s, result: r });
+  console.log(`\n${s.id}: ${s.what}`);
+  console.log(textTable(header, r.modes.map(cells)));
+  for (const v of r.verdict) console.log(`  ${v.basis === "projected" ? "(kernel) " : ""}${v.text}`);
+}
+const failed = results.filter((r) => !r.result.ok);
+env.loadAverageAtEnd = loadAverage();
+const elapsed = seconds();
+console.log(
+  `\n${failed.length ? `CORRECTNESS FAILED in ${failed.map((r) => r.id).join(", ")}` : "every mode of every scenario passed its correctness checks"};` +
+    ` load average ${env.loadAverageAtStart.join(" ")} → ${env.loadAverageAtEnd.join(" ")}; run time ${elapsed.toFixed(1)} s`,
+);
+
+const date = new Date().toISOString();
+const md = [
+  "# Scenarios: ring vs bitmap on whole workloads (the compare engine)",
+  "",
+  `${date} · ${env.cpu}, ${env.cores} cores · Node ${env.node} · commit ${env.gitHead}, core wasm ${env.coreWasmSha256}` +
+    ` · load average ${env.loadAverageAtStart.join(" ")} → ${env.loadAverageAtEnd.join(" ")} (shared machine) · ${DURATION} ms per mode.` +
+    " Generated by `node bench/scenarios.js --save` with `compare()` from dist/compare.js (what `dirtlog compare` runs):" +
+    " per mode a fresh VM with the same guest, vCPUs in worker threads, harvests through the mode's LogMode, every" +
+    " harvest timed; correctness = no page left writable after the final harvest, reports = write faults, RESET =" +
+    " collected (and a byte-equal pre-copy migration when backed). Kernel columns project the counted events onto real" +
+    " KVM's per-operation costs (../shared/anchors/real-kvm.md).",
+  "",
+  ...results.flatMap((r) => [
+    `## ${r.id}`,
+    "",
+    r.what,
+    "",
+    mdTable(header, r.result.modes.map(cells)),
+    "",
+    ...r.result.verdict.map((v) => `- ${v.basis === "projected" ? "(kernel) " : ""}${v.text}`),
+    "",
+  ]),
+];
+// the per-harvest timelines are left out of the JSON (the HTML report of `dirtlog compare --out` has them)
+const slim = results.map((r) => ({
+  id: r.id,
+  what: r.what,
+  ...r.result,
+  modes: r.result.modes.map(({ timeline, vcpuStores, ...m }) => ({ ...m, harvestsTimed: timeline.length })),
+}));
+for (const p of writeResults(
+  cli.save,
+  "scenarios",
+  { date, environment: env, scenarios: slim, totalSeconds: elapsed },
+  md,
+)) {
+  log(`wrote ${p}`);
+}
+if (failed.length) process.exitCode = 1;
