@@ -121,8 +121,14 @@ export function kvm_get_dirty_log(vm: usize, slot_id: u32, can_block: u32): i32 
   }
   const live = <usize>load<u32>(s + SLOT_BITMAP);
   const second = slot_second(s);
+  // what enable_log_dirty_pt_masked decides per call, decided once: without INITIALLY_SET
+  // (nothing huge to split) a word's pages go straight to tdp_clear_dirty_masked
+  const init_set = manual_protect_and_init_set(vm);
+  const wrprot = load<u32>(vm + VM_PML) == 0;
+  const base_gfn = load<u64>(s + SLOT_BASE_GFN);
+  const cache = vm + VM_WALK_CACHE;
   write_lock(vm);
-  tdp_walk_cache_reset(vm + VM_WALK_CACHE);
+  tdp_walk_cache_reset(cache);
   for (let i: usize = 0; i < nsum; i++) {
     const sp = summary + (i << 3);
     if (load<u64>(sp) == 0) continue; // fast skip of empty regions
@@ -136,7 +142,8 @@ export function kvm_get_dirty_log(vm: usize, slot_id: u32, can_block: u32): i32 
       const mask = atomic.xchg<u64>(wp, 0);
       if (mask == 0) continue;
       store<u64>(second + (w << 3), mask);
-      enable_log_dirty_pt_masked(vm, s, as_id, (<u64>w) << 6, mask);
+      if (init_set) enable_log_dirty_pt_masked(vm, s, as_id, (<u64>w) << 6, mask);
+      else tdp_clear_dirty_masked(vm, as_id, base_gfn + ((<u64>w) << 6), mask, wrprot, cache);
       took = true;
     }
     if (took) { store<u32>(scratch + ((<usize>count) << 2), <u32>i); count++; }

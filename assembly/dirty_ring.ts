@@ -13,10 +13,18 @@
 //
 // Per-vCPU state in the vCPU block:
 //   dirty_index  free-running count of pushes (written by the vCPU thread only)
+//   dirty_published  dirty_index as the resetter may rely on it: the vCPU thread copies
+//                dirty_index there with an atomic store at every VM exit and at the end of
+//                every vCPU-context call that can push (dirty_ring_publish), so it lags
+//                dirty_index only while the vCPU is in KVM_RUN
 //   reset_index  free-running count of entries reset (written by the resetter only)
 //   used = dirty_index - reset_index (u32 wrap); soft-full ⇔ used ≥ soft_limit
 //   (= entries − 64, − 512 more with PML); full ⇔ used ≥ entries.
 //   Entry for count c: ring[c & (entries − 1)].
+// Publication order: data → flags (atomic, per push) → dirty_published (atomic, per exit).
+// KVM's dirty_index is a plain counter that only its vCPU reads; here the resetter reads
+// it too, and publishing it once per exit instead of once per push keeps the push at one
+// atomic store (the flags), like a bitmap report's one atomic or.
 //
 // Private copy (VCPU_RING_PRIV), 16 bytes per entry: u32 ~index (the push number, a tag),
 // u32 slot, u64 offset — written before the entry's flags are published.
@@ -27,11 +35,12 @@
 //   - the core keeps its own copy of each entry's (slot, offset) at push time
 //     (VCPU_RING_PRIV) and resets from it, so rewriting slot/offset cannot make the reset
 //     re-arm the wrong page (KVM re-reads the shared fields);
-//   - the reset walks only entries that were pushed (below dirty_index, or tagged as pushed
-//     in the private copy: a push publishes flags before it advances dirty_index) and stops
-//     only at an entry whose flags are exactly DIRTY (not yet harvested); any other value
-//     counts as harvested (KVM stops at any value without the RESET bit, so a zeroed
-//     harvested entry would stall its ring for good).
+//   - the reset walks only entries that were pushed (below dirty_published, or harvested
+//     and tagged as pushed in the private copy: a push writes its tag before it publishes
+//     flags, and dirty_published lags) and stops only at an entry whose flags are exactly
+//     DIRTY (not yet harvested); below dirty_published any other value counts as harvested
+//     (KVM stops at any value without the RESET bit, so a zeroed harvested entry would stall
+//     its ring for good; here it waits at most until the vCPU's next exit publishes).
 // Every (slot, offset) batch is validated again before use: the slot may have been
 // deleted, moved or re-created smaller since the push.
 import {
@@ -44,6 +53,7 @@ import {
   SLOT_ACTIVE,
   SLOT_NPAGES,
   VCPU_DIRTY_INDEX,
+  VCPU_DIRTY_PUBLISHED,
   VCPU_REQUESTS,
   VCPU_RESET_INDEX,
   VCPU_RING,
@@ -68,16 +78,13 @@ import { flush_remote_tlbs_dirty_log } from "./tlb";
 
 const SOFT_FULL_REQ: u32 = 1 << KVM_REQ_DIRTY_RING_SOFT_FULL;
 
+/** Entries in use, as the vCPU's thread sees them (dirty_index is its own). */
 @inline function used(vcpu: usize): u32 {
-  return atomic.load<u32>(vcpu + VCPU_DIRTY_INDEX) - atomic.load<u32>(vcpu + VCPU_RESET_INDEX);
+  return load<u32>(vcpu + VCPU_DIRTY_INDEX) - atomic.load<u32>(vcpu + VCPU_RESET_INDEX);
 }
 
 @inline export function dirty_ring_soft_full(vcpu: usize): bool {
   return used(vcpu) >= load<u32>(vcpu + VCPU_RING_SOFT_LIMIT);
-}
-
-@inline function dirty_ring_full(vcpu: usize): bool {
-  return used(vcpu) >= load<u32>(vcpu + VCPU_RING_ENTRIES);
 }
 
 /** kvm_dirty_ring_alloc: attach a zeroed ring (and its private copy) to a vCPU. */
@@ -87,16 +94,22 @@ export function dirty_ring_alloc(vcpu: usize, ring: usize, priv: usize, entries:
   store<u32>(vcpu + VCPU_RING_ENTRIES, entries);
   store<u32>(vcpu + VCPU_RING_SOFT_LIMIT, entries - reserved);
   store<u32>(vcpu + VCPU_DIRTY_INDEX, 0);
+  store<u32>(vcpu + VCPU_DIRTY_PUBLISHED, 0);
   store<u32>(vcpu + VCPU_RESET_INDEX, 0);
 }
 
-/** kvm_dirty_ring_push: publish (slot, offset); raise the soft-full request at the limit. */
+/**
+ * kvm_dirty_ring_push: publish (slot, offset); raise the soft-full request at the limit.
+ * One atomic store (the flags); dirty_index is a plain store, published at the next exit.
+ */
 export function dirty_ring_push(vm: usize, vcpu: usize, slot: u32, offset: u64): void {
   lockdep_assert_vcpu_held(vcpu); // dirty_index has one writer: the vCPU's driver
-  // It should never get full; if it does, the entry is overwritten (WARN_ON_ONCE).
-  if (dirty_ring_full(vcpu)) atomic.add<u32>(vm + VM_RING_WARN, 1);
   const index = load<u32>(vcpu + VCPU_DIRTY_INDEX);
-  const at = <usize>(index & (load<u32>(vcpu + VCPU_RING_ENTRIES) - 1)) << 4;
+  const entries = load<u32>(vcpu + VCPU_RING_ENTRIES);
+  const used = index - atomic.load<u32>(vcpu + VCPU_RESET_INDEX);
+  // It should never get full; if it does, the entry is overwritten (WARN_ON_ONCE).
+  if (used >= entries) atomic.add<u32>(vm + VM_RING_WARN, 1);
+  const at = <usize>(index & (entries - 1)) << 4;
   const e = <usize>load<u32>(vcpu + VCPU_RING) + at;
   const p = <usize>load<u32>(vcpu + VCPU_RING_PRIV) + at;
   store<u32>(p, ~index); // tag: pushed as number `index` (see dirty_ring_reset)
@@ -104,10 +117,24 @@ export function dirty_ring_push(vm: usize, vcpu: usize, slot: u32, offset: u64):
   store<u64>(p + 8, offset);
   store<u32>(e + 4, slot);
   store<u64>(e + 8, offset);
-  atomic.store<u32>(e, KVM_DIRTY_GFN_F_DIRTY); // publish after the data
-  atomic.store<u32>(vcpu + VCPU_DIRTY_INDEX, index + 1);
+  atomic.store<u32>(e, KVM_DIRTY_GFN_F_DIRTY); // publish after the data (and the tag)
+  store<u32>(vcpu + VCPU_DIRTY_INDEX, index + 1); // the resetter sees it at the next exit
   store<u64>(vcpu + VCPU_RING_PUSHES, load<u64>(vcpu + VCPU_RING_PUSHES) + 1);
-  if (dirty_ring_soft_full(vcpu)) atomic.or<u32>(vcpu + VCPU_REQUESTS, SOFT_FULL_REQ);
+  // soft-full after this push (reset_index as loaded above: a reset since only lowers it,
+  // and dirty_ring_check_request re-checks before the vCPU exits)
+  if (used + 1 >= load<u32>(vcpu + VCPU_RING_SOFT_LIMIT)) atomic.or<u32>(vcpu + VCPU_REQUESTS, SOFT_FULL_REQ);
+}
+
+/**
+ * Publish dirty_index to the resetter (dirty_published, an atomic store after every flags
+ * store it covers). On the vCPU's thread at every VM exit (vcpu_exit_guest) and before a
+ * vCPU-context call that pushed returns (kvm_write_guest); nothing to do without pushes.
+ */
+@inline export function dirty_ring_publish(vcpu: usize): void {
+  const index = load<u32>(vcpu + VCPU_DIRTY_INDEX);
+  if (load<u32>(vcpu + VCPU_DIRTY_PUBLISHED) == index) return;
+  lockdep_assert_vcpu_held(vcpu); // one writer, like dirty_index
+  atomic.store<u32>(vcpu + VCPU_DIRTY_PUBLISHED, index);
 }
 
 /**
@@ -157,7 +184,7 @@ export function dirty_ring_reset(vm: usize, vcpu: usize): u32 {
   if (ring == 0) return 0;
   const priv = <usize>load<u32>(vcpu + VCPU_RING_PRIV);
   const size_mask = load<u32>(vcpu + VCPU_RING_ENTRIES) - 1;
-  const dirty = atomic.load<u32>(vcpu + VCPU_DIRTY_INDEX);
+  const dirty = atomic.load<u32>(vcpu + VCPU_DIRTY_PUBLISHED);
   let index = load<u32>(vcpu + VCPU_RESET_INDEX);
   let count: u32 = 0;
   let cur_slot: u32 = 0;
@@ -177,9 +204,9 @@ export function dirty_ring_reset(vm: usize, vcpu: usize): u32 {
     const flags = atomic.load<u32>(e);
     if (flags == KVM_DIRTY_GFN_F_DIRTY) break; // not harvested yet
     if (<i32>(index - dirty) >= 0) {
-      // Past the last push we saw. A push publishes its flags just before it advances
-      // dirty_index, so a harvested entry here may belong to a push still finishing on its
-      // vCPU: its private tag says so. An entry that was never pushed is not walked.
+      // Past the last published push. The vCPU may be in KVM_RUN with pushes not yet
+      // published (or one still finishing): a harvested entry here was pushed iff its
+      // private tag, written before its flags, says so. An entry never pushed is not walked.
       if ((flags & KVM_DIRTY_GFN_F_RESET) == 0 || load<u32>(priv + at) != ~index) break;
     }
     const next_slot = load<u32>(priv + at + 4);

@@ -48,7 +48,7 @@ import {
   VCPU_SLOW_FAULTS,
   VCPU_STORES,
 } from "./layout";
-import { dirty_ring_check_request } from "./dirty_ring";
+import { dirty_ring_check_request, dirty_ring_publish } from "./dirty_ring";
 import { pml_active, pml_flush, pml_log_write } from "./pml";
 import { mark_page_dirty_in_slot } from "./mark_dirty";
 import { memslot_lookup, slot_host_present, slot_logged, slot_max_mapping_level, slot_ptr } from "./memslot";
@@ -194,10 +194,14 @@ export function vcpu_check_exit_request(vcpu: usize): u32 {
   return KVM_EXIT_INTR;
 }
 
-/** Leave guest mode (a VM exit): from here on a flusher no longer waits for this vCPU. */
+/**
+ * Leave guest mode (a VM exit): from here on a flusher no longer waits for this vCPU. The
+ * PML buffer drains, and the ring's dirty_index is published to the resetter.
+ */
 @inline export function vcpu_exit_guest(vm: usize, vcpu: usize): void {
   atomic.store<u32>(vcpu + VCPU_MODE, OUTSIDE_GUEST_MODE);
   pml_flush(vm, vcpu); // every VM exit drains the PML buffer
+  dirty_ring_publish(vcpu);
 }
 
 /**
@@ -424,6 +428,9 @@ export function kvm_write_guest(vm: usize, vcpu: usize, tag: u32, gpa: u64, valu
     mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
     r = 0;
   }
-  if (vcpu != 0) vcpu_put(vcpu, loaded);
+  if (vcpu != 0) {
+    dirty_ring_publish(vcpu); // a push outside KVM_RUN: no exit will publish it
+    vcpu_put(vcpu, loaded);
+  }
   return r;
 }

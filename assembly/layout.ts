@@ -173,6 +173,7 @@ export const VCPU_PSC_TABLE: u32 = 224; // u32: the cached leaf (4K) page table
 export const VCPU_LAST_SLOT: u32 = 228; // u32 × KVM_NR_AS: last memslot the fast path used (0 = none)
 export const VCPU_STALL_NS: u32 = 240; // u64: ns the vCPU's loop waited on a full ring (host-side, src/vcpu-worker.ts)
 export const VCPU_MUTEX: u32 = 236; // u32: vcpu->mutex, the tag of the thread driving the vCPU (0 = free), see vcpu.ts
+export const VCPU_DIRTY_PUBLISHED: u32 = 248; // u32: dirty_index as last published to the resetter (at VM exits, see dirty_ring.ts)
 
 // vcpu->mode (include/linux/kvm_host.h)
 export const OUTSIDE_GUEST_MODE: u32 = 0;

@@ -230,8 +230,10 @@ export function tdp_write_protect_gfn(vm: usize, as_id: u32, gfn: u64, min_level
  * `cache` (16 bytes: u64 (gfn >> 9) + 1, u32 leaf table) remembers the last leaf table
  * walked, across calls of one GET/CLEAR/reset: the table structure cannot change while the
  * write lock is held (callers empty the cache when they take the lock, and after splits).
+ * Inlined into its callers: GET calls it once per dirty bitmap word, and at a sparse log
+ * (one page per word) a call would cost as much as the work.
  */
-export function tdp_clear_dirty_masked(vm: usize, as_id: u32, gfn: u64, mask: u64, wrprot: bool, cache: usize): void {
+@inline export function tdp_clear_dirty_masked(vm: usize, as_id: u32, gfn: u64, mask: u64, wrprot: bool, cache: usize): void {
   lockdep_assert_held_write(vm);
   const bit = wrprot ? SPTE_W : SPTE_D;
   let table_tag = load<u64>(cache);

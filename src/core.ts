@@ -22,7 +22,8 @@ export interface CoreExports {
   /** Mark vcpu->mutex as waited for; the value to sleep on, or 0 when it is free. */
   kvm_vcpu_mutex_wait_prepare(vcpu: number): number;
   kvm_flush_remote_tlbs(vm: number, canBlock: number): void;
-  dirty_ring_reap(ring: number, entries: number, fetch: number, out: number, max: number): number;
+  /** How many ring entries from `fetch` (at most `max`) are exactly DIRTY (assembly/ring_reaper.ts). */
+  dirty_ring_count(ring: number, entries: number, fetch: number, max: number): number;
   kvm_write_guest(vm: number, vcpu: number, tag: number, gpa: bigint, value: bigint): number;
   kvm_enable_dirty_log_ring(vm: number, bytes: number): number;
   kvm_enable_dirty_ring_with_bitmap(vm: number, flags: number): number;

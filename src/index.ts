@@ -4,7 +4,7 @@ export { KvmError, ERRNO, type ErrnoName } from "./errors.js";
 export { createVm, Vm, type VmOptions, type UserMemoryRegion, type VmStats, type MemslotInfo } from "./vm.js";
 export { Vcpu, type VcpuStats, type DirtyRingState } from "./vcpu.js";
 export { coreModule } from "./core.js";
-export { collectDirtyRing, harvestDirtyRings, type RingHarvest } from "./dirty_ring_collector.js";
+export { collectDirtyRing, harvestDirtyRings, type HarvestOptions, type RingHarvest } from "./dirty_ring_collector.js";
 export { type Workload, type WorkloadPattern, splitRegion, zipfCdf } from "./workload.js";
 export { runDirtyLogTest, type DirtyLogTestOptions, type DirtyLogTestResult } from "./dirty_log_test.js";
 export {

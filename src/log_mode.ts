@@ -9,7 +9,8 @@
 //                        re-arms, in chunks of `clearChunkPages` (QEMU clears 256k-page
 //                        chunks); optionally INITIALLY_SET
 //   ring / dirty-ring    KVM_CAP_DIRTY_LOG_RING of `ringEntries` per vCPU (optionally PML):
-//                        kick (drains PML), collect every ring, KVM_RESET_DIRTY_RINGS
+//                        kick (drains PML), collect every ring (into a buffer the VM's
+//                        harvests reuse), KVM_RESET_DIRTY_RINGS, then hand the entries out
 //
 // Invariant: a page is handed to the consumer only after the call that re-arms it has
 // been made for this harvest (GET returned / CLEAR done / RESET done), so a write racing
@@ -22,7 +23,7 @@ import {
   KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
   KVM_MEM_LOG_DIRTY_PAGES,
 } from "./constants.js";
-import { collectDirtyRing } from "./dirty_ring_collector.js";
+import { RingEntries, collectDirtyRingInto } from "./dirty_ring_collector.js";
 import { KvmError } from "./errors.js";
 import type { Vm, VmOptions } from "./vm.js";
 
@@ -192,13 +193,23 @@ function ringMode(name: string, spec: Required<LogModeSpec>): LogMode {
       const vcpus = vm.vcpuList;
       // kvm_dirty_ring_flush: kick every vCPU so PML buffers reach the rings
       if (spec.pml) for (const v of vcpus) v.kick();
-      const pending: number[] = [];
-      for (let i = 0; i < vcpus.length; i++) {
-        c.ringEntries += collectDirtyRing(vcpus[i], (slot, offset) => pending.push(slot, offset, i));
+      const p = pendingOf(vm);
+      try {
+        const ends: number[] = [];
+        for (let i = 0; i < vcpus.length; i++) {
+          c.ringEntries += collectDirtyRingInto(vcpus[i], p);
+          ends.push(p.n);
+        }
+        c.ringResets = vm.resetDirtyRings(); // re-arm first, hand out after
+        c.resetCalls = 1;
+        const { slots, offsets } = p;
+        let k = 0;
+        for (let i = 0; i < ends.length; i++) {
+          for (const end = ends[i]; k < end; k++) onPage(slots[k], offsets[k], i);
+        }
+      } finally {
+        p.release();
       }
-      c.ringResets = vm.resetDirtyRings(); // re-arm first, hand out after
-      c.resetCalls = 1;
-      for (let k = 0; k < pending.length; k += 3) onPage(pending[k], pending[k + 1], pending[k + 2]);
       c.reported = c.ringEntries;
       return c;
     },
@@ -207,6 +218,32 @@ function ringMode(name: string, spec: Required<LogModeSpec>): LogMode {
       return 2 * spec.ringEntries * 16 * vcpus;
     },
   };
+}
+
+/**
+ * The ring entries of one harvest, kept from the collect until they are handed out after
+ * the reset. One per VM, reused by every harvest (it only grows), so a harvest loop does
+ * not allocate; a harvest started from inside onPage gets a fresh one.
+ */
+class Pending extends RingEntries {
+  busy = false;
+  release(): void {
+    this.n = 0;
+    this.busy = false;
+  }
+}
+const pendingByVm = new WeakMap<Vm, Pending>();
+
+function pendingOf(vm: Vm): Pending {
+  let p = pendingByVm.get(vm);
+  if (!p) {
+    p = new Pending();
+    pendingByVm.set(vm, p);
+  } else if (p.busy) {
+    p = new Pending(); // re-entered from onPage: the VM's own is being handed out
+  }
+  p.busy = true;
+  return p;
 }
 
 function slotPages(vm: Vm, slot: number): number {
