@@ -8,7 +8,7 @@
 // bytes — and the dirty bits, checked at the end by one valid KVM_GET_DIRTY_LOG (a bad
 // GET must not have consumed them). Helpers with bad options reject promptly instead of
 // hanging, and after dispose() every call throws EBADF.
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import * as dist from "../dist/index.js";
 import * as L from "../src/layout.js";
 import {
@@ -23,11 +23,10 @@ import {
   type KvmError,
   type Vcpu,
   type Vm,
-  type VmOptions,
   createVm,
   hashMemory,
 } from "../src/index.js";
-import { pagesOf } from "./helpers.js";
+import { pagesOf, vmFactory } from "./helpers.js";
 
 const PAGE = 4096;
 const LOG = KVM_MEM_LOG_DIRTY_PAGES;
@@ -66,15 +65,7 @@ const INT_REQUIRED = [undefined, ...INT_OPTIONAL];
 const BOOL_BAD: unknown[] = [null, 0, 1, "true", "false", "no", [true], {}];
 
 // ---- VMs ----
-const vms: Array<{ dispose(): void }> = [];
-async function newVm(options: VmOptions = {}): Promise<Vm> {
-  const vm = await createVm({ maxMemoryBytes: 256 << 20, mmuPoolBytes: 2 << 20, ...options });
-  vms.push(vm);
-  return vm;
-}
-afterEach(() => {
-  for (const vm of vms.splice(0)) vm.dispose();
-});
+const { newVm, track } = vmFactory();
 
 type FixtureKind = "classic" | "manual" | "bare";
 interface Fixture {
@@ -885,7 +876,7 @@ describe("§4 options objects: a misspelt option is EINVAL, not ignored", () => 
 
   it("vcpu.startLoop({ rte: 1000 }) does not start an unpaced loop", async () => {
     const vm = await dist.createVm({ maxMemoryBytes: 256 << 20, mmuPoolBytes: 2 << 20 });
-    vms.push({ dispose: () => void vm.close() });
+    track({ dispose: () => void vm.close() });
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: GPA0, memorySize: 16 * PAGE });
     const vcpu = vm.createVcpu(0);
     vcpu.setWorkload({ pattern: "sequential", gpa: GPA0, pages: 16, limit: 100 });
@@ -908,7 +899,7 @@ describe("§4 options objects: a misspelt option is EINVAL, not ignored", () => 
 
   it("migrate(vm, { maxRound: 1 }) does not migrate with the default rounds", async () => {
     const vm = await dist.createVm({ maxMemoryBytes: 256 << 20, mmuPoolBytes: 2 << 20 });
-    vms.push({ dispose: () => void vm.close() });
+    track({ dispose: () => void vm.close() });
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: GPA0, memorySize: 16 * PAGE, backed: true });
     await expect(deadline(dist.migrate(vm, { maxRound: 1 } as never), 60_000)).rejects.toMatchObject({
       errno: "EINVAL",
@@ -1009,7 +1000,7 @@ describe("§4 helpers validate their options up front and reject promptly (no ha
     // and without a mode the first complaint is the mode
     await expect(deadline(dist.runDirtyLogTest({ vcpus: 0 } as never))).rejects.toMatchObject({ errno: "EINVAL" });
     const vm = await dist.createVm({ maxMemoryBytes: 256 << 20, mmuPoolBytes: 2 << 20 });
-    vms.push({ dispose: () => void vm.close() });
+    track({ dispose: () => void vm.close() });
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: GPA0, memorySize: 16 * PAGE, backed: true });
     await expect(
       deadline(dist.migrate(vm, { threshold: -1, maxRounds: Number.POSITIVE_INFINITY })),
@@ -1042,7 +1033,7 @@ describe("§4 helpers validate their options up front and reject promptly (no ha
 
   it("startLoop: options and rate", async () => {
     const vm = await dist.createVm({ maxMemoryBytes: 256 << 20, mmuPoolBytes: 2 << 20 });
-    vms.push({ dispose: () => void vm.close() });
+    track({ dispose: () => void vm.close() });
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: GPA0, memorySize: 16 * PAGE });
     const vcpu = vm.createVcpu(0);
     vcpu.setWorkload({ pattern: "sequential", gpa: GPA0, pages: 16, limit: 100 });
@@ -1066,7 +1057,7 @@ describe("§4 helpers validate their options up front and reject promptly (no ha
 
   it("migrate: options, threshold, maxRounds, onRound; the slot's logging is not turned on", async () => {
     const vm = await dist.createVm({ maxMemoryBytes: 256 << 20, mmuPoolBytes: 2 << 20 });
-    vms.push({ dispose: () => void vm.close() });
+    track({ dispose: () => void vm.close() });
     vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: GPA0, memorySize: 16 * PAGE, backed: true });
     const g = vm.generation(0);
     const rows: AsyncRow[] = [

@@ -1,6 +1,6 @@
 // Helpers shared by the spec tests: reading bitmaps and SPTEs, catching KvmError.
-import { expect } from "vitest";
-import { ERRNO, type ErrnoName, KvmError, type Vcpu, type Vm } from "../src/index.js";
+import { afterEach, expect } from "vitest";
+import { ERRNO, type ErrnoName, KvmError, type Vcpu, type Vm, type VmOptions, createVm } from "../src/index.js";
 
 /** EPT bits of a leaf SPTE (assembly/spte.ts). */
 export const SPTE_W = 1n << 1n;
@@ -37,4 +37,26 @@ export function triple(vm: Vm, gpa: number, as = 0): { hmw: string; level: numbe
 export function faults(vcpu: Vcpu): bigint {
   const s = vcpu.stats;
   return s.fastFaults + s.slowFaults;
+}
+
+/**
+ * For a test file: `newVm(options)` creates a VM (256 MiB, 2 MiB of page tables unless the
+ * options say otherwise) and `track(x)` registers anything else to dispose; everything is
+ * disposed after each test.
+ */
+export function vmFactory(): { newVm(options?: VmOptions): Promise<Vm>; track(x: { dispose(): void }): void } {
+  const live: Array<{ dispose(): void }> = [];
+  afterEach(() => {
+    for (const x of live.splice(0)) x.dispose();
+  });
+  return {
+    async newVm(options: VmOptions = {}) {
+      const vm = await createVm({ maxMemoryBytes: 256 << 20, mmuPoolBytes: 2 << 20, ...options });
+      live.push(vm);
+      return vm;
+    },
+    track(x) {
+      live.push(x);
+    },
+  };
 }

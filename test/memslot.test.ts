@@ -2,8 +2,8 @@
 // kernel's check order, change kinds, generations, internal slots, capabilities, and the
 // dirty bitmap's lifetime as memslots change. Every rejected call is checked to change
 // nothing (generations, slots, logging count, dirty bits).
-import { afterEach, describe, expect, it } from "vitest";
-import { errnoOf, pagesOf } from "./helpers.js";
+import { describe, expect, it } from "vitest";
+import { errnoOf, pagesOf, vmFactory } from "./helpers.js";
 import {
   APIC_ACCESS_PAGE_PRIVATE_MEMSLOT,
   APIC_DEFAULT_PHYS_BASE,
@@ -21,8 +21,6 @@ import {
   KVM_MEM_READONLY,
   TSS_PRIVATE_MEMSLOT,
   type Vm,
-  type VmOptions,
-  createVm,
 } from "../src/index.js";
 
 const PAGE = 4096;
@@ -36,15 +34,7 @@ const GPA_LIMIT = (MAX_GFN + 1n) * 4096n;
 const MAX_NR_PAGES = 2n ** 31n - 1n;
 
 // ---- helpers ----
-const vms: Vm[] = [];
-async function newVm(options: VmOptions = {}): Promise<Vm> {
-  const vm = await createVm({ maxMemoryBytes: 256 << 20, mmuPoolBytes: 2 << 20, ...options });
-  vms.push(vm);
-  return vm;
-}
-afterEach(() => {
-  for (const vm of vms.splice(0)) vm.dispose();
-});
+const { newVm } = vmFactory();
 
 function expectErrno(fn: () => unknown, errno: ErrnoName): void {
   expect(errnoOf(fn)).toBe(errno);

@@ -6,7 +6,7 @@
 // of every kind leave memslots, generations and dirty bits alone — except the kernel's own
 // exception, a MOVE rejected by x86's max-gfn check, which has already published the
 // INVALID slot and the revert (generation + 4) when it fails with EINVAL.
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import * as L from "../src/layout.js";
 import {
   APIC_ACCESS_PAGE_PRIVATE_MEMSLOT,
@@ -22,12 +22,11 @@ import {
   TSS_PRIVATE_MEMSLOT,
   type UserMemoryRegion,
   type Vm,
-  type VmOptions,
   createVm,
   hashMemory,
   zipfCdf,
 } from "../src/index.js";
-import { errnoOf, pagesOf } from "./helpers.js";
+import { errnoOf, pagesOf, vmFactory } from "./helpers.js";
 
 const PAGE = 4096;
 const LOG = KVM_MEM_LOG_DIRTY_PAGES;
@@ -38,15 +37,7 @@ const IDENTITY = 0xfeffc000;
 /** First guest-physical address beyond the model's 48-bit guest physical space. */
 const GPA_LIMIT = 1n << 48n;
 
-const vms: Vm[] = [];
-async function newVm(options: VmOptions = {}): Promise<Vm> {
-  const vm = await createVm({ maxMemoryBytes: 256 << 20, mmuPoolBytes: 2 << 20, ...options });
-  vms.push(vm);
-  return vm;
-}
-afterEach(() => {
-  for (const vm of vms.splice(0)) vm.dispose();
-});
+const { newVm, track } = vmFactory();
 
 /** What a rejected call must not change. */
 function state(vm: Vm) {
@@ -182,7 +173,7 @@ describe("§3 createVcpu failing with ENOMEM (the ring does not fit) leaves noth
   const SLOT0_GPA = 0x1_0000_0000;
   async function ringVm(pages: number): Promise<Vm> {
     const vm = await createVm({ maxMemoryBytes: 80 << 20, mmuPoolBytes: 1 << 20, irqchip: true });
-    vms.push(vm);
+    track(vm);
     vm.enableCap(KVM_CAP_DIRTY_LOG_RING, [65536 * 16]);
     vm.setIdentityMapAddr(IDENTITY);
     if (pages) vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: SLOT0_GPA, memorySize: pages * PAGE, backed: true });
