@@ -114,17 +114,24 @@ export function logMode(spec: LogModeSpec): LogMode {
   known(o, ["kind", "ringEntries", "pml", "clearChunkPages", "initiallySet"], call);
   const kind = oneOf(o.kind, KINDS, "kind", call);
   const pml = o.pml === true;
-  if (o.pml !== undefined && typeof o.pml !== "boolean") throw new KvmError("EINVAL", call, "pml must be true or false");
+  if (o.pml !== undefined && typeof o.pml !== "boolean")
+    throw new KvmError("EINVAL", call, "pml must be true or false");
   if (o.initiallySet !== undefined && typeof o.initiallySet !== "boolean") {
     throw new KvmError("EINVAL", call, "initiallySet must be true or false");
   }
   const ringEntries = kind === "dirty-ring" ? int(o.ringEntries ?? 4096, "ringEntries", call, 256, 65536) : 0;
   const reserve = 64 + (pml ? 512 : 0);
   if (kind === "dirty-ring" && ((ringEntries & (ringEntries - 1)) !== 0 || ringEntries < reserve)) {
-    throw new KvmError("EINVAL", call, `ringEntries ${ringEntries} must be a power of two of at least ${Math.max(256, reserve)}`);
+    throw new KvmError(
+      "EINVAL",
+      call,
+      `ringEntries ${ringEntries} must be a power of two of at least ${Math.max(256, reserve)}`,
+    );
   }
-  const clearChunkPages = kind === "clear-log" ? int(o.clearChunkPages ?? CLEAR_CHUNK, "clearChunkPages", call, 64, 2 ** 31) : 0;
-  if (clearChunkPages % 64 !== 0) throw new KvmError("EINVAL", call, `clearChunkPages ${clearChunkPages} is not a multiple of 64`);
+  const clearChunkPages =
+    kind === "clear-log" ? int(o.clearChunkPages ?? CLEAR_CHUNK, "clearChunkPages", call, 64, 2 ** 31) : 0;
+  if (clearChunkPages % 64 !== 0)
+    throw new KvmError("EINVAL", call, `clearChunkPages ${clearChunkPages} is not a multiple of 64`);
   const initiallySet = kind === "clear-log" && o.initiallySet === true;
   const full: Required<LogModeSpec> = { kind, ringEntries, pml, clearChunkPages, initiallySet };
   const suffix = pml ? "+pml" : "";
@@ -154,21 +161,31 @@ function bitmapMode(name: string, spec: Required<LogModeSpec>): LogMode {
       const c = counts();
       // PML buffers drain into the bitmap at every exit: kick so a running vCPU exits now
       if (spec.pml) for (const v of vm.vcpuList) v.kick();
-      for (const slot of slots) {
-        const bitmap = vm.getDirtyLog(slot);
-        c.getCalls++;
-        c.bitmapWords += bitmap.byteLength >> 3;
-        if (manual) {
-          // re-arm before handing pages out: CLEAR the chunks that hold a set bit
-          const npages = slotPages(vm, slot);
-          for (let first = 0; first < npages; first += spec.clearChunkPages) {
-            const chunk = bitmap.subarray(first >> 3, Math.min(bitmap.byteLength, (first + spec.clearChunkPages) >> 3));
-            if (!chunk.some((b) => b !== 0)) continue;
-            vm.clearDirtyLog(slot, first, Math.min(spec.clearChunkPages, npages - first), chunk);
-            c.clearCalls++;
+      // a harvest started from inside onPage must not overwrite the bitmap being handed out
+      const reuse = !harvesting.has(vm);
+      harvesting.add(vm);
+      try {
+        for (const slot of slots) {
+          const bitmap = vm.getDirtyLog(slot, reuse ? bitmapBuffer(vm, slot) : undefined);
+          c.getCalls++;
+          c.bitmapWords += bitmap.byteLength >> 3;
+          if (manual) {
+            // re-arm before handing pages out: CLEAR the chunks that hold a set bit
+            const npages = slotPages(vm, slot);
+            for (let first = 0; first < npages; first += spec.clearChunkPages) {
+              const chunk = bitmap.subarray(
+                first >> 3,
+                Math.min(bitmap.byteLength, (first + spec.clearChunkPages) >> 3),
+              );
+              if (!chunk.some((b) => b !== 0)) continue;
+              vm.clearDirtyLog(slot, first, Math.min(spec.clearChunkPages, npages - first), chunk);
+              c.clearCalls++;
+            }
           }
+          c.reported += forEachBit(bitmap, slot, onPage);
         }
-        c.reported += forEachBit(bitmap, slot, onPage);
+      } finally {
+        if (reuse) harvesting.delete(vm);
       }
       return c;
     },
@@ -246,6 +263,29 @@ function pendingOf(vm: Vm): Pending {
   return p;
 }
 
+/**
+ * The buffer a VM's bitmap harvests of one slot reuse (a VMM keeps its dirty bitmap; a
+ * fresh one per GET costs a page fault per 4 KiB here). Grows with the slot, never shrinks.
+ */
+const bitmapBuffers = new WeakMap<Vm, Map<number, Uint8Array>>();
+/** VMs whose bitmap harvest is handing pages out (their buffers are in use). */
+const harvesting = new WeakSet<Vm>();
+
+function bitmapBuffer(vm: Vm, slot: number): Uint8Array {
+  let bySlot = bitmapBuffers.get(vm);
+  if (!bySlot) {
+    bySlot = new Map();
+    bitmapBuffers.set(vm, bySlot);
+  }
+  const bytes = Math.ceil(slotPages(vm, slot) / 64) * 8;
+  let b = bySlot.get(slot);
+  if (!b || b.byteLength < bytes) {
+    b = new Uint8Array(bytes);
+    bySlot.set(slot, b);
+  }
+  return b;
+}
+
 function slotPages(vm: Vm, slot: number): number {
   const s = vm.memslots().find((m) => m.slot === slot);
   return s ? s.npages : 0;
@@ -258,7 +298,12 @@ function slotPages(vm: Vm, slot: number): number {
 export function parseLogMode(text: string): LogMode {
   const call = "logMode";
   const m = /^(bitmap|dirty-log|manual|clear-log|ring|dirty-ring)(?::(\d+)([km]?))?(\+pml)?$/i.exec(text.trim());
-  if (!m) throw new KvmError("EINVAL", call, `mode ${JSON.stringify(text)} is not bitmap, manual[:CHUNK] or ring[:ENTRIES], with an optional +pml`);
+  if (!m)
+    throw new KvmError(
+      "EINVAL",
+      call,
+      `mode ${JSON.stringify(text)} is not bitmap, manual[:CHUNK] or ring[:ENTRIES], with an optional +pml`,
+    );
   const word = m[1].toLowerCase();
   const n = m[2] === undefined ? undefined : Number(m[2]) * (m[3] === "k" ? 1024 : m[3] === "m" ? 1 << 20 : 1);
   const pml = m[4] !== undefined;

@@ -636,14 +636,24 @@ export class Vm {
   }
 
   // ---- dirty log ----
-  /** KVM_GET_DIRTY_LOG: ALIGN(npages, 64) / 8 bytes, bit p = page p (little-endian). */
-  getDirtyLog(slot: number): Uint8Array {
+  /**
+   * KVM_GET_DIRTY_LOG: ALIGN(npages, 64) / 8 bytes, bit p = page p (little-endian). With
+   * `into` (at least that many bytes, else EFAULT before anything is taken) the log is
+   * written there and a view of it returned — a collector that reuses its buffer, as a
+   * VMM does, allocates nothing per harvest.
+   */
+  getDirtyLog(slot: number, into?: Uint8Array): Uint8Array {
     const call = "KVM_GET_DIRTY_LOG";
     this.checkAlive(call);
     const id = u32(slot, "slot", call);
-    const count = check(this.core.kvm_get_dirty_log(this.addr, id, CAN_BLOCK), call, () => this.coreReason());
     const n = this.bitmapBytes(id);
-    const out = new Uint8Array(n);
+    // the user's buffer is checked before the bits are taken (the kernel finds out only
+    // when copy_to_user fails, after the exchange: here nothing is lost on EFAULT)
+    if (into !== undefined && (!(into instanceof Uint8Array) || into.byteLength < n)) {
+      throw new KvmError("EFAULT", call, `into must be a Uint8Array of at least ${n} bytes`);
+    }
+    const count = check(this.core.kvm_get_dirty_log(this.addr, id, CAN_BLOCK), call, () => this.coreReason());
+    const out = into ? into.subarray(0, n).fill(0) : new Uint8Array(n);
     if (count > 0) {
       const u8 = this.u8();
       const src = this.core.kvm_dirty_log_source(this.addr, id) >>> 0;

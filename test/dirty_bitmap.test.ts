@@ -599,3 +599,28 @@ describe("§1.5 bitmap lifetime (anchors: 'Bitmap lifetime')", () => {
     expect(popcount(vm.getDirtyLog(0))).toBe(NPAGES);
   });
 });
+
+// ---------------------------------------------------------------------------------------
+describe("KVM_GET_DIRTY_LOG into a caller's buffer (a VMM reuses its bitmap)", () => {
+  it("writes exactly the log into the buffer, clearing what a previous GET left there", async () => {
+    const { vm, vcpu } = await setup();
+    const buf = new Uint8Array(64).fill(0xff); // larger than the 24-byte log, and dirty
+    write(vcpu, [0, 70, 130]);
+    const a = vm.getDirtyLog(0, buf);
+    expect(a.buffer).toBe(buf.buffer);
+    expect(a.byteLength).toBe(24);
+    expect(pagesOf(a)).toEqual([0, 70, 130]);
+    expect(buf.subarray(24).every((b) => b === 0xff)).toBe(true); // past the log: untouched
+    write(vcpu, [5]);
+    expect(pagesOf(vm.getDirtyLog(0, buf))).toEqual([5]);
+    expect(pagesOf(vm.getDirtyLog(0, buf))).toEqual([]);
+  });
+
+  it("a buffer too small (or not bytes) is EFAULT before any bit is taken", async () => {
+    const { vm, vcpu } = await setup();
+    write(vcpu, [3, 99]);
+    expect(errnoOf(() => vm.getDirtyLog(0, new Uint8Array(23)))).toBe("EFAULT");
+    expect(errnoOf(() => vm.getDirtyLog(0, new Uint32Array(6) as unknown as Uint8Array))).toBe("EFAULT");
+    expect(pagesOf(vm.getDirtyLog(0))).toEqual([3, 99]); // still there
+  });
+});

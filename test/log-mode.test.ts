@@ -95,3 +95,26 @@ describe("LogMode table", () => {
     manual.dispose();
   });
 });
+
+describe("LogMode re-entry", () => {
+  it("a bitmap harvest started from inside onPage gets its own buffer (the outer one keeps its pages)", async () => {
+    const mode = parseLogMode("bitmap");
+    const vm = await createVm({ maxMemoryBytes: 64 << 20, mmuPoolBytes: 1 << 20 });
+    mode.createVmDone(vm);
+    vm.setUserMemoryRegion({ slot: 0, flags: mode.slotFlags, guestPhysAddr: GPA, memorySize: PAGES * PAGE });
+    const v = vm.createVcpu(0);
+    for (const p of [1, 2, 900]) v.writeGuest(GPA + p * PAGE, 1);
+    const outer: number[] = [];
+    const inner: number[] = [];
+    mode.collectDirtyPages(vm, [0], (_s, offset) => {
+      outer.push(offset);
+      if (offset === 1) {
+        v.writeGuest(GPA + 500 * PAGE, 1);
+        mode.collectDirtyPages(vm, [0], (_t, o) => inner.push(o));
+      }
+    });
+    expect(outer).toEqual([1, 2, 900]);
+    expect(inner).toEqual([500]);
+    vm.dispose();
+  });
+});
