@@ -686,7 +686,9 @@ export class Vm {
     this.core.kvm_clear_dirty_log(this.addr, id, first, num, CAN_BLOCK);
   }
 
+  /** Bytes of a slot's dirty log (0 for an id outside the slot table: the core rejects it). */
   private bitmapBytes(slot: number): number {
+    if (slot >>> 16 >= L.KVM_NR_AS || (slot & 0xffff) >= L.SLOT_TABLE_ENTRIES / L.KVM_NR_AS) return 0;
     const npages = this.view().getBigUint64(this.slotAddr(slot) + L.SLOT_NPAGES, true);
     return Number(((npages + 63n) / 64n) * 8n);
   }
