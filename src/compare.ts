@@ -266,7 +266,7 @@ async function runMode(
     const faults = after.map((a, i) => Number(a.fastFaults + a.slowFaults - before[i].fastFaults - before[i].slowFaults));
     const ringFullExits = after.reduce((a, s, i) => a + Number(s.ringFullExits - before[i].ringFullExits), 0);
     const stallMs = after.reduce((a, s, i) => a + Number(s.ringFullStallNs - before[i].ringFullStallNs), 0) / 1e6;
-    const projection = project(mode, totals, faults, ringFullExits, pages, costs, sc.vcpus);
+    const projection = project(mode, totals, faults, ringFullExits, costs);
     const reported = totals.reported;
     const reportsMinusFaults = mode.spec.pml ? null : reported - faults.reduce((a, b) => a + b, 0);
     progress("done", 1);
@@ -322,9 +322,7 @@ function project(
   t: HarvestCounts,
   faults: number[],
   ringFullExits: number,
-  pages: number,
   c: CostTable,
-  vcpus: number,
 ): ModeResult["projection"] {
   let ns: number;
   if (mode.spec.kind === "dirty-ring") {
@@ -346,8 +344,6 @@ function project(
   // a vCPU at ring-full waits while the collector reaps and resets a full ring
   const soft = mode.spec.ringEntries - 64 - (mode.spec.pml ? 512 : 0);
   const stallNs = ringFullExits * soft * (c.collectNsPerEntry + c.resetNsPerEntry);
-  void pages;
-  void vcpus;
   return {
     collectorMs: ns / 1e6,
     nsPerReportedPage: t.reported ? ns / t.reported : 0,
