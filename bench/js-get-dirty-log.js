@@ -30,60 +30,12 @@
 //     holds the whole table address; the bits tested and cleared (present 11, PS 7, W 1,
 //     D 9) are in the low half too. The 4-level walk is unrolled.
 //
-// Offsets come from the generated mirror of assembly/layout.ts (dist/layout.js, made by
-// scripts/gen-layout.mjs at build time), so this file does not drift from the core; the
-// metadata region follows memslot.ts's header.
-import * as LAYOUT from "../dist/layout.js";
+// The views, mmu_lock, the PML kick, the TLB flush and the re-arm through the walk cache are
+// the ones every twin shares (bench/js-twins.js twinCore); offsets come from the generated
+// mirror of assembly/layout.ts (dist/layout.js); the metadata region follows memslot.ts.
+import * as L from "../dist/layout.js";
+import { twinCore } from "./js-twins.js";
 
-/** The core's layout constants (checked for the ones this baseline reads). */
-export function coreLayout() {
-  const out = { ...LAYOUT };
-  for (const name of NEEDED) {
-    if (typeof out[name] !== "number") throw new Error(`assembly/layout.ts: ${name} not found`);
-  }
-  if (out.PT_LEVELS !== 4) throw new Error("js-get-dirty-log walks exactly 4 levels");
-  return out;
-}
-
-const NEEDED = [
-  "VM_SLOTS",
-  "VM_WALK_CACHE",
-  "VM_ROOT",
-  "VM_MANUAL_PROTECT",
-  "VM_RING_SIZE",
-  "VM_RING_WITH_BITMAP",
-  "VM_PML",
-  "VM_MMU_LOCK",
-  "VM_TLB_FLUSHES",
-  "VM_NR_VCPUS",
-  "VM_VCPU_TABLE",
-  "VM_DEBUG",
-  "VM_DEBUG_SKIP_TLB_FLUSH",
-  "VCPU_REQUESTS",
-  "VCPU_MODE",
-  "OUTSIDE_GUEST_MODE",
-  "IN_GUEST_MODE",
-  "KVM_REQ_TLB_FLUSH",
-  "KVM_REQ_KICK",
-  "SLOT_SIZE",
-  "SLOT_BASE_GFN",
-  "SLOT_NPAGES",
-  "SLOT_BITMAP",
-  "SLOT_META",
-  "KVM_NR_AS",
-  "KVM_USER_MEM_SLOTS",
-  "KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE",
-  "PT_LEVELS",
-];
-
-// SPTE bits (assembly/spte.ts), all in the low 32 bits
-const SPTE_W = 1 << 1;
-const SPTE_PS = 1 << 7;
-const SPTE_D = 1 << 9;
-const SPTE_MMU_PRESENT = 1 << 11;
-// mmu_lock word (assembly/mmu_lock.ts)
-const LOCK_WRITER = 0x8000_0000 | 0;
-const LOCK_WAITING = 0x4000_0000;
 const TWO32 = 2 ** 32;
 
 class DirtyLogError extends Error {
@@ -99,79 +51,12 @@ class DirtyLogError extends Error {
  * A JS implementation of Vm.getDirtyLog for `vm` (anything with `memory` and `addr`).
  * Returns `getDirtyLog(slot) → Uint8Array` with the same result and side effects.
  */
-export function createJsGetDirtyLog(vm, layout = coreLayout()) {
-  const L = layout;
-  let buffer = null;
-  let i32 = null; // atomics and plain reads of 32-bit halves
-  let u32 = null; // unsigned reads of addresses and sizes
-  let u8 = null;
-  let u64 = null; // the TLB flush counter only
-
-  function views() {
-    const b = vm.memory.buffer;
-    if (b !== buffer || b.byteLength !== buffer.byteLength) {
-      buffer = b;
-      i32 = new Int32Array(b);
-      u32 = new Uint32Array(b);
-      u8 = new Uint8Array(b);
-      u64 = new BigUint64Array(b);
-    }
-  }
-
-  function writeLock(p) {
-    for (;;) {
-      const v = Atomics.load(i32, p);
-      if ((v === 0 || v === LOCK_WAITING) && Atomics.compareExchange(i32, p, v, LOCK_WRITER) === v) return;
-      if ((v & LOCK_WAITING) === 0) Atomics.or(i32, p, LOCK_WAITING);
-    }
-  }
-
-  /** The vCPU blocks (vm->vcpu_array), as u32 addresses. */
-  function vcpuBlocks(vmAddr) {
-    const table = u32[(vmAddr + L.VM_VCPU_TABLE) >>> 2] >>> 2;
-    const n = Atomics.load(i32, (vmAddr + L.VM_NR_VCPUS) >>> 2);
-    return u32.subarray(table, table + n);
-  }
-
-  /** kvm_arch_sync_dirty_log: with PML, kick every vCPU so its buffer drains at its exit. */
-  function syncDirtyLog(vmAddr) {
-    if (u32[(vmAddr + L.VM_PML) >>> 2] === 0) return;
-    for (const vcpu of vcpuBlocks(vmAddr)) Atomics.or(i32, (vcpu + L.VCPU_REQUESTS) >>> 2, 1 << L.KVM_REQ_KICK);
-  }
-
-  /** kvm_flush_remote_tlbs (tlb.ts flush_remote_tlbs_dirty_log, the flush after GET): request on every vCPU, then wait. */
-  function flushRemoteTlbs(vmAddr) {
-    Atomics.add(u64, (vmAddr + L.VM_TLB_FLUSHES) >>> 3, 1n);
-    if ((u32[(vmAddr + L.VM_DEBUG) >>> 2] & L.VM_DEBUG_SKIP_TLB_FLUSH) !== 0) return;
-    const req = 1 << L.KVM_REQ_TLB_FLUSH;
-    const vcpus = vcpuBlocks(vmAddr);
-    for (const vcpu of vcpus) Atomics.or(i32, (vcpu + L.VCPU_REQUESTS) >>> 2, req);
-    for (const vcpu of vcpus) {
-      for (;;) {
-        const mode = Atomics.load(i32, (vcpu + L.VCPU_MODE) >>> 2);
-        if (mode === L.OUTSIDE_GUEST_MODE) break;
-        if (mode === L.IN_GUEST_MODE && (Atomics.load(i32, (vcpu + L.VCPU_REQUESTS) >>> 2) & req) === 0) break;
-      }
-    }
-  }
-
-  /**
-   * tdp_walk (4 levels) to the 4K leaf table of gfn: its i32 index, or -1 when a level is
-   * absent or a huge leaf. Index at level L = (gfn >> 9(L-1)) & 511; `x & 511` on a double
-   * keeps the low bits (ToInt32 is modular), so gfns above 2^32 work.
-   */
-  function leafTable(root, gfn) {
-    let e = i32[(root >>> 2) + ((gfn / 134217728) & 511) * 2];
-    if ((e & SPTE_MMU_PRESENT) === 0 || (e & SPTE_PS) !== 0) return -1;
-    e = i32[((e & ~0xfff) >>> 2) + ((gfn / 262144) & 511) * 2];
-    if ((e & SPTE_MMU_PRESENT) === 0 || (e & SPTE_PS) !== 0) return -1;
-    e = i32[((e & ~0xfff) >>> 2) + ((gfn / 512) & 511) * 2];
-    if ((e & SPTE_MMU_PRESENT) === 0 || (e & SPTE_PS) !== 0) return -1;
-    return (e & ~0xfff) >>> 2;
-  }
+export function createJsGetDirtyLog(vm) {
+  const c = twinCore(vm);
 
   function getDirtyLog(slotId) {
-    views();
+    c.views();
+    const { i32, u32 } = c;
     slotId >>>= 0;
     const vmAddr = vm.addr;
     if (u32[(vmAddr + L.VM_RING_SIZE) >>> 2] !== 0 && u32[(vmAddr + L.VM_RING_WITH_BITMAP) >>> 2] === 0) {
@@ -180,7 +65,7 @@ export function createJsGetDirtyLog(vm, layout = coreLayout()) {
     const asId = slotId >>> 16;
     const id = slotId & 0xffff;
     if (asId >= L.KVM_NR_AS || id >= L.KVM_USER_MEM_SLOTS) throw new DirtyLogError("EINVAL", 22);
-    const s = u32[(vmAddr + L.VM_SLOTS) >>> 2] + ((asId << 15) | id) * L.SLOT_SIZE;
+    const s = c.slotPtr(slotId);
     const live = u32[(s + L.SLOT_BITMAP) >>> 2];
     if (live === 0) throw new DirtyLogError("ENOENT", 2);
 
@@ -194,7 +79,7 @@ export function createJsGetDirtyLog(vm, layout = coreLayout()) {
     const scratch = summary + nsum * 8 + words * 8;
     const bytes = words * 8;
     const out = new Uint8Array(bytes);
-    syncDirtyLog(vmAddr);
+    c.syncDirtyLog();
 
     const manual = (u32[(vmAddr + L.VM_MANUAL_PROTECT) >>> 2] & L.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE) !== 0;
     if (manual) {
@@ -207,15 +92,9 @@ export function createJsGetDirtyLog(vm, layout = coreLayout()) {
       return out;
     }
 
-    const baseGfn = u32[(s + L.SLOT_BASE_GFN) >>> 2] + u32[(s + L.SLOT_BASE_GFN + 4) >>> 2] * TWO32;
-    const bit = u32[(vmAddr + L.VM_PML) >>> 2] === 0 ? SPTE_W : SPTE_D;
-    const root = u32[(vmAddr + L.VM_ROOT + asId * 4) >>> 2];
-    const lock = (vmAddr + L.VM_MMU_LOCK) >>> 2;
     let count = 0;
-    // the walk cache lives across words for the whole GET (the core's VM_WALK_CACHE)
-    let key = -1;
-    let table = -1;
-    writeLock(lock);
+    c.writeLock();
+    c.cacheReset(); // the walk cache lives across words for the whole GET (VM_WALK_CACHE)
     for (let i = 0; i < nsum; i++) {
       const sp = (summary >>> 2) + i * 2;
       if ((i32[sp] | i32[sp + 1]) === 0) continue; // fast skip of empty regions
@@ -236,47 +115,22 @@ export function createJsGetDirtyLog(vm, layout = coreLayout()) {
           const dp = (second >>> 2) + w * 2;
           i32[dp] = lo;
           i32[dp + 1] = hi;
-          // enable_log_dirty_pt_masked → tdp_clear_dirty_masked: one walk per leaf table
-          const gfn0 = baseGfn + w * 64;
-          for (let h = 0; h < 2; h++) {
-            let bits = h === 0 ? lo : hi;
-            while (bits !== 0) {
-              const low = bits & -bits;
-              bits ^= low;
-              const g = gfn0 + h * 32 + (31 - Math.clz32(low));
-              const off = g & 511;
-              if (g - off !== key) {
-                key = g - off;
-                table = leafTable(root, g);
-              }
-              if (table < 0) continue;
-              const p = table + off * 2;
-              if ((i32[p] & bit) !== 0) Atomics.and(i32, p, ~bit);
-            }
-          }
+          c.rearmMasked(s, asId, w * 64, lo, hi); // enable_log_dirty_pt_masked
           took = true;
         }
       }
       if (took) u32[(scratch >>> 2) + count++] = i;
     }
-    if (key >= 0) {
-      // leave the cache as the core does: u64 ((gfn >> 9) << 1 | as) + 1, u32 table address
-      const tag = (key / 512) * 2 + asId + 1;
-      u32[(vmAddr + L.VM_WALK_CACHE) >>> 2] = tag % TWO32;
-      u32[(vmAddr + L.VM_WALK_CACHE + 4) >>> 2] = Math.floor(tag / TWO32);
-      u32[(vmAddr + L.VM_WALK_CACHE + 8) >>> 2] = table < 0 ? 0 : table * 4;
-    } else {
-      u32[(vmAddr + L.VM_WALK_CACHE) >>> 2] = 0;
-      u32[(vmAddr + L.VM_WALK_CACHE + 4) >>> 2] = 0;
-    }
-    Atomics.store(i32, lock, 0);
-    if (count > 0) flushRemoteTlbs(vmAddr);
+    c.cacheStore();
+    c.writeUnlock();
+    if (count > 0) c.flushRemoteTlbsDirtyLog();
     copyChunks(out, second, scratch, count, bytes, true);
     return out;
   }
 
   /** The host half: copy the listed chunks (64 words = 512 bytes each); re-zero them if asked. */
   function copyChunks(out, src, scratch, count, bytes, zero) {
+    const { u8, u32 } = c;
     for (let k = 0; k < count; k++) {
       const at = u32[(scratch >>> 2) + k] * 512;
       const end = Math.min(bytes, at + 512);

@@ -88,7 +88,7 @@ const RESET = L.KVM_DIRTY_GFN_F_RESET;
  * The pieces every twin shares, over one VM's memory: typed views (refreshed if the memory
  * grew), mmu_lock, the remote TLB flush, and re-arming through the walk cache.
  */
-function twinCore(vm) {
+export function twinCore(vm) {
   const c = { i32: null, u32: null, u8: null, u64: null };
   let buffer = null;
   c.views = () => {
@@ -113,6 +113,16 @@ function twinCore(vm) {
     }
   };
   c.writeUnlock = () => Atomics.store(c.i32, (vm.addr + L.VM_MMU_LOCK) >>> 2, 0);
+
+  /** kvm_arch_sync_dirty_log: with PML, kick every vCPU (a request bit, no wait) so its buffer drains. */
+  c.syncDirtyLog = () => {
+    const { i32, u32 } = c;
+    const a = vm.addr;
+    if (u32[(a + L.VM_PML) >>> 2] === 0) return;
+    const table = u32[(a + L.VM_VCPU_TABLE) >>> 2] >>> 2;
+    const n = u32[(a + L.VM_NR_VCPUS) >>> 2];
+    for (let k = 0; k < n; k++) Atomics.or(i32, (u32[table + k] + L.VCPU_REQUESTS) >>> 2, 1 << L.KVM_REQ_KICK);
+  };
 
   /** tlb.ts flush_remote_tlbs_dirty_log: count; unless skipped, request on every vCPU and wait. */
   c.flushRemoteTlbsDirtyLog = () => {
@@ -146,18 +156,21 @@ function twinCore(vm) {
   }
 
   // The walk cache (VM_WALK_CACHE: u64 tag = (gfn >> 9) << 1 | as) + 1, u32 leaf table),
-  // held in locals between cacheReset() and cacheStore() like the core holds it in memory.
-  let tag = 0;
+  // held in locals between cacheReset() and cacheStore() like the core holds it in memory:
+  // the first gfn of the cached leaf table (-1: none), its address space, the table.
+  let key = -1;
+  let keyAs = 0;
   let table = -1;
   let touched = false;
   c.cacheReset = () => {
-    tag = 0;
+    key = -1;
     touched = true;
   };
   /** Leave the cache in memory as the core does (the table word only if a walk happened). */
   c.cacheStore = () => {
     const u32 = c.u32;
     const p = (vm.addr + L.VM_WALK_CACHE) >>> 2;
+    const tag = key < 0 ? 0 : (key / 512) * 2 + keyAs + 1;
     u32[p] = tag % TWO32;
     u32[p + 1] = Math.floor(tag / TWO32);
     if (tag !== 0) u32[p + 2] = table < 0 ? 0 : table * 4;
@@ -165,7 +178,8 @@ function twinCore(vm) {
   };
   /**
    * enable_log_dirty_pt_masked → tdp_clear_dirty_masked for the mask (lo, hi halves) at
-   * slot offset `offset` of the slot at s: clear W (D under PML) of each page's 4K SPTE.
+   * slot offset `offset` of the slot at s: clear W (D under PML) of each page's 4K SPTE,
+   * one walk per 512-page leaf table.
    */
   c.rearmMasked = (s, asId, offset, lo, hi) => {
     const { i32, u32 } = c;
@@ -183,13 +197,14 @@ function twinCore(vm) {
         const low = bits & -bits;
         bits ^= low;
         const g = gfn + h * 32 + (31 - Math.clz32(low));
-        const t = Math.floor(g / 512) * 2 + asId + 1;
-        if (t !== tag) {
-          tag = t;
+        const off = g & 511;
+        if (g - off !== key || asId !== keyAs) {
+          key = g - off;
+          keyAs = asId;
           table = leafTable(root, g);
         }
         if (table < 0) continue;
-        const p = table + (g & 511) * 2;
+        const p = table + off * 2;
         if ((i32[p] & bit) !== 0) Atomics.and(i32, p, ~bit);
       }
     }
@@ -222,11 +237,7 @@ export function createJsClearDirtyLog(vm) {
     if (firstPage > npages || numPages > npages - firstPage || (numPages < npages - firstPage && numPages % 64 !== 0)) {
       throw new Error("EINVAL: range");
     }
-    if (u32[(a + L.VM_PML) >>> 2] !== 0) {
-      const table = u32[(a + L.VM_VCPU_TABLE) >>> 2] >>> 2;
-      const n = u32[(a + L.VM_NR_VCPUS) >>> 2];
-      for (let k = 0; k < n; k++) Atomics.or(i32, (u32[table + k] + L.VCPU_REQUESTS) >>> 2, 1 << L.KVM_REQ_KICK);
-    }
+    c.syncDirtyLog();
     // metadata region (memslot.ts): live W u64 | second W u64 | …
     const words = Math.ceil(npages / 64);
     const second = u32[(s + L.SLOT_META) >>> 2] + words * 8;
