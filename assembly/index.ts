@@ -2,7 +2,7 @@
 // addresses in the one shared memory (see layout.ts); nothing here allocates or keeps state.
 export { kvm_vm_init, kvm_vcpu_init, kvm_enable_dirty_log_ring, kvm_enable_dirty_ring_with_bitmap } from "./vm";
 export { kvm_reset_dirty_rings } from "./dirty_ring";
-export { dirty_ring_count } from "./ring_reaper";
+export { dirty_ring_collect, dirty_ring_count } from "./ring_reaper";
 export {
   memslot_prepare,
   memslot_commit,

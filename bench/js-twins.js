@@ -12,6 +12,9 @@
 //                                assembly/ring_reaper.ts): a plain Uint32Array scan from the
 //                                collector's fetch index; read flags, stop unless DIRTY, read
 //                                slot and offset, call onEntry, write RESET
+//   createJsCollectDirtyRingInto(v)  the bulk collect (collectDirtyRingInto, whose batches run
+//                                in WASM: dirty_ring_collect in assembly/ring_reaper.ts): the
+//                                same scan, appending (slot, offset) to typed arrays
 //   createJsResetDirtyRings(vm)  KVM_RESET_DIRTY_RINGS (assembly/dirty_ring.ts): per vCPU, walk
 //                                from reset_index while entries are harvested (private-copy
 //                                tags past dirty_index), zero each entry, coalesce (slot,
@@ -270,17 +273,18 @@ export function createJsClearDirtyLog(vm) {
 
 /**
  * A JS userspace collector for one vCPU's ring (its own fetch index, starting at the ring's
- * reset index): collect(onEntry) calls onEntry(slot, offset) per published entry in ring
- * order, marks it RESET, and returns the count. `fetch()` is its fetch index.
+ * reset index, or `cursor.fetch` shared with another twin collector of the same ring):
+ * collect(onEntry) calls onEntry(slot, offset) per published entry in ring order, marks it
+ * RESET, and returns the count. `fetch()` is its fetch index.
  */
-export function createJsCollectDirtyRing(vcpu) {
+export function createJsCollectDirtyRing(vcpu, cursor = { fetch: vcpu.dirtyRingState.resetIndex }) {
   const ring = vcpu.dirtyRing;
   if (ring.byteLength === 0) throw new Error("the VM has no dirty ring");
   const w = new Uint32Array(ring.buffer, ring.byteOffset, ring.byteLength >> 2);
   const i32 = new Int32Array(ring.buffer, ring.byteOffset, ring.byteLength >> 2);
   const mask = ring.byteLength / 16 - 1;
-  let fetch = vcpu.dirtyRingState.resetIndex;
   function collect(onEntry) {
+    const fetch = cursor.fetch;
     let n = 0;
     let e = 0;
     for (;;) {
@@ -292,11 +296,55 @@ export function createJsCollectDirtyRing(vcpu) {
     }
     // release the RESETs (as the WASM reaper does with its last store)
     if (n !== 0) Atomics.store(i32, ((fetch + n - 1) & mask) << 2, RESET);
-    fetch = (fetch + n) >>> 0;
+    cursor.fetch = (fetch + n) >>> 0;
     return n;
   }
-  collect.fetch = () => fetch;
+  collect.fetch = () => cursor.fetch;
   return collect;
+}
+
+/**
+ * A JS bulk collector for one vCPU's ring (the twin of collectDirtyRingInto, whose batches
+ * run in WASM, assembly/ring_reaper.ts dirty_ring_collect; fetch index as for
+ * createJsCollectDirtyRing): collectInto(out) appends each
+ * published entry's slot and offset to out.slots / out.offsets (a RingEntries: reserve(k)
+ * makes room) in ring order, marks it RESET, and returns the count. Same batching as the
+ * library: at most `batch` entries per pass and never across the ring's end, the RESETs of
+ * a pass released by one Atomics.store.
+ */
+export function createJsCollectDirtyRingInto(vcpu, cursor = { fetch: vcpu.dirtyRingState.resetIndex }, batch = 1024) {
+  const ring = vcpu.dirtyRing;
+  if (ring.byteLength === 0) throw new Error("the VM has no dirty ring");
+  const w = new Uint32Array(ring.buffer, ring.byteOffset, ring.byteLength >> 2);
+  const entries = ring.byteLength / 16;
+  function collectInto(out) {
+    let fetch = cursor.fetch;
+    let total = 0;
+    for (;;) {
+      const room = entries - (fetch & (entries - 1));
+      const max = room < batch ? room : batch;
+      out.reserve(max);
+      const { slots, offsets } = out;
+      const first = (fetch & (entries - 1)) << 2;
+      const end = first + (max << 2);
+      let at = out.n;
+      let e = first;
+      for (; e < end && w[e] === DIRTY; e += 4, at++) {
+        slots[at] = w[e + 1];
+        offsets[at] = w[e + 2] + w[e + 3] * TWO32;
+        w[e] = RESET;
+      }
+      const n = (e - first) >> 2;
+      if (n !== 0) Atomics.store(w, e - 4, RESET);
+      out.n = at;
+      fetch = (fetch + n) >>> 0;
+      cursor.fetch = fetch;
+      total += n;
+      if (n < max) return total;
+    }
+  }
+  collectInto.fetch = () => cursor.fetch;
+  return collectInto;
 }
 
 /** A JS vm.resetDirtyRings() for `vm`: returns the number of entries reset. */

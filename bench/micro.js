@@ -5,6 +5,9 @@
 //   collect   collectDirtyRing(vcpu, cb) at ring-full (65472 of 65536 entries) vs a plain
 //             Uint32Array scan of a ring (bench/js-twins.js; vCPU 0's ring is the library's,
 //             vCPU 1's the twin's, both filled by first writes to the same pages)
+//   bulk collect  the collector behind LogMode and harvestDirtyRings at ring-full: WASM
+//             harvests the ring into (slot, offset) lists in the vCPU's collect buffer
+//             (collectDirtyRingInPlace), vs the same scan in JS into typed arrays (js-twins.js)
 //   reset     vm.resetDirtyRings() vs the JS walk of the ring re-arming SPTEs (js-twins.js),
 //             over entries pushed and collected in beforeEach: consecutive pages, and 1 %
 //   GET       classic KVM_GET_DIRTY_LOG of a 1 GiB slot at 1 %, 10 %, 100 % dirty vs the JS
@@ -59,7 +62,10 @@ requireBuild();
 const { collectDirtyRing, harvestDirtyRings, KVM_EXIT_DIRTY_RING_FULL } = await import("../dist/index.js");
 const { createJsGetDirtyLog } = await import("./js-get-dirty-log.js");
 const { VCPU_SIZE, VM_SIZE } = await import("../dist/layout.js");
-const { createJsClearDirtyLog, createJsCollectDirtyRing, createJsResetDirtyRings } = await import("./js-twins.js");
+const { createJsClearDirtyLog, createJsCollectDirtyRing, createJsCollectDirtyRingInto, createJsResetDirtyRings } =
+  await import("./js-twins.js");
+// internal: the bulk collector behind LogMode and harvestDirtyRings, and an entry list
+const { RingEntries, collectDirtyRingInPlace } = await import("../dist/dirty_ring_collector.js");
 
 const { log, seconds } = startClock("micro");
 const env = {
@@ -210,7 +216,10 @@ const S = await trackedVm({ mode: "bitmap", pages: PUSH_N, maxMemoryBytes: 64 <<
 const jsGet = createJsGetDirtyLog(B.vm);
 const jsClear = createJsClearDirtyLog(M.vm);
 const jsReset = createJsResetDirtyRings(R.vm);
-const jsCollect1 = createJsCollectDirtyRing(R.vcpus[1]); // the twin's ring
+// the twins' ring: both twin collectors share one fetch index, as the library's two do
+const twinCursor = { fetch: R.vcpus[1].dirtyRingState.resetIndex };
+const jsCollect1 = createJsCollectDirtyRing(R.vcpus[1], twinCursor);
+const jsCollectInto1 = createJsCollectDirtyRingInto(R.vcpus[1], twinCursor);
 log("VMs ready");
 
 // ---------------------------------------------------------------- twins = WASM, checked
@@ -333,6 +342,26 @@ for (const [what, dirtyIt] of ringPatterns) {
       ],
     ),
   );
+  check(R.vm.resetDirtyRings() > 0, `ring collect, ${what}: reset`);
+  dirtyIt(0);
+  const twinOut = new RingEntries();
+  const listed = (out) => `${out.n}:${out.slots.subarray(0, out.n).join()}:${out.offsets.subarray(0, out.n).join()}`;
+  verified.push(
+    checkTwin(
+      `ring bulk collect, ${what}`,
+      R.vm,
+      () => listed(collectDirtyRingInPlace(R.vcpus[0])),
+      () => [createJsCollectDirtyRingInto(R.vcpus[0])(twinOut), listed(twinOut)][1],
+      (x, y) => x === y,
+      // the library writes the lists into the vCPU's collect buffer, the twin into JS
+      // arrays: compare the ring and the blocks, and the lists
+      [
+        [R.vcpus[0].dirtyRing.byteOffset, R.vcpus[0].dirtyRing.byteLength],
+        [R.vcpus[0].addr, VCPU_SIZE],
+        [R.vm.addr, VM_SIZE],
+      ],
+    ),
+  );
   verified.push(
     checkTwin(
       `ring reset, ${what}`,
@@ -402,6 +431,40 @@ await group("collect: a ring at ring-full", { time: 300, iterations: 48 }, [
     collectDirtyRing(R.vcpus[0], cb),
   ),
   collectTask("collect-js", `JS Uint32Array scan: ${SOFT} entries (vCPU 1's ring)`, 1, jsCollect1),
+]);
+
+// 1b. bulk collect into (slot, offset) lists (what LogMode and harvestDirtyRings use)
+const bulkOut = new RingEntries(); // the twin's lists (the library's are its collect buffer)
+let bulk = null;
+const bulkTask = (id, label, v, collectList) => ({
+  id,
+  label,
+  impl: v === 0 ? "wasm" : "js",
+  ops: SOFT,
+  beforeEach() {
+    dirty(R, v, 1, SOFT);
+    bulkOut.n = 0;
+  },
+  fn: () => {
+    bulk = collectList();
+  },
+  afterEach() {
+    const out = bulk;
+    collected = out.n;
+    let sum = 0;
+    for (let k = 0; k < out.n; k++) sum += out.offsets[k];
+    check(collected === SOFT && out.n === SOFT && sum === stridedSum(1, SOFT), `${label}: ${collected} entries, sum ${sum}`);
+    check(R.vm.resetDirtyRings() === SOFT, `${label}: reset after collect`);
+  },
+});
+await group("bulk collect: a ring at ring-full, into (slot, offset) lists", { time: 300, iterations: 48 }, [
+  bulkTask("bulk-wasm", `WASM collect in place: ${SOFT} entries (vCPU 0's ring)`, 0, () =>
+    collectDirtyRingInPlace(R.vcpus[0]),
+  ),
+  bulkTask("bulk-js", `JS Uint32Array scan into lists: ${SOFT} entries (vCPU 1's ring)`, 1, () => {
+    jsCollectInto1(bulkOut);
+    return bulkOut;
+  }),
 ]);
 
 // 2. reset
@@ -707,7 +770,7 @@ env.loadAverageAtEnd = loadAverage();
 const p50 = (id) => row(id).p50Us;
 const perOp = (id) => row(id).nsPerOpP50;
 const twinPairs = [
-  ["collect, 65472 entries", "collect"],
+  ["bulk collect, 65472 entries", "bulk"],
   ["reset, 65472 consecutive", "reset64k"],
   ["reset, 2622 (1 %)", "reset1"],
   ["GET 1 %", "get1"],
@@ -721,10 +784,9 @@ const twinPairs = [
   jsUs: p50(`${stem}-js`),
   jsOverWasm: p50(`${stem}-js`) / p50(`${stem}-wasm`),
 }));
-const ratio = (what) => twinPairs.find((t) => t.what === what).jsOverWasm;
 const ratios = {
   get1Vs100PerPage: perOp("get1-wasm") / perOp("get100-wasm"),
-  collectScanOverWasm: ratio("collect, 65472 entries"),
+  collectScanOverWasm: p50("collect-js") / p50("collect-wasm"),
   ringOverBitmapFirstWrite: p50("write-ring") / p50("write-bitmap"),
   harvestApiOverCollectReset: p50("harvest-api") / p50("harvest-collect-reset"),
   logModeOverCollectReset: p50("harvest-logmode") / p50("harvest-collect-reset"),

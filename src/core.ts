@@ -24,6 +24,11 @@ export interface CoreExports {
   kvm_flush_remote_tlbs(vm: number, canBlock: number): void;
   /** How many ring entries from `fetch` (at most `max`) are exactly DIRTY (assembly/ring_reaper.ts). */
   dirty_ring_count(ring: number, entries: number, fetch: number, max: number): number;
+  /**
+   * Harvest up to `max` DIRTY entries from `fetch` (no wrap): slots to the u32 array at
+   * `slots`, offsets to the f64 array at `offsets`, entries marked RESET; returns the count.
+   */
+  dirty_ring_collect(ring: number, entries: number, fetch: number, max: number, slots: number, offsets: number): number;
   kvm_write_guest(vm: number, vcpu: number, tag: number, gpa: bigint, value: bigint): number;
   kvm_enable_dirty_log_ring(vm: number, bytes: number): number;
   kvm_enable_dirty_ring_with_bitmap(vm: number, flags: number): number;

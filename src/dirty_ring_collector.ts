@@ -32,6 +32,7 @@ type CountExport = Pick<CoreExports, "dirty_ring_count">;
 const DIRTY = 1; // KVM_DIRTY_GFN_F_DIRTY
 const RESET = 2; // KVM_DIRTY_GFN_F_RESET
 const BATCH = 1024; // entries per acquire: 16 KiB of ring, still in L1 when it is read
+
 const cursors = new WeakMap<Vcpu, RingCursor>();
 
 function cursorOf(vcpu: Vcpu): RingCursor {
@@ -125,9 +126,69 @@ export class RingEntries {
   }
 }
 
+/** @internal One vCPU's harvest: `n` entries as (slots[k], offsets[k]), k < n. */
+export interface RingBatch {
+  n: number;
+  slots: Uint32Array;
+  offsets: Float64Array;
+}
+
+/** VMs whose vCPU collect buffers are being read (a harvest handing pages out). */
+const buffersHeld = new WeakSet<Vm>();
+
 /**
- * @internal collectDirtyRing appending to `out` instead of calling back per entry (LogMode's
- * ring harvest: it hands pages out only after the reset). Returns the count.
+ * @internal Keep `vm`'s collect buffers from being overwritten while `fn` reads batches
+ * returned by collectDirtyRingInPlace: a harvest started meanwhile (from a callback) takes
+ * the JavaScript path into fresh arrays instead.
+ */
+export function holdingRingBuffers<T>(vm: Vm, fn: () => T): T {
+  if (buffersHeld.has(vm)) return fn();
+  buffersHeld.add(vm);
+  try {
+    return fn();
+  } finally {
+    buffersHeld.delete(vm);
+  }
+}
+
+/**
+ * @internal Harvest one vCPU's ring into its collect buffer (a slots array and an offsets
+ * array of one entry per ring entry, in the shared memory): WASM reads each published
+ * entry, writes (slot, offset) straight into the buffer and marks it RESET
+ * (dirty_ring_collect: at most two calls, the ring's tail then its head). Returns views of
+ * the n entries harvested, valid until the next harvest of this vCPU. While the VM's
+ * buffers are held (holdingRingBuffers), the entries go to fresh arrays through the
+ * JavaScript collector instead.
+ */
+export function collectDirtyRingInPlace(vcpu: Vcpu): RingBatch {
+  const c = cursorOf(vcpu);
+  const entries = c.entries;
+  if (entries === 0) return { n: 0, slots: new Uint32Array(0), offsets: new Float64Array(0) };
+  if (buffersHeld.has(vcpu.vm)) {
+    const out = new RingEntries();
+    collectDirtyRingInto(vcpu, out);
+    return { n: out.n, slots: out.slots.subarray(0, out.n), offsets: out.offsets.subarray(0, out.n) };
+  }
+  const collect = vcpu.vm.raw.dirty_ring_collect;
+  const slotsAt = vcpu.collectBuffer;
+  const offsetsAt = slotsAt + entries * 4;
+  let n = 0;
+  while (n < entries) {
+    const fetch = (c.fetch + n) >>> 0;
+    const room = entries - (fetch & (entries - 1));
+    const max = room < entries - n ? room : entries - n;
+    const k = collect(c.ring, entries, fetch, max, slotsAt + n * 4, offsetsAt + n * 8);
+    n += k;
+    if (k < max) break;
+  }
+  c.fetch = (c.fetch + n) >>> 0;
+  const buffer = c.words.buffer;
+  return { n, slots: new Uint32Array(buffer, slotsAt, n), offsets: new Float64Array(buffer, offsetsAt, n) };
+}
+
+/**
+ * @internal collectDirtyRing appending to `out` instead of calling back per entry (a
+ * harvest started while the collect buffers are held). Returns the count.
  */
 export function collectDirtyRingInto(vcpu: Vcpu, out: RingEntries): number {
   const c = cursorOf(vcpu);
@@ -168,119 +229,74 @@ export interface RingHarvest {
   reset: number;
   /**
    * Per slot (as_id << 16 | id), the slot-relative page offsets in harvest order (vCPUs in
-   * creation order, each ring in ring order): plain arrays of exactly the harvested length.
-   * They belong to the caller, unless passed back as `into` to a later harvest, which then
-   * overwrites them.
+   * creation order, each ring in ring order), each a Float64Array of exactly the harvested
+   * length. They belong to the caller, unless passed back as `into` to a later harvest,
+   * which then overwrites them.
    */
-  offsets: Map<number, number[]>;
+  offsets: Map<number, Float64Array>;
 }
 
 export interface HarvestOptions {
   /** Kick every vCPU first so that PML buffers reach the rings (default true). */
   kick?: boolean;
   /**
-   * An earlier result to refill instead of allocating a new one: its `offsets` arrays are
-   * overwritten in place (resized to the new counts; slots with no entry this time are
-   * removed) and it is returned. A harvest loop that passes its last result allocates
-   * nothing once the arrays have grown to their working size; the previous contents are
-   * gone, so copy what must outlive the next harvest.
+   * An earlier result to refill instead of allocating a new one: each slot's array is
+   * rewritten in place over its own buffer when that buffer is big enough (a new view of it,
+   * of the new length; otherwise a new array), slots with no entry this time are removed,
+   * and the result is returned. A harvest loop that passes its last result allocates
+   * nothing but the views once the buffers have grown to their working size; the previous
+   * contents are gone, so copy what must outlive the next harvest.
    */
   into?: RingHarvest;
 }
 
-/** The list of `slot` (one pass 1 did not see exists only if the ring changed under us). */
-function listOf(offsets: Map<number, number[]>, slot: number): number[] {
-  let list = offsets.get(slot);
-  if (!list) {
-    list = [];
-    offsets.set(slot, list);
+/** An array of `count` offsets: over `old`'s buffer when it is big enough. */
+function offsetArray(old: Float64Array | undefined, count: number): Float64Array {
+  if (old instanceof Float64Array && old.byteOffset === 0 && old.buffer.byteLength >= count * 8) {
+    return old.length === count ? old : new Float64Array(old.buffer, 0, count);
   }
-  return list;
+  return new Float64Array(count);
 }
 
 /**
  * Harvest every vCPU's ring, then KVM_RESET_DIRTY_RINGS. Like QEMU's kvm_dirty_ring_flush,
  * it first kicks every vCPU so that pages still in PML buffers reach the rings
  * (`kick: false` harvests only what is already published, like its background reaper).
- * Entries are counted first (the acquire), the per-slot arrays allocated at their final
- * size, then filled straight from the rings, which are marked RESET.
+ * Each ring is harvested in WASM into its vCPU's collect buffer (collectDirtyRingInPlace);
+ * the per-slot arrays are then sized and filled from those, and the rings reset.
  */
 export function harvestDirtyRings(vm: Vm, options: HarvestOptions = {}): RingHarvest {
   const vcpus = vm.vcpuList;
   if (options.kick ?? true) for (const vcpu of vcpus) vcpu.kick();
-  const count = counter(vm);
-  // pass 1: how many entries each ring has published (at most one lap), and per slot
-  const cs: RingCursor[] = [];
-  const ns: number[] = [];
-  const perSlot = new Map<number, number>();
-  let entries = 0;
-  for (const vcpu of vcpus) {
-    const c = cursorOf(vcpu);
-    const words = c.words;
-    let n = 0;
-    let slot = -1; // slot ids are u32: -1 is none
-    let run = 0; // runs of one slot are the rule: one map update per run
-    while (n < c.entries) {
-      const fetch = (c.fetch + n) >>> 0;
-      const room = batchAt(c, fetch);
-      const max = room < c.entries - n ? room : c.entries - n;
-      const first = (fetch & (c.entries - 1)) << 2;
-      const end = first + (acquire(c, count, fetch, max) << 2);
-      let w = first;
-      for (; w < end && words[w] === DIRTY; w += 4) {
-        const s = words[w + 1];
-        if (s !== slot) {
-          if (run !== 0) perSlot.set(slot, (perSlot.get(slot) ?? 0) + run);
-          slot = s;
-          run = 0;
-        }
-        run++;
-      }
-      n += (w - first) >> 2;
-      if (w < first + (max << 2)) break;
-    }
-    if (run !== 0) perSlot.set(slot, (perSlot.get(slot) ?? 0) + run);
-    if (n === 0) continue;
-    cs.push(c);
-    ns.push(n);
-    entries += n;
-  }
-  // the result's arrays, at their final length
+  const batches = vcpus.map(collectDirtyRingInPlace);
   const result: RingHarvest = options.into ?? { entries: 0, reset: 0, offsets: new Map() };
   const offsets = result.offsets;
-  for (const slot of [...offsets.keys()]) if (!perSlot.has(slot)) offsets.delete(slot);
-  for (const [slot, n] of perSlot) {
-    const list = offsets.get(slot);
-    if (list) list.length = n;
-    else offsets.set(slot, new Array<number>(n));
-  }
-  // pass 2: fill them from the rings (entries known DIRTY), mark RESET, advance fetch
-  const filled = new Map<number, number>();
-  for (let i = 0; i < cs.length; i++) {
-    const c = cs[i];
-    const n = ns[i];
-    const words = c.words;
-    const mask = c.entries - 1;
-    let slot = -1;
-    let list: number[] = [];
-    let at = 0;
-    for (let k = 0; k < n; k++) {
-      const w = ((c.fetch + k) & mask) << 2;
-      const s = words[w + 1];
-      if (s !== slot) {
-        if (slot !== -1) filled.set(slot, at);
-        slot = s;
-        list = listOf(offsets, s);
-        at = filled.get(s) ?? 0;
-      }
-      list[at++] = words[w + 2] + words[w + 3] * 0x1_0000_0000;
-      words[w] = RESET;
+  // count per slot: runs of one slot are the rule, so one map update per run
+  const perSlot = new Map<number, number>();
+  let n = 0;
+  for (const { n: m, slots } of batches) {
+    n += m;
+    for (let k = 0; k < m; ) {
+      const s = slots[k];
+      const start = k;
+      while (k < m && slots[k] === s) k++;
+      perSlot.set(s, (perSlot.get(s) ?? 0) + (k - start));
     }
-    filled.set(slot, at);
-    Atomics.store(words, ((c.fetch + n - 1) & mask) << 2, RESET); // releases the RESETs
-    c.fetch = (c.fetch + n) >>> 0;
   }
-  result.entries = entries;
+  for (const slot of [...offsets.keys()]) if (!perSlot.has(slot)) offsets.delete(slot);
+  for (const [slot, count] of perSlot) offsets.set(slot, offsetArray(offsets.get(slot), count));
+  const filled = new Map<number, number>();
+  for (const { n: m, slots, offsets: offs } of batches) {
+    for (let k = 0; k < m; ) {
+      const s = slots[k];
+      const start = k;
+      while (k < m && slots[k] === s) k++;
+      const at = filled.get(s) ?? 0;
+      (offsets.get(s) as Float64Array).set(offs.subarray(start, k), at);
+      filled.set(s, at + (k - start));
+    }
+  }
+  result.entries = n;
   result.reset = vm.resetDirtyRings();
   return result;
 }

@@ -23,7 +23,7 @@ import {
   KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
   KVM_MEM_LOG_DIRTY_PAGES,
 } from "./constants.js";
-import { RingEntries, collectDirtyRingInto } from "./dirty_ring_collector.js";
+import { collectDirtyRingInPlace, holdingRingBuffers } from "./dirty_ring_collector.js";
 import { KvmError } from "./errors.js";
 import type { Vm, VmOptions } from "./vm.js";
 
@@ -210,23 +210,18 @@ function ringMode(name: string, spec: Required<LogModeSpec>): LogMode {
       const vcpus = vm.vcpuList;
       // kvm_dirty_ring_flush: kick every vCPU so PML buffers reach the rings
       if (spec.pml) for (const v of vcpus) v.kick();
-      const p = pendingOf(vm);
-      try {
-        const ends: number[] = [];
-        for (let i = 0; i < vcpus.length; i++) {
-          c.ringEntries += collectDirtyRingInto(vcpus[i], p);
-          ends.push(p.n);
-        }
+      // collect every ring into its vCPU's buffer, re-arm, then hand out from the buffers
+      // (held meanwhile: a harvest started from onPage takes fresh arrays)
+      holdingRingBuffers(vm, () => {
+        const batches = vcpus.map(collectDirtyRingInPlace);
+        for (const b of batches) c.ringEntries += b.n;
         c.ringResets = vm.resetDirtyRings(); // re-arm first, hand out after
         c.resetCalls = 1;
-        const { slots, offsets } = p;
-        let k = 0;
-        for (let i = 0; i < ends.length; i++) {
-          for (const end = ends[i]; k < end; k++) onPage(slots[k], offsets[k], i);
+        for (let i = 0; i < batches.length; i++) {
+          const { n, slots, offsets } = batches[i];
+          for (let k = 0; k < n; k++) onPage(slots[k], offsets[k], i);
         }
-      } finally {
-        p.release();
-      }
+      });
       c.reported = c.ringEntries;
       return c;
     },
@@ -235,32 +230,6 @@ function ringMode(name: string, spec: Required<LogModeSpec>): LogMode {
       return 2 * spec.ringEntries * 16 * vcpus;
     },
   };
-}
-
-/**
- * The ring entries of one harvest, kept from the collect until they are handed out after
- * the reset. One per VM, reused by every harvest (it only grows), so a harvest loop does
- * not allocate; a harvest started from inside onPage gets a fresh one.
- */
-class Pending extends RingEntries {
-  busy = false;
-  release(): void {
-    this.n = 0;
-    this.busy = false;
-  }
-}
-const pendingByVm = new WeakMap<Vm, Pending>();
-
-function pendingOf(vm: Vm): Pending {
-  let p = pendingByVm.get(vm);
-  if (!p) {
-    p = new Pending();
-    pendingByVm.set(vm, p);
-  } else if (p.busy) {
-    p = new Pending(); // re-entered from onPage: the VM's own is being handed out
-  }
-  p.busy = true;
-  return p;
 }
 
 /**

@@ -64,7 +64,15 @@ export class Vcpu {
   /** The last loop's end, kept after it ended (for `loopEnd`). */
   private lastLoopEnd: Promise<number> | undefined;
 
-  constructor(vm: Vm, core: CoreExports, addr: number, id: number) {
+  /**
+   * @internal The collect buffer (src/dirty_ring_collector.ts collectDirtyRingInPlace): one
+   * u32 slot per ring entry, then one f64 offset per ring entry, in the shared memory; 0
+   * without a ring.
+   */
+  readonly collectBuffer: number;
+
+  constructor(vm: Vm, core: CoreExports, addr: number, id: number, collectBuffer = 0) {
+    this.collectBuffer = collectBuffer;
     this.vm = vm;
     this.core = core;
     this.addr = addr;

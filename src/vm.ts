@@ -653,19 +653,24 @@ export class Vm {
       throw new KvmError("EFAULT", call, `into must be a Uint8Array of at least ${n} bytes`);
     }
     const count = check(this.core.kvm_get_dirty_log(this.addr, id, CAN_BLOCK), call, () => this.coreReason());
-    const out = into ? into.subarray(0, n).fill(0) : new Uint8Array(n);
-    if (count > 0) {
-      const u8 = this.u8();
-      const src = this.core.kvm_dirty_log_source(this.addr, id) >>> 0;
-      const list = new Uint32Array(this.memory.buffer, this.core.kvm_dirty_log_scratch(this.addr, id) >>> 0, count);
-      for (let k = 0; k < count; k++) {
-        // each summary word covers 64 bitmap words = 512 bytes
-        const at = list[k] * 512;
-        const end = Math.min(n, at + 512);
-        out.set(u8.subarray(src + at, src + end), at);
-      }
-      this.core.kvm_dirty_log_done(this.addr, id, count);
+    const out = into ? into.subarray(0, n) : new Uint8Array(n);
+    if (count === 0) return into ? out.fill(0) : out;
+    // The scratch list names, in increasing order, the summary words (64 bitmap words =
+    // 512 bytes each) that held bits; everything else of the source is zero (classic: the
+    // second bitmap between calls) or may be read as it is (manual protect: the kernel
+    // copies the whole live bitmap). So one copy of the span from the first to the last.
+    const u8 = this.u8();
+    const src = this.core.kvm_dirty_log_source(this.addr, id) >>> 0;
+    const list = this.core.kvm_dirty_log_scratch(this.addr, id) >>> 0;
+    const view = this.view();
+    const first = view.getUint32(list, true) * 512;
+    const end = Math.min(n, view.getUint32(list + (count - 1) * 4, true) * 512 + 512);
+    if (into) {
+      out.fill(0, 0, first);
+      out.fill(0, end);
     }
+    out.set(u8.subarray(src + first, src + end), first);
+    this.core.kvm_dirty_log_done(this.addr, id, count);
     return out;
   }
 
@@ -726,11 +731,13 @@ export class Vm {
     const priv = ringBytes ? batch.alloc(ringBytes, 64, "the dirty ring's private copy") : 0;
     const pml = this.pml ? batch.alloc(L.PAGE_SIZE, L.PAGE_SIZE, "the PML buffer") : 0;
     const tlb = batch.alloc(L.TLB_ENTRIES * 8, 64, "the TLB");
+    // userspace's collect buffer: u32 slot + f64 offset per ring entry (ring_reaper.ts)
+    const collect = ringBytes ? batch.alloc((ringBytes / 16) * 12, 64, "the ring collector's buffer") : 0;
     batch.keep();
     // act
     for (const commit of commits) commit();
     this.core.kvm_vcpu_init(this.addr, addr, id, ring, priv, pml, tlb);
-    const vcpu = new Vcpu(this, this.core, addr, id);
+    const vcpu = new Vcpu(this, this.core, addr, id, collect);
     this.vcpus.set(id, vcpu);
     return vcpu;
   }
