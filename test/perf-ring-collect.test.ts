@@ -2,9 +2,11 @@
 //   - collectDirtyRing acquires a batch with one Atomics.load (or a WASM count) and reads the
 //     ring in place: batches across the ring's end and short batches hand out exactly the
 //     pushed entries, in order; a throwing consumer loses nothing;
-//   - harvestDirtyRings sizes its arrays first and can refill an earlier result (`into`);
-//   - the LogMode ring harvest reuses one buffer per VM, and a harvest started from onPage
-//     does not disturb the one handing out.
+//   - harvestDirtyRings returns a Float64Array per slot and can refill an earlier result
+//     (`into`);
+//   - LogMode and harvestDirtyRings harvest each ring in WASM into its vCPU's collect
+//     buffer (collectDirtyRingInPlace); a harvest started from onPage, while those buffers
+//     are being handed out, takes fresh arrays and does not disturb the one handing out.
 import { afterEach, describe, expect, it } from "vitest";
 import {
   KVM_CAP_DIRTY_LOG_RING,
@@ -16,6 +18,7 @@ import {
   harvestDirtyRings,
   logMode,
 } from "../src/index.js";
+import { collectDirtyRingInPlace } from "../src/dirty_ring_collector.js";
 
 const PAGE = 4096;
 const BASE = 0x1_0000_0000;
@@ -96,7 +99,7 @@ describe("collectDirtyRing reads the ring in place", () => {
 });
 
 describe("harvestDirtyRings", () => {
-  it("returns plain arrays per slot in harvest order (vCPUs in creation order)", async () => {
+  it("returns a Float64Array per slot in harvest order (vCPUs in creation order)", async () => {
     const vm = await ringVm(4096, [
       [0, BASE, 8192],
       [1, BASE2, 64],
@@ -111,12 +114,12 @@ describe("harvestDirtyRings", () => {
     expect(h.entries).toBe(7);
     expect(h.reset).toBe(7);
     expect([...h.offsets.keys()]).toEqual([0, 1]);
-    expect(h.offsets.get(0)).toEqual([5, 6, 7, 1, 2]);
-    expect(h.offsets.get(1)).toEqual([3, 4]);
-    expect(Array.isArray(h.offsets.get(0))).toBe(true);
+    expect([...(h.offsets.get(0) ?? [])]).toEqual([5, 6, 7, 1, 2]);
+    expect([...(h.offsets.get(1) ?? [])]).toEqual([3, 4]);
+    expect(h.offsets.get(0)).toBeInstanceOf(Float64Array);
   });
 
-  it("`into` refills an earlier result in place: same arrays, new contents, slots without entries removed", async () => {
+  it("`into` refills an earlier result in place: same buffers, new contents, slots without entries removed", async () => {
     const vm = await ringVm(4096, [
       [0, BASE, 8192],
       [1, BASE2, 64],
@@ -127,19 +130,19 @@ describe("harvestDirtyRings", () => {
     const h1 = harvestDirtyRings(vm);
     const list0 = h1.offsets.get(0);
     expect(list0).toHaveLength(3000);
-    expect(h1.offsets.get(1)).toEqual([1, 2]);
+    expect([...(h1.offsets.get(1) ?? [])]).toEqual([1, 2]);
     write(vcpu, BASE, range(100, 40, 7));
     const h2 = harvestDirtyRings(vm, { into: h1 });
     expect(h2).toBe(h1);
     expect(h2.entries).toBe(40);
     expect(h2.reset).toBe(40);
-    expect(h2.offsets.get(0)).toBe(list0);
-    expect(h2.offsets.get(0)).toEqual(range(100, 40, 7));
+    expect(h2.offsets.get(0)?.buffer).toBe(list0?.buffer); // no new allocation: a view of the same buffer
+    expect([...(h2.offsets.get(0) ?? [])]).toEqual(range(100, 40, 7));
     expect(h2.offsets.has(1)).toBe(false);
     // and growing again, past the ring's end
     write(vcpu, BASE, range(3000, 4000));
     const h3 = harvestDirtyRings(vm, { into: h2 });
-    expect(h3.offsets.get(0)).toEqual(range(3000, 4000));
+    expect([...(h3.offsets.get(0) ?? [])]).toEqual(range(3000, 4000));
     expect(h3.reset).toBe(4000);
   });
 
@@ -192,5 +195,45 @@ describe("LogMode ring harvest", () => {
     });
     expect(outer).toEqual(range(0, 50));
     expect(inner).toEqual([7000, 7001]);
+  });
+
+  it("harvestDirtyRings started from onPage takes fresh arrays: the collect buffers being handed out stay intact", async () => {
+    const mode = logMode({ kind: "dirty-ring", ringEntries: 4096 });
+    const vm = await ringVm(4096);
+    const [a, b] = [vm.createVcpu(0), vm.createVcpu(1)];
+    write(a, BASE, range(0, 40));
+    write(b, BASE, range(100, 40));
+    const outer: Array<[number, number]> = [];
+    let inner: number[] = [];
+    mode.collectDirtyPages(vm, [0], (_slot, offset, v) => {
+      outer.push([offset, v]);
+      if (offset === 5) {
+        // both rings push again: the nested harvest must not write into vCPU 1's buffer,
+        // whose 40 entries the outer harvest has not handed out yet
+        write(a, BASE, range(3000, 30));
+        write(b, BASE, range(4000, 30));
+        inner = [...(harvestDirtyRings(vm).offsets.get(0) ?? [])];
+      }
+    });
+    expect(outer).toEqual([...range(0, 40).map((p) => [p, 0]), ...range(100, 40).map((p) => [p, 1])]);
+    expect(inner).toEqual([...range(3000, 30), ...range(4000, 30)]);
+  });
+
+  it("the in-place collect stops at the first entry that is not exactly DIRTY and resumes there once it is", async () => {
+    const vm = await ringVm(4096);
+    const vcpu = vm.createVcpu(0);
+    write(vcpu, BASE, range(0, 10));
+    const words = new Uint32Array(vcpu.dirtyRing.buffer, vcpu.dirtyRing.byteOffset, 4096 * 4);
+    words[6 * 4] = 3; // a scribbled flags word on entry 6
+    const first = collectDirtyRingInPlace(vcpu);
+    expect([...first.offsets]).toEqual(range(0, 6));
+    expect([...first.slots]).toEqual(Array(6).fill(0));
+    expect([0, 1, 5, 6, 7, 9].map((e) => words[e * 4])).toEqual([2, 2, 2, 3, 1, 1]); // RESET up to 5 only
+    words[6 * 4] = 1;
+    const second = collectDirtyRingInPlace(vcpu);
+    expect([...second.offsets]).toEqual(range(6, 4));
+    expect(collectDirtyRingInPlace(vcpu).n).toBe(0);
+    expect(vm.resetDirtyRings()).toBe(10);
+    expect(vcpu.dirtyRingState).toMatchObject({ dirtyIndex: 10, resetIndex: 10 });
   });
 });
