@@ -53,6 +53,7 @@ import { pml_active, pml_flush, pml_log_write } from "./pml";
 import { mark_page_dirty_in_slot } from "./mark_dirty";
 import { memslot_lookup, slot_host_present, slot_logged, slot_max_mapping_level, slot_ptr } from "./memslot";
 import { read_lock, read_unlock } from "./mmu_lock";
+import { mmu_invalidate_retry_gfn } from "./mmu_notifier";
 import { SPTE_D, SPTE_M, SPTE_W, is_leaf, is_present, level_pages, make_leaf, spte_hpa } from "./spte";
 import { tdp_get_or_create, tdp_walk } from "./tdp";
 import { tlb_check_request, tlb_fill, tlb_lookup, tlb_on } from "./tlb";
@@ -99,6 +100,10 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
   // Under the read side of mmu_lock: memslot updates take the write side, so the slot
   // found here stays valid until the new SPTE is installed.
   read_lock(vm);
+  if (mmu_invalidate_retry_gfn(vm, gfn)) {
+    read_unlock(vm); // the host page is being invalidated: fault again after the end
+    return 0;
+  }
   const slot = memslot_lookup(vm, as_id, gfn);
   const readonly = slot != 0 && (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_READONLY) != 0;
   if (slot == 0 || (write && readonly)) {
@@ -110,8 +115,10 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
   // The host pfn lookup returns a writable page on a read fault when the page already
   // exists and is writable, so such a read installs a writable SPTE (and is logged).
   const writable = !readonly && (write || test_bit(present, gfn - base));
+  // a read of a page with no host page maps the shared zero page (pfn 0), 4K, read-only
+  const zero_page = !writable && !readonly;
   let level = slot_max_mapping_level(slot, gfn);
-  if (!writable && !readonly) level = 1; // the shared zero page is 4K
+  if (zero_page) level = 1;
   const w = tdp_get_or_create(vm, as_id, gfn, level);
   if (w == 0) {
     read_unlock(vm);
@@ -127,7 +134,7 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
   const span = level_pages(level);
   const frame = gfn & ~(span - 1);
   const backing = <u64>load<u32>(slot + SLOT_BACKING);
-  const hpa = backing == 0 ? 0 : backing + ((frame - base) << 12);
+  const hpa = backing == 0 || zero_page ? 0 : backing + ((frame - base) << 12);
   // the zero page and read-only host pages are never host-writable: (0,0,0)
   const spte = make_leaf(hpa, level, writable, writable);
   if (atomic.cmpxchg<u64>(p, old, spte) == old) {
@@ -385,52 +392,4 @@ export function kvm_vcpu_write_strided(vm: usize, vcpu: usize, tag: u32, gpa: u6
   exit_with(vcpu, r);
   vcpu_put(vcpu, loaded);
   return <i32>i;
-}
-
-/**
- * The VMM wrote pages [first, first + count) of a slot through its own mapping: the host
- * pages now exist (a later guest read maps them writable). Nothing is reported dirty —
- * KVM does not see userspace writes. Returns -EINVAL for a missing slot or a bad range.
- */
-export function memslot_host_touch(vm: usize, slot_id: u32, first: u64, count: u64): i32 {
-  const s = slot_ptr(vm, slot_id >> 16, slot_id & 0xffff);
-  if (load<u32>(s + SLOT_ACTIVE) == 0) return -EINVAL;
-  const npages = load<u64>(s + SLOT_NPAGES);
-  if (first > npages || count > npages - first) return -EINVAL;
-  set_bits(slot_host_present(s), first, count);
-  return 0;
-}
-
-
-
-/**
- * kvm_write_guest / kvm_vcpu_write_guest: KVM itself writes 8 bytes of guest memory through
- * the memslot's host mapping (no SPTE involved) and marks the page dirty. `vcpu` is the
- * running vCPU (its address space; ring push) or 0 for none (address space 0; on a ring VM
- * only a WITH_BITMAP bitmap can catch it). With a vCPU the call is in vCPU context and
- * takes vcpu->mutex with `tag` (-EBUSY when another thread holds it). Returns 0 or -EFAULT
- * (no slot, read-only slot).
- */
-export function kvm_write_guest(vm: usize, vcpu: usize, tag: u32, gpa: u64, value: u64): i32 {
-  let loaded: i32 = 0;
-  if (vcpu != 0) {
-    loaded = vcpu_load(vcpu, tag);
-    if (loaded < 0) return loaded;
-  }
-  const gfn = gpa >> 12;
-  const slot = memslot_lookup(vm, vcpu != 0 ? load<u32>(vcpu + VCPU_AS) : 0, gfn);
-  let r: i32 = -EFAULT;
-  if (slot != 0 && (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_READONLY) == 0) {
-    const rel = gfn - load<u64>(slot + SLOT_BASE_GFN);
-    const backing = <usize>load<u32>(slot + SLOT_BACKING);
-    if (backing != 0) store<u64>(backing + <usize>((rel << 12) | (gpa & 0xfff)), value);
-    set_bits(slot_host_present(slot), rel, 1);
-    mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
-    r = 0;
-  }
-  if (vcpu != 0) {
-    dirty_ring_publish(vcpu); // a push outside KVM_RUN: no exit will publish it
-    vcpu_put(vcpu, loaded);
-  }
-  return r;
 }

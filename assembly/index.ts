@@ -19,7 +19,24 @@ export {
   kvm_dirty_log_scratch,
   kvm_dirty_log_second,
 } from "./dirty_bitmap";
-export { kvm_vcpu_write, kvm_vcpu_read, kvm_vcpu_write_strided, kvm_write_guest, memslot_host_touch } from "./fault";
+export { kvm_vcpu_write, kvm_vcpu_read, kvm_vcpu_write_strided } from "./fault";
+export {
+  kvm_write_guest,
+  memslot_host_touch,
+  kvm_gfn_to_hva_cache_init,
+  kvm_write_guest_offset_cached,
+  kvm_read_guest_offset_cached,
+  kvm_gpc_access,
+} from "./kvm_write";
+export {
+  kvm_gpc_init,
+  kvm_gpc_activate,
+  kvm_gpc_activate_hva,
+  kvm_gpc_refresh,
+  kvm_gpc_deactivate,
+  kvm_gpc_check_locked,
+} from "./pfncache";
+export { kvm_mmu_notifier_invalidate_slot } from "./mmu_notifier";
 export { kvm_vcpu_kick } from "./pml";
 export { kvm_run } from "./run";
 export { kvm_vcpu_lock, kvm_vcpu_mutex_wait_prepare, kvm_vcpu_unlock } from "./vcpu";

@@ -21,6 +21,7 @@ export const EPERM: i32 = 1;
 export const ENOENT: i32 = 2;
 export const EIO: i32 = 5;
 export const ENXIO: i32 = 6;
+export const EAGAIN: i32 = 11;
 export const E2BIG: i32 = 7;
 export const ENOMEM: i32 = 12;
 export const EFAULT: i32 = 14;
@@ -89,6 +90,16 @@ export const VM_DEBUG: u32 = 140; // u32: fault injection for tests (VM_DEBUG_* 
 export const VM_DEBUG_SKIP_TLB_FLUSH: u32 = 1; // remote flushes are counted but never requested
 export const VM_WALK_CACHE: u32 = 144; // u64 gfn >> 9 (+1, 0 = empty), u32 leaf table: re-protection's walk cache
 export const VM_ERR_REASON: u32 = 160; // u32: ERR_* code of the last call that failed (the host words it)
+// mmu notifier (mmu_notifier.ts) and the pfn caches it invalidates (pfncache.ts)
+export const VM_MN_ACTIVE_INVALIDATE: u32 = 168; // u32: mn_active_invalidate_count
+export const VM_MMU_INVALIDATE_IN_PROGRESS: u32 = 172; // u32: mmu_invalidate_in_progress
+export const VM_MMU_INVALIDATE_SEQ: u32 = 176; // u64: mmu_invalidate_seq (bumped when an invalidation ends)
+export const VM_MMU_INVALIDATE_START: u32 = 184; // u64: first gfn of the ranges being invalidated
+export const VM_MMU_INVALIDATE_END: u32 = 192; // u64: gfn after the last
+export const VM_GPC_LIST: u32 = 200; // u32: first active gfn_to_pfn_cache (kvm->gpc_list), 0 = none
+export const VM_GPC_LOCK: u32 = 204; // u32: kvm->gpc_lock, a spinlock over the list
+export const VM_NR_GPC_INVALIDATED: u32 = 208; // u32: caches invalidated by the mmu notifier (statistics)
+export const VM_HOST_INVALIDATIONS: u32 = 212; // u32: invalidate_range_start calls (statistics)
 
 // ---- why a call failed (VM_ERR_REASON; src/errors.ts has the words) ----
 export const ERR_FLAGS: u32 = 1; // unknown memslot flags
@@ -125,8 +136,33 @@ export const SLOT_HVA: u32 = 40; // u64: userspace address (alignment decides hu
 export const SLOT_TABLE_ENTRIES: u32 = 65536; // KVM_NR_AS × 32768 ids
 export const SORTED_BYTES: u32 = 131072; // KVM_NR_AS × 32768 u16
 
+// ---- gfn_to_hva_cache (pfncache.ts), GHC_SIZE bytes wherever the host puts it ----
+export const GHC_SIZE: u32 = 32;
+export const GHC_GENERATION: u32 = 0; // u64: AS-0 memslot generation it was set up for
+export const GHC_GPA: u32 = 8; // u64
+export const GHC_HVA: u32 = 16; // u32: host address of gpa's byte (0: unbacked, no bytes behind it)
+export const GHC_HVA_OK: u32 = 20; // u32: 0 = the error hva (no writable slot)
+export const GHC_LEN: u32 = 24; // u32
+export const GHC_MEMSLOT: u32 = 28; // u32: the slot for a one-page range, 0 = multi-page (slow path)
+
+// ---- gfn_to_pfn_cache (pfncache.ts), GPC_SIZE bytes ----
+export const GPC_SIZE: u32 = 64;
+export const GPC_GENERATION: u32 = 0; // u64: AS-0 memslot generation of the last refresh
+export const GPC_GPA: u32 = 8; // u64: INVALID_GPA when activated on a bare host address
+export const GPC_UHVA: u32 = 16; // u64: userspace address (the slot's hva + offset); KVM_HVA_ERR_BAD = ~0
+export const GPC_LOCK: u32 = 24; // u32: gpc->lock, an rwlock (readers use the mapping)
+export const GPC_REFRESH_LOCK: u32 = 28; // u32: gpc->refresh_lock, a mutex (one refresher)
+export const GPC_KHVA: u32 = 32; // u32: the kernel mapping of uhva's byte (0: unbacked, bytes dropped)
+export const GPC_MEMSLOT: u32 = 36; // u32: the slot (gpa-activated), 0 otherwise
+export const GPC_ACTIVE: u32 = 40; // u32
+export const GPC_VALID: u32 = 44; // u32
+export const GPC_NEXT: u32 = 48; // u32: next cache on kvm->gpc_list
+export const GPC_VM: u32 = 52; // u32: the VM
+export const GPC_PFN_OK: u32 = 56; // u32: pfn resolved (a KVM_PFN_ERR_* otherwise)
+export const INVALID_GPA: u64 = 0xffff_ffff_ffff_ffff;
+
 // ---- vCPU block ----
-export const VCPU_SIZE: u32 = 256;
+export const VCPU_SIZE: u32 = 512;
 export const VCPU_ID: u32 = 0; // u32
 export const VCPU_AS: u32 = 4; // u32: address space in use (1 while in SMM)
 export const VCPU_EXIT_REASON: u32 = 8; // u32: run->exit_reason of the last call
@@ -174,6 +210,17 @@ export const VCPU_LAST_SLOT: u32 = 228; // u32 × KVM_NR_AS: last memslot the fa
 export const VCPU_STALL_NS: u32 = 240; // u64: ns the vCPU's loop waited on a full ring (host-side, src/vcpu-worker.ts)
 export const VCPU_MUTEX: u32 = 236; // u32: vcpu->mutex, the tag of the thread driving the vCPU (0 = free), see vcpu.ts
 export const VCPU_DIRTY_PUBLISHED: u32 = 248; // u32: dirty_index as last published to the resetter (at VM exits, see dirty_ring.ts)
+// Xen runstate area (xen.ts): two pfn caches for a structure that may cross a page
+export const VCPU_XEN_GPC1: u32 = 256; // GPC_SIZE: runstate_cache (the first page)
+export const VCPU_XEN_GPC2: u32 = 320; // GPC_SIZE: runstate2_cache (the rest, when it crosses)
+export const VCPU_XEN_RS_GPA: u32 = 384; // u64: runstate area gpa (INVALID_GPA = none)
+export const VCPU_XEN_RS_COMPAT: u32 = 392; // u32: 1 = 32-bit layout (0x2c bytes)
+export const VCPU_XEN_RS_STATE: u32 = 396; // u32: current_runstate
+export const VCPU_XEN_RS_ENTRY: u32 = 400; // u64: runstate_entry_time (ns)
+export const VCPU_XEN_RS_TIMES: u32 = 408; // u64 × 4: runstate_times (ns per state)
+export const VCPU_XEN_RS_UPDATES: u32 = 440; // u32: guest copies written
+export const VCPU_XEN_RS_SKIPPED: u32 = 444; // u32: guest copies skipped (atomic context, lock or cache)
+export const VCPU_XEN_RS_BUF: u32 = 448; // 48 bytes: the structure as it is copied out
 
 // vcpu->mode (include/linux/kvm_host.h)
 export const OUTSIDE_GUEST_MODE: u32 = 0;

@@ -175,6 +175,25 @@ export function memslot_lookup(vm: usize, as_id: u32, gfn: u64): usize {
   return gfn - load<u64>(s + SLOT_BASE_GFN) < load<u64>(s + SLOT_NPAGES) ? s : 0;
 }
 
+/**
+ * The slot whose host range [hva, hva + npages × 4096) contains `hva` (any address space),
+ * or 0: the VMM's mapping behind a host address (hva_to_pfn's view of guest memory).
+ * Unbacked slots use their gpa as hva, so an hva may name one in each address space; the
+ * first found wins. Lock-free, like memslot_lookup.
+ */
+export function memslot_by_hva(vm: usize, hva: u64): usize {
+  for (let as_id: u32 = 0; as_id < KVM_NR_AS; as_id++) {
+    const arr = sorted_ptr(vm, as_id);
+    const n = nsorted(vm, as_id);
+    for (let i: u32 = 0; i < n; i++) {
+      const s = slot_ptr(vm, as_id, load<u16>(arr + (<usize>i << 1)));
+      const start = load<u64>(s + SLOT_HVA);
+      if (hva >= start && hva - start < load<u64>(s + SLOT_NPAGES) << 12) return s;
+    }
+  }
+  return 0;
+}
+
 /** kvm_check_memslot_overlap: does [base, base+npages) meet a slot other than `id`? */
 function overlaps(vm: usize, as_id: u32, id: u32, base: u64, npages: u64): bool {
   const arr = sorted_ptr(vm, as_id);

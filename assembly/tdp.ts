@@ -32,6 +32,7 @@ import {
 export const OP_WRPROT: u32 = 0; // clear W on leaves >= min_level (dirty-log protection)
 export const OP_SPLIT: u32 = 1; // eager split of huge leaves down to 4K
 export const OP_CLEAR_D: u32 = 3; // PML: clear D on 4K leaves, W on huge ones
+export const OP_ZAP: u32 = 4; // unmap leaves (kvm_tdp_mmu_unmap_gfn_range): tables stay
 
 @inline export function tdp_root(vm: usize, as_id: u32): usize {
   return <usize>load<u32>(vm + VM_ROOT + (as_id << 2));
@@ -153,8 +154,9 @@ export function tdp_get_or_create(vm: usize, as_id: u32, gfn: u64, target: u32):
 
 /**
  * Apply `op` to every present entry of [start, end) under `table` (at `level`, covering
- * gfns from `base`). Returns 2 if W/D bits were cleared, 0 if nothing changed (these
- * operations never clear MMU-writable, so the flush may be deferred).
+ * gfns from `base`). Returns 2 if W/D bits were cleared (these never clear MMU-writable,
+ * so the flush may be deferred), 1 if leaves were zapped (flush before relying on it), 0 if
+ * nothing changed.
  */
 export function tdp_range_op(
   vm: usize,
@@ -188,6 +190,11 @@ export function tdp_range_op(
           atomic.and<u64>(p, ~bit);
           result |= 2;
         }
+      } else if (op == OP_ZAP) {
+        // exchange, not store: a lockless fast fault may be setting W on this entry; its
+        // cmpxchg then fails and it walks again into the slow path
+        atomic.xchg<u64>(p, 0);
+        result |= 1;
       } else if (op == OP_SPLIT && level > 1) {
         // pre-order: split this leaf, then split its children if they are still huge
         if (tdp_split_huge(vm, p, spte, level)) {

@@ -29,7 +29,19 @@ export interface CoreExports {
    * `slots`, offsets to the f64 array at `offsets`, entries marked RESET; returns the count.
    */
   dirty_ring_collect(ring: number, entries: number, fetch: number, max: number, slots: number, offsets: number): number;
-  kvm_write_guest(vm: number, vcpu: number, tag: number, gpa: bigint, value: bigint): number;
+  kvm_write_guest(vm: number, vcpu: number, tag: number, gpa: bigint, value: bigint, canBlock: number): number;
+  // KVM's caches (assembly/kvm_write.ts, assembly/pfncache.ts) and the mmu notifier
+  kvm_gfn_to_hva_cache_init(vm: number, ghc: number, gpa: bigint, len: number): number;
+  kvm_write_guest_offset_cached(vm: number, vcpu: number, tag: number, ghc: number, src: number, offset: bigint, len: bigint, canBlock: number): number;
+  kvm_read_guest_offset_cached(vm: number, ghc: number, dst: number, offset: bigint, len: bigint): number;
+  kvm_gpc_init(vm: number, gpc: number): void;
+  kvm_gpc_activate(gpc: number, gpa: bigint, len: bigint, canBlock: number): number;
+  kvm_gpc_activate_hva(gpc: number, uhva: bigint, len: bigint, canBlock: number): number;
+  kvm_gpc_refresh(gpc: number, len: bigint, canBlock: number): number;
+  kvm_gpc_deactivate(gpc: number): void;
+  kvm_gpc_check_locked(gpc: number, len: bigint): number;
+  kvm_gpc_access(gpc: number, vcpu: number, tag: number, buf: number, offset: bigint, len: bigint, write: number, atomic: number, canBlock: number): number;
+  kvm_mmu_notifier_invalidate_slot(vm: number, slot: number, rel: bigint, count: bigint, canBlock: number): number;
   kvm_enable_dirty_log_ring(vm: number, bytes: number): number;
   kvm_enable_dirty_ring_with_bitmap(vm: number, flags: number): number;
   kvm_reset_dirty_rings(vm: number, canBlock: number): number;
@@ -68,7 +80,7 @@ export interface CoreExports {
     count: number,
     value: bigint,
   ): number;
-  memslot_host_touch(vm: number, slot: number, first: bigint, count: bigint): number;
+  memslot_host_touch(vm: number, slot: number, first: bigint, count: bigint, canBlock: number): number;
   tdp_walk(vm: number, asId: number, gfn: bigint): number;
   tdp_count_bits(vm: number, asId: number, gfn: bigint, npages: bigint, bits: bigint): bigint;
 }

@@ -6,6 +6,7 @@ export const ERRNO = {
   ENOENT: 2,
   EIO: 5,
   ENXIO: 6,
+  EAGAIN: 11,
   E2BIG: 7,
   EBADF: 9,
   ENOMEM: 12,

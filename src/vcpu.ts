@@ -5,8 +5,9 @@
 // Invariant (vcpu->mutex, assembly/vcpu.ts): one thread drives a vCPU at a time. While a
 // run loop or a single run() is in flight on the worker, every vCPU-context call from
 // another thread is rejected with EBUSY and changes nothing; a paused loop frees the vCPU.
-import { type CoreExports, HOST_TAG } from "./core.js";
+import { CAN_BLOCK, type CoreExports, HOST_TAG } from "./core.js";
 import { finite, int, known, object, u64 } from "./args.js";
+import type { GfnToPfnCache } from "./pfncache.js";
 import { ERRNO, KvmError } from "./errors.js";
 import * as L from "./layout.js";
 import { VcpuThread } from "./vcpu-thread.js";
@@ -163,9 +164,25 @@ export class Vcpu {
     this.vm.checkAlive(call);
     const g = gpaArg(gpa, call);
     const v = u64(value, "value", call);
-    const ret = this.core.kvm_write_guest(this.vm.addr, this.addr, HOST_TAG, g, v);
+    const ret = this.core.kvm_write_guest(this.vm.addr, this.addr, HOST_TAG, g, v, CAN_BLOCK);
     if (ret === -ERRNO.EBUSY) this.owned(ret, call);
     if (ret < 0) throw KvmError.fromReturn(ret, call, `no writable memslot maps gpa 0x${g.toString(16)}`);
+  }
+
+  /**
+   * A gfn_to_pfn_cache whose accesses are made in this vCPU's context, activated on the
+   * page of `gpa` for accesses of `len` bytes (vm.createGfnToPfnCache({ vcpu }) + activate).
+   */
+  createGfnToPfnCache(gpa: number | bigint, len: number): GfnToPfnCache {
+    const gpc = this.vm.createGfnToPfnCache({ vcpu: this });
+    try {
+      gpc.activate(gpa, len);
+    } catch (e) {
+      gpc.deactivate(); // a failed activation leaves the cache active (as in the kernel)
+      this.vm.releaseRegion(gpc.addr, L.GPC_SIZE);
+      throw e;
+    }
+    return gpc;
   }
 
   // ---- KVM_RUN and the vCPU's thread ----

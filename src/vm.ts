@@ -47,6 +47,7 @@ import {
 } from "./core.js";
 import { CORE_REASONS, KvmError, check } from "./errors.js";
 import * as L from "./layout.js";
+import { GfnToHvaCache, GfnToPfnCache } from "./pfncache.js";
 import { RegionAllocator, RegionBatch } from "./region.js";
 import { Vcpu } from "./vcpu.js";
 
@@ -100,6 +101,10 @@ export interface VmStats {
   hugeSplits: bigint;
   pageTablePages: number;
   memslotsDirtyLogging: number;
+  /** mmu notifier invalidations (vm.invalidateHostRange, copy-on-write of host pages). */
+  hostInvalidations: number;
+  /** pfn caches those invalidations made invalid. */
+  pfnCachesInvalidated: number;
 }
 
 interface SlotRegions {
@@ -581,7 +586,7 @@ export class Vm {
     if (!r) throw new KvmError("EINVAL", call, `memslot ${id} does not exist`);
     const first = Math.floor(off / L.PAGE_SIZE);
     const last = Math.ceil((off + data.byteLength) / L.PAGE_SIZE);
-    check(this.core.memslot_host_touch(this.addr, id, BigInt(first), BigInt(last - first)), call, "the bytes reach beyond the slot");
+    check(this.core.memslot_host_touch(this.addr, id, BigInt(first), BigInt(last - first), CAN_BLOCK), call, "the bytes reach beyond the slot");
     if (r.backing) this.u8().set(data, r.backing + off);
   }
 
@@ -597,7 +602,7 @@ export class Vm {
     const g = u64(gpa, "gpa", call);
     if (g & 7n) throw new KvmError("EINVAL", call, `gpa 0x${g.toString(16)} is not 8-byte aligned`);
     const v = u64(value, "value", call);
-    check(this.core.kvm_write_guest(this.addr, 0, HOST_TAG, g, v), call, `no writable memslot maps gpa 0x${g.toString(16)}`);
+    check(this.core.kvm_write_guest(this.addr, 0, HOST_TAG, g, v, CAN_BLOCK), call, `no writable memslot maps gpa 0x${g.toString(16)}`);
   }
 
   /**
@@ -754,6 +759,8 @@ export class Vm {
       hugeSplits: v.getBigUint64(this.addr + L.VM_SPLITS, true),
       pageTablePages: v.getUint32(this.addr + L.VM_POOL_USED, true),
       memslotsDirtyLogging: v.getUint32(this.addr + L.VM_NR_LOGGING, true),
+      hostInvalidations: v.getUint32(this.addr + L.VM_HOST_INVALIDATIONS, true),
+      pfnCachesInvalidated: v.getUint32(this.addr + L.VM_NR_GPC_INVALIDATED, true),
     };
   }
 
@@ -781,6 +788,83 @@ export class Vm {
     const n = int(pages, "pages", call, 0, Number.MAX_SAFE_INTEGER);
     const b = u64(bits, "bits", call);
     return Number(this.core.tdp_count_bits(this.addr, as, g >> 12n, BigInt(n), b));
+  }
+
+  // ---- KVM's own accesses: caches and the mmu notifier ----
+
+  /**
+   * The host pages behind bytes [offset, offset + bytes) of a slot go away and come back
+   * (swap-out and -in, page migration; the content is kept): the mmu notifier zaps every
+   * SPTE mapping them, with a remote TLB flush, and invalidates every pfn cache on them,
+   * in the kernel's order (invalidate-start count, then the zap under mmu_lock with the
+   * range in progress, then the sequence number at the end; faults and cache refreshes
+   * that race it retry). The guest's next access faults them back; a write is reported
+   * again. EINVAL for a missing slot or a range beyond it.
+   */
+  invalidateHostRange(slot: number, offset: number, bytes: number): void {
+    const call = "invalidateHostRange";
+    this.checkAlive(call);
+    const id = u32(slot, "slot", call);
+    const off = int(offset, "offset", call, 0, Number.MAX_SAFE_INTEGER);
+    const n = int(bytes, "bytes", call, 0, Number.MAX_SAFE_INTEGER);
+    if (!this.slots.has(id)) throw new KvmError("EINVAL", call, `memslot ${id} does not exist`);
+    const first = Math.floor(off / L.PAGE_SIZE);
+    const end = Math.ceil((off + n) / L.PAGE_SIZE);
+    check(
+      this.core.kvm_mmu_notifier_invalidate_slot(this.addr, id, BigInt(first), BigInt(end - first), CAN_BLOCK),
+      call,
+      "the range reaches beyond the slot",
+    );
+  }
+
+  /**
+   * kvm_gfn_to_hva_cache_init: a cache of [gpa, gpa + len) in address space 0. EINVAL for
+   * an empty range at a page start; EFAULT when a page of it is in no writable memslot.
+   */
+  createGfnToHvaCache(gpa: number | bigint, len: number): GfnToHvaCache {
+    const call = "kvm_gfn_to_hva_cache_init";
+    this.checkAlive(call);
+    const g = u64(gpa, "gpa", call);
+    const n = u32(len, "len", call);
+    const addr = this.allocRegion(L.GHC_SIZE, 8, call);
+    const ret = this.core.kvm_gfn_to_hva_cache_init(this.addr, addr, g, n);
+    if (ret < 0) {
+      this.releaseRegion(addr, L.GHC_SIZE);
+      const reason = ret === -22 ? `gpa 0x${g.toString(16)} + ${n} bytes is an empty range` : `[0x${g.toString(16)}, +${n}) is not all in writable memslots`;
+      throw KvmError.fromReturn(ret, call, reason);
+    }
+    return new GfnToHvaCache(this, this.core, addr);
+  }
+
+  /**
+   * A gfn_to_pfn_cache (kvm_gpc_init), inactive: activate it on a gpa or a host address.
+   * With `vcpu`, its accesses are made in that vCPU's context (its ring gets the marks).
+   */
+  createGfnToPfnCache(options: { vcpu?: Vcpu } = {}): GfnToPfnCache {
+    const call = "kvm_gpc_init";
+    this.checkAlive(call);
+    object(options, "options", call);
+    known(options, ["vcpu"], call);
+    const vcpu = options.vcpu;
+    if (vcpu !== undefined && (!(vcpu instanceof Vcpu) || vcpu.vm !== this)) {
+      throw new KvmError("EINVAL", call, "vcpu must be a vCPU of this VM");
+    }
+    const addr = this.allocRegion(L.GPC_SIZE, 64, call);
+    return new GfnToPfnCache(this, this.core, addr, vcpu);
+  }
+
+  private scratchAddr = 0;
+  private scratchBytes = 0;
+  /** @internal A region the host thread's cache calls copy their bytes through. */
+  hostScratch(bytes: number): number {
+    if (bytes > this.scratchBytes) {
+      const size = Math.max(4096, 2 ** Math.ceil(Math.log2(bytes)));
+      const addr = this.allocRegion(size, 64, "scratch");
+      if (this.scratchAddr) this.releaseRegion(this.scratchAddr, this.scratchBytes);
+      this.scratchAddr = addr;
+      this.scratchBytes = size;
+    }
+    return this.scratchAddr;
   }
 
   /** @internal A zeroed region of the VM's memory (workload tables, collector scratch). */
