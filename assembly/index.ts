@@ -37,6 +37,7 @@ export {
   kvm_gpc_check_locked,
 } from "./pfncache";
 export { kvm_mmu_notifier_invalidate_slot } from "./mmu_notifier";
+export { kvm_xen_set_runstate_area, kvm_xen_update_runstate } from "./xen";
 export { kvm_vcpu_kick } from "./pml";
 export { kvm_run } from "./run";
 export { kvm_vcpu_lock, kvm_vcpu_mutex_wait_prepare, kvm_vcpu_unlock } from "./vcpu";

@@ -100,6 +100,7 @@ export const VM_GPC_LIST: u32 = 200; // u32: first active gfn_to_pfn_cache (kvm-
 export const VM_GPC_LOCK: u32 = 204; // u32: kvm->gpc_lock, a spinlock over the list
 export const VM_NR_GPC_INVALIDATED: u32 = 208; // u32: caches invalidated by the mmu notifier (statistics)
 export const VM_HOST_INVALIDATIONS: u32 = 212; // u32: invalidate_range_start calls (statistics)
+export const VM_KVMCLOCK_BASE: u32 = 216; // u64: host clock (ns since the epoch) when the VM was created: kvmclock 0
 
 // ---- why a call failed (VM_ERR_REASON; src/errors.ts has the words) ----
 export const ERR_FLAGS: u32 = 1; // unknown memslot flags
@@ -159,7 +160,6 @@ export const GPC_VALID: u32 = 44; // u32
 export const GPC_NEXT: u32 = 48; // u32: next cache on kvm->gpc_list
 export const GPC_VM: u32 = 52; // u32: the VM
 export const GPC_PFN_OK: u32 = 56; // u32: pfn resolved (a KVM_PFN_ERR_* otherwise)
-export const INVALID_GPA: u64 = 0xffff_ffff_ffff_ffff;
 
 // ---- vCPU block ----
 export const VCPU_SIZE: u32 = 512;

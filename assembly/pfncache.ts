@@ -44,7 +44,6 @@ import {
   GPC_UHVA,
   GPC_VALID,
   GPC_VM,
-  INVALID_GPA,
   SLOT_BACKING,
   SLOT_BASE_GFN,
   SLOT_HVA,
@@ -60,6 +59,8 @@ import { memslot_by_hva, memslot_lookup } from "./memslot";
 import { host_fault_in } from "./mmu_notifier";
 import { rw_read_lock, rw_read_trylock, rw_read_unlock, rw_write_lock, rw_write_unlock, spin_lock, spin_unlock } from "./rwlock";
 
+/** INVALID_GPA (a cache activated on a bare host address). */
+export const INVALID_GPA: u64 = 0xffff_ffff_ffff_ffff;
 /** KVM_HVA_ERR_BAD. */
 export const HVA_ERR_BAD: u64 = 0xffff_ffff_ffff_ffff;
 

@@ -1,5 +1,6 @@
 // vm — creation of the VM control block and vCPU blocks (kvm_create_vm, KVM_CREATE_VCPU).
 // The host allocates every region and passes its address; the core only initialises them.
+import { kvm_xen_init_vcpu } from "./xen";
 import {
   E2BIG,
   EINVAL,
@@ -73,6 +74,7 @@ export function kvm_vcpu_init(
 ): void {
   store<u32>(vcpu + VCPU_ID, id);
   store<u32>(vcpu + VCPU_TLB, <u32>tlb);
+  kvm_xen_init_vcpu(vm, vcpu);
   if (pml_buffer != 0) pml_init(vcpu, pml_buffer);
   const ring_bytes = load<u32>(vm + VM_RING_SIZE);
   if (ring_bytes != 0) {

@@ -42,6 +42,8 @@ export interface CoreExports {
   kvm_gpc_check_locked(gpc: number, len: bigint): number;
   kvm_gpc_access(gpc: number, vcpu: number, tag: number, buf: number, offset: bigint, len: bigint, write: number, atomic: number, canBlock: number): number;
   kvm_mmu_notifier_invalidate_slot(vm: number, slot: number, rel: bigint, count: bigint, canBlock: number): number;
+  kvm_xen_set_runstate_area(vcpu: number, tag: number, gpa: bigint, compat: number, canBlock: number): number;
+  kvm_xen_update_runstate(vcpu: number, tag: number, state: number, now: bigint, atomic: number, canBlock: number): number;
   kvm_enable_dirty_log_ring(vm: number, bytes: number): number;
   kvm_enable_dirty_ring_with_bitmap(vm: number, flags: number): number;
   kvm_reset_dirty_rings(vm: number, canBlock: number): number;

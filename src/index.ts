@@ -4,6 +4,15 @@ export { KvmError, ERRNO, type ErrnoName } from "./errors.js";
 export { createVm, Vm, type VmOptions, type UserMemoryRegion, type VmStats, type MemslotInfo } from "./vm.js";
 export { Vcpu, type VcpuStats, type DirtyRingState } from "./vcpu.js";
 export { GfnToHvaCache, GfnToPfnCache } from "./pfncache.js";
+export {
+  RUNSTATE_running,
+  RUNSTATE_runnable,
+  RUNSTATE_blocked,
+  RUNSTATE_offline,
+  XEN_RUNSTATE_UPDATE,
+  XEN_RUNSTATE_LAYOUT,
+  type XenRunstate,
+} from "./xen.js";
 export { coreModule } from "./core.js";
 export { collectDirtyRing, harvestDirtyRings, type HarvestOptions, type RingHarvest } from "./dirty_ring_collector.js";
 export { type Workload, type WorkloadPattern, splitRegion, zipfCdf } from "./workload.js";

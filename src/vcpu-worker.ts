@@ -11,6 +11,7 @@ import { KVM_EXIT_DIRTY_RING_FULL, KVM_EXIT_INTR, KVM_EXIT_IO } from "./constant
 import { type CoreExports, instantiateCore } from "./core.js";
 import { parentEndpoint } from "./endpoint.js";
 import * as L from "./layout.js";
+import { NO_RUNSTATE_AREA, RUNSTATE_runnable, RUNSTATE_running, kvmclockNs } from "./xen.js";
 import { CTL_PAUSE, CTL_PAUSED, CTL_QUIT, CTL_RUN, type VcpuWorkerReply, type VcpuWorkerRequest } from "./vcpu-thread.js";
 
 let core: CoreExports | undefined;
@@ -85,6 +86,13 @@ function loop(rate: number, started: () => void): number {
     const wake = Atomics.load(ctl, 1);
     if (Atomics.load(ctl, 0) === CTL_RUN) Atomics.wait(ctl, 1, wake, ms);
   };
+  // Xen runstate area (assembly/xen.ts): KVM rewrites it at each scheduling change; here
+  // the vCPU is "running" in KVM_RUN and "runnable" (scheduled out: atomic context) between
+  const rsGpa = new BigUint64Array(memory.buffer, vcpu + L.VCPU_XEN_RS_GPA, 1);
+  const clockBase = new BigUint64Array(memory.buffer, vm + L.VM_KVMCLOCK_BASE, 1)[0];
+  const runstate = (state: number, atomic: number) => {
+    if (rsGpa[0] !== NO_RUNSTATE_AREA) c.kvm_xen_update_runstate(vcpu, tag, state, kvmclockNs(clockBase), atomic, 1);
+  };
   if (!acquire()) return KVM_EXIT_INTR;
   started();
   let t0 = performance.now();
@@ -105,7 +113,9 @@ function loop(rate: number, started: () => void): number {
       d0 = Number(done[0]);
       continue;
     }
+    runstate(RUNSTATE_running, 0);
     const reason = c.kvm_run(vm, vcpu, tag);
+    runstate(RUNSTATE_runnable, 1);
     if (reason === KVM_EXIT_IO) {
       if (rate > 0) {
         const ahead = (Number(done[0]) - d0) / rate - (performance.now() - t0) / 1000;

@@ -6,8 +6,9 @@
 // run loop or a single run() is in flight on the worker, every vCPU-context call from
 // another thread is rejected with EBUSY and changes nothing; a paused loop frees the vCPU.
 import { CAN_BLOCK, type CoreExports, HOST_TAG } from "./core.js";
-import { finite, int, known, object, u64 } from "./args.js";
+import { bool, finite, int, known, object, u64 } from "./args.js";
 import type { GfnToPfnCache } from "./pfncache.js";
+import { NO_RUNSTATE_AREA, type XenRunstate, kvmclockNs } from "./xen.js";
 import { ERRNO, KvmError } from "./errors.js";
 import * as L from "./layout.js";
 import { VcpuThread } from "./vcpu-thread.js";
@@ -183,6 +184,65 @@ export class Vcpu {
       throw e;
     }
     return gpc;
+  }
+
+  // ---- Xen runstate area (assembly/xen.ts) ----
+
+  /**
+   * KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_ADDR: the guest placed its vcpu_runstate_info at `gpa`
+   * (null: none), in the 32-bit layout with `compat`. It may cross a page, even a memslot
+   * boundary (two pfn caches then). The current state is written at once; from then on KVM
+   * rewrites it at each updateXenRunstate and around each KVM_RUN of the vCPU's loop,
+   * with the XEN_RUNSTATE_UPDATE protocol, and marks the page(s) dirty in this vCPU's
+   * context. EFAULT when a page of it is in no memslot; EBUSY while another thread drives
+   * the vCPU.
+   */
+  setXenRunstateArea(gpa: number | bigint | null, options: { compat?: boolean } = {}): void {
+    const call = "KVM_XEN_VCPU_SET_ATTR(RUNSTATE_ADDR)";
+    this.vm.checkAlive(call);
+    object(options, "options", call);
+    known(options, ["compat"], call);
+    const g = gpa === null ? NO_RUNSTATE_AREA : u64(gpa, "gpa", call);
+    const compat = bool(options.compat ?? false, "compat", call);
+    const ret = this.core.kvm_xen_set_runstate_area(this.addr, HOST_TAG, g, compat ? 1 : 0, CAN_BLOCK);
+    if (ret === -ERRNO.EBUSY) this.owned(ret, call);
+    if (ret < 0) throw KvmError.fromReturn(ret, call, `the area at gpa 0x${g.toString(16)} is not all in memslots`);
+  }
+
+  /**
+   * kvm_xen_update_runstate: the vCPU enters `state` (RUNSTATE_*) now; the guest copy is
+   * rewritten (all or nothing) if an area is set. `atomic: true` is atomic context (a vCPU
+   * being scheduled out): no refresh of an invalid cache, and a contended lock means give
+   * up. `now`: the kvmclock time in ns (default: ns since the VM was created). Returns
+   * whether the guest copy was written.
+   */
+  updateXenRunstate(state: number, options: { atomic?: boolean; now?: bigint } = {}): boolean {
+    const call = "kvm_xen_update_runstate";
+    this.vm.checkAlive(call);
+    object(options, "options", call);
+    known(options, ["atomic", "now"], call);
+    const s = int(state, "state", call, 0, 3);
+    const atomic = bool(options.atomic ?? false, "atomic", call);
+    const base = this.view().getBigUint64(this.vm.addr + L.VM_KVMCLOCK_BASE, true);
+    const now = options.now === undefined ? kvmclockNs(base) : u64(options.now, "now", call);
+    const ret = this.core.kvm_xen_update_runstate(this.addr, HOST_TAG, s, now, atomic ? 1 : 0, CAN_BLOCK);
+    return this.owned(ret, call) === 1;
+  }
+
+  /** What KVM keeps for this vCPU's runstate. */
+  get xenRunstate(): XenRunstate {
+    const v = this.view();
+    const gpa = v.getBigUint64(this.addr + L.VCPU_XEN_RS_GPA, true);
+    const t = (i: number) => v.getBigUint64(this.addr + L.VCPU_XEN_RS_TIMES + 8 * i, true);
+    return {
+      gpa: gpa === NO_RUNSTATE_AREA ? undefined : gpa,
+      compat: v.getUint32(this.addr + L.VCPU_XEN_RS_COMPAT, true) !== 0,
+      state: v.getUint32(this.addr + L.VCPU_XEN_RS_STATE, true),
+      entryTime: v.getBigUint64(this.addr + L.VCPU_XEN_RS_ENTRY, true),
+      times: [t(0), t(1), t(2), t(3)],
+      updates: v.getUint32(this.addr + L.VCPU_XEN_RS_UPDATES, true),
+      skipped: v.getUint32(this.addr + L.VCPU_XEN_RS_SKIPPED, true),
+    };
   }
 
   // ---- KVM_RUN and the vCPU's thread ----

@@ -48,6 +48,7 @@ import {
 import { CORE_REASONS, KvmError, check } from "./errors.js";
 import * as L from "./layout.js";
 import { GfnToHvaCache, GfnToPfnCache } from "./pfncache.js";
+import { clockNs } from "./xen.js";
 import { RegionAllocator, RegionBatch } from "./region.js";
 import { Vcpu } from "./vcpu.js";
 
@@ -251,6 +252,8 @@ export class Vm {
     }
     this.addr = vm;
     this.fixed = { slots, sorted, pool, vcpuTable };
+    // kvmclock starts with the VM (the Xen runstate times' clock)
+    new DataView(this.memory.buffer).setBigUint64(vm + L.VM_KVMCLOCK_BASE, clockNs(), true);
   }
 
   // ---- views ----
