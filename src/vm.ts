@@ -90,6 +90,12 @@ export interface MemslotInfo {
   guestPhysAddr: bigint;
   npages: number;
   backed: boolean;
+  /**
+   * userspace_addr: where the VMM maps the slot (a backed slot's bytes are at this address
+   * of the VM's memory; an unbacked slot's is its gpa). Host addresses as pfn caches
+   * (activateHva) and the mmu notifier see them.
+   */
+  userspaceAddr: bigint;
 }
 
 export interface VmStats {
@@ -515,6 +521,39 @@ export class Vm {
     const commit = this.commitInternalRegion(TSS_PRIVATE_MEMSLOT, BigInt(a), 3, batch);
     batch.keep();
     commit();
+    this.initRmodeTss();
+  }
+
+  /**
+   * init_rmode_tss (vmx.c): KVM writes the real-mode TSS through the internal slot's host
+   * mapping — zeroes, the I/O bitmap's offset (TSS_BASE_SIZE + TSS_REDIRECTION_SIZE = 0x88
+   * at 0x66) and the bitmap's terminating 0xff (at RMODE_TSS_SIZE - 1 = 0x2088). Internal
+   * slots are never logged; migration leaves them out (their content is constant).
+   */
+  private initRmodeTss(): void {
+    const tss = new Uint8Array(3 * L.PAGE_SIZE);
+    new DataView(tss.buffer).setUint16(0x66, 0x68 + 0x20, true);
+    tss[0x68 + 0x20 + 0x2000] = 0xff;
+    this.writeInternal(TSS_PRIVATE_MEMSLOT, tss);
+  }
+
+  /**
+   * init_rmode_identity_map (vmx.c): 1024 4 MiB PSE page-directory entries mapping the low
+   * 4 GiB one to one (present, RW, user, accessed, dirty, PSE).
+   */
+  private initRmodeIdentityMap(): void {
+    const page = new Uint8Array(L.PAGE_SIZE);
+    const v = new DataView(page.buffer);
+    for (let i = 0; i < 1024; i++) v.setUint32(i * 4, ((i << 22) | 0x1 | 0x2 | 0x4 | 0x20 | 0x40 | 0x80) >>> 0, true);
+    this.writeInternal(IDENTITY_PAGETABLE_PRIVATE_MEMSLOT, page);
+  }
+
+  /** KVM's __copy_to_user into an internal slot (address space 0 owns its one backing). */
+  private writeInternal(id: number, bytes: Uint8Array): void {
+    const r = this.slots.get(id);
+    if (!r?.backing) return;
+    this.core.memslot_host_touch(this.addr, id, 0n, BigInt(bytes.byteLength / L.PAGE_SIZE), CAN_BLOCK);
+    this.u8().set(bytes, r.backing);
   }
 
   /**
@@ -554,6 +593,7 @@ export class Vm {
         guestPhysAddr: v.getBigUint64(s + L.SLOT_BASE_GFN, true) * 4096n,
         npages: Number(v.getBigUint64(s + L.SLOT_NPAGES, true)),
         backed: r.backing !== 0,
+        userspaceAddr: v.getBigUint64(s + L.SLOT_HVA, true),
       };
     });
   }
@@ -744,6 +784,7 @@ export class Vm {
     batch.keep();
     // act
     for (const commit of commits) commit();
+    if (internal.some(([slot]) => slot === IDENTITY_PAGETABLE_PRIVATE_MEMSLOT)) this.initRmodeIdentityMap();
     this.core.kvm_vcpu_init(this.addr, addr, id, ring, priv, pml, tlb);
     const vcpu = new Vcpu(this, this.core, addr, id, collect);
     this.vcpus.set(id, vcpu);
