@@ -36,6 +36,17 @@ export interface DirtyLogTestOptions {
    * context from another thread). Each call must get EBUSY and change nothing.
    */
   mainThreadHammer?: boolean;
+  /**
+   * KVM writes guest memory too, in a second logged slot: each vCPU's Xen runstate area
+   * (across a page boundary; KVM rewrites it around every KVM_RUN of the vCPU's loop, in
+   * vCPU context) and, in the bitmap modes, a gfn_to_hva_cache and a gfn_to_pfn_cache the
+   * collector writes at every step (VM context: a ring VM would drop those reports, as the
+   * kernel does). Every page of that slot whose content changed in an iteration must have
+   * been reported.
+   */
+  kvmWrites?: boolean;
+  /** A compiled core to use instead of the package's (negative controls: a planted bug). */
+  wasm?: WebAssembly.Module;
 }
 
 export interface DirtyLogTestResult {
@@ -55,6 +66,9 @@ export interface DirtyLogTestResult {
   /** mainThreadHammer: calls made, and how many were rejected with EBUSY. */
   hammerCalls: number;
   hammerEbusy: number;
+  /** kvmWrites: runstate updates and cached writes KVM made, and pages of its slot checked. */
+  kvmWrites: number;
+  kvmPagesChecked: number;
   firstError?: string;
 }
 
@@ -72,6 +86,8 @@ const OPTIONS = [
   "partition",
   "skipTlbFlush",
   "mainThreadHammer",
+  "kvmWrites",
+  "wasm",
 ];
 const LOG_MODES: Record<LogModeKind, true> = { "dirty-log": true, "clear-log": true, "dirty-ring": true };
 const PATTERNS: Record<WorkloadPattern, true> = { sequential: true, uniform: true, "hot-set": true, zipf: true, strided: true };
@@ -97,7 +113,10 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
   const iterations = o.iterations === undefined ? 32 : int(o.iterations, "iterations", call, 1, 1 << 20);
   const interval = o.intervalMs === undefined ? 10 : finite(o.intervalMs, "intervalMs", call, 0, 3_600_000);
   const entries = o.ringEntries === undefined ? 1024 : int(o.ringEntries, "ringEntries", call, 1, 65536);
-  for (const k of ["pml", "tlb", "partition", "skipTlbFlush", "mainThreadHammer"] as const) bool(o[k], k, call);
+  for (const k of ["pml", "tlb", "partition", "skipTlbFlush", "mainThreadHammer", "kvmWrites"] as const) bool(o[k], k, call);
+  if (o.wasm !== undefined && !(o.wasm instanceof WebAssembly.Module)) {
+    throw new KvmError("EINVAL", call, "wasm must be a WebAssembly.Module");
+  }
   if (o.pattern !== undefined) oneOf(o.pattern, PATTERNS, "pattern", call);
   // the selftest's clear-log mode runs with INITIALLY_SET; the mode checks its own rules
   // (a ring size the kernel refuses) before any VM exists
@@ -112,6 +131,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     mmuPoolBytes: 8 << 20,
     pml: options.pml,
     tlb: options.tlb,
+    ...(o.wasm ? { wasm: o.wasm } : {}),
   });
   try {
     if (options.skipTlbFlush) vm.setDebug({ skipTlbFlush: true });
@@ -123,6 +143,34 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     const vcpus = Array.from({ length: nVcpus }, (_, i) => vm.createVcpu(i));
     const regions = options.partition ? splitRegion(GPA, pages, nVcpus) : splitRegion(GPA, pages, nVcpus, true);
     for (const [i, v] of vcpus.entries()) v.setWorkload({ pattern: options.pattern ?? "uniform", ...regions[i], batch: 1024 });
+    // KVM's own writes: a second slot, pages 2i and 2i + 1 for vCPU i's runstate area
+    // (crossing between them), then one page for each cache of the collector
+    const kvmSlot = 2;
+    const kvmPages = 2 * nVcpus + 2;
+    const KVM_GPA = GPA + 0x1_0000_0000;
+    let kvmMemory: Uint8Array = new Uint8Array(0);
+    let kvmSnapshot: Uint8Array = new Uint8Array(0);
+    let cachedWrite = (_iteration: bigint) => {};
+    if (o.kvmWrites) {
+      vm.setUserMemoryRegion({ slot: kvmSlot, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: KVM_GPA, memorySize: kvmPages * 4096, backed: true });
+      kvmMemory = vm.guestMemory(kvmSlot) as Uint8Array;
+      kvmSnapshot = kvmMemory.slice();
+      for (const [i, v] of vcpus.entries()) v.setXenRunstateArea(KVM_GPA + (2 * i + 1) * 4096 - 21);
+      if (mode !== "dirty-ring") {
+        const ghc = vm.createGfnToHvaCache(KVM_GPA + 2 * nVcpus * 4096 + 1000, 16);
+        const gpc = vm.createGfnToPfnCache();
+        gpc.activate(KVM_GPA + (2 * nVcpus + 1) * 4096 + 8, 16);
+        const word = new Uint8Array(16);
+        const dv = new DataView(word.buffer);
+        cachedWrite = (iteration) => {
+          dv.setBigUint64(0, iteration, true);
+          dv.setBigUint64(8, BigInt(result.kvmWrites), true);
+          ghc.write(word);
+          gpc.write(word);
+          result.kvmWrites += 2;
+        };
+      }
+    }
 
     const bytes = Math.ceil(pages / 64) * 8;
     const bmap = [new Uint8Array(bytes), new Uint8Array(bytes)];
@@ -138,6 +186,8 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
       harvests: 0,
       hammerCalls: 0,
       hammerEbusy: 0,
+      kvmWrites: 0,
+      kvmPagesChecked: 0,
     };
     /** A burst of vCPU-context calls from this thread into vCPU 0 while its loop runs. */
     const hammer = (value: bigint) => {
@@ -156,9 +206,14 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     const lastPage = new Array<number>(nVcpus).fill(-1);
     let prevLastPage = new Array<number>(nVcpus).fill(-1);
 
+    const kvmReported = new Uint8Array(Math.ceil(kvmPages / 8));
     const collect = (into: Uint8Array) => {
       result.harvests++;
-      const c = logmode.collectDirtyPages(vm, [slot], (s, offset, vcpu) => {
+      const c = logmode.collectDirtyPages(vm, o.kvmWrites ? [slot, kvmSlot] : [slot], (s, offset, vcpu) => {
+        if (s === kvmSlot && o.kvmWrites && offset < kvmPages) {
+          setBit(kvmReported, offset);
+          return;
+        }
         if (s !== slot || offset >= pages) throw new Error(`bad report: slot ${s} offset ${offset}`);
         setBit(into, offset);
         if (vcpu >= 0) lastPage[vcpu] = offset; // ring order: the last one harvested per vCPU
@@ -174,6 +229,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
       prevLastPage = [...lastPage];
       const before = vcpus.reduce((a, v) => a + v.workloadStores, 0n);
       const fullBefore = vcpus.reduce((a, v) => a + v.stats.ringFullExits, 0n);
+      const runstateBefore = o.kvmWrites ? vcpus.reduce((a, v) => a + v.xenRunstate.updates, 0) : 0;
       if (iteration === 1) await Promise.all(vcpus.map((v) => v.startLoop()));
       else for (const v of vcpus) v.resume();
       // let the vCPUs run; harvest concurrently (bitmap modes: once, at the first step, since
@@ -187,6 +243,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
         const full = vcpus.reduce((a, v) => a + v.stats.ringFullExits, 0n);
         if (step === 0 || (mode === "dirty-ring" && full !== fullSeen)) collect(bmap[0]);
         if (o.mainThreadHammer) hammer(it);
+        cachedWrite(it);
         fullSeen = full;
         step++;
         if (performance.now() - t0 >= interval && writes >= 0x100n) break;
@@ -195,6 +252,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
         }
       }
       for (const v of vcpus) await v.pause();
+      cachedWrite(it); // one more after the vCPUs stopped, caught by the final harvest only
       collect(bmap[1]);
       result.writes += vcpus.reduce((a, v) => a + v.workloadStores, 0n) - before;
       result.ringFullExits += vcpus.reduce((a, v) => a + v.stats.ringFullExits, 0n) - fullBefore;
@@ -221,6 +279,19 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
           result.firstError ??= `iteration ${iteration}: page ${p} holds ${val} but was not reported (spte 0x${vm.spte(0, GPA + p * 4096).spte.toString(16)})`;
         }
       }
+      // KVM's pages: one whose content changed in this iteration must have been reported
+      for (let p = 0; o.kvmWrites && p < kvmPages; p++) {
+        result.kvmPagesChecked++;
+        const now = kvmMemory.subarray(p * 4096, (p + 1) * 4096);
+        const was = kvmSnapshot.subarray(p * 4096, (p + 1) * 4096);
+        const reported = testAndClear(kvmReported, p);
+        if (!reported && !now.every((b, k) => b === was[k])) {
+          result.lost++;
+          result.firstError ??= `iteration ${iteration}: KVM's page ${p} changed but was not reported`;
+        }
+        was.set(now);
+      }
+      if (o.kvmWrites) result.kvmWrites += vcpus.reduce((a, v) => a + v.xenRunstate.updates, 0) - runstateBefore;
     }
     // a harness that checked nothing has not shown anything
     if (result.pagesChecked === 0) throw new KvmError("EINVAL", call, "no page was checked");

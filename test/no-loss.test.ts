@@ -3,6 +3,7 @@
 // Imports the built package: vCPU workers are dist/vcpu-worker.js.
 import { describe, expect, it } from "vitest";
 import { type DirtyLogTestOptions, runDirtyLogTest } from "../dist/index.js";
+import { plantedCore } from "./planted-core.js";
 
 const modes: Array<[string, DirtyLogTestOptions]> = [
   ["dirty-log (classic GET)", { mode: "dirty-log" }],
@@ -51,5 +52,41 @@ describe("no lost dirty page (dirty_log_test, 2 vCPU workers, 32 iterations)", (
     // 131 pages fit in the 2048-entry TLB: stale entries are never evicted
     const r = await runDirtyLogTest({ mode: "dirty-log", vcpus: 2, iterations: 32, pages: 128 + 3, skipTlbFlush: true });
     expect(r.lost).toBeGreaterThan(0);
+  });
+
+  describe("with KVM's own writes (Xen runstate areas updated around every KVM_RUN; cached writes in the bitmap modes)", () => {
+    const kvmModes: Array<[string, DirtyLogTestOptions]> = [
+      ["dirty-log", { mode: "dirty-log" }],
+      ["clear-log", { mode: "clear-log" }],
+      ["dirty-ring, 1024 entries", { mode: "dirty-ring", ringEntries: 1024 }],
+      ["dirty-ring 1024 with PML", { mode: "dirty-ring", ringEntries: 1024, pml: true }],
+    ];
+    for (const [name, options] of kvmModes) {
+      it(name, async () => {
+        const r = await runDirtyLogTest({ ...options, vcpus: 2, iterations: 16, kvmWrites: true });
+        console.log(`${r.mode} + KVM writes: ${r.kvmWrites} KVM writes, ${r.kvmPagesChecked} KVM page checks, lost ${r.lost}`);
+        expect(r.firstError).toBeUndefined();
+        expect(r.lost).toBe(0);
+        expect(r.wrongValue).toBe(0);
+        expect(r.kvmPagesChecked).toBe(16 * 6);
+        expect(r.kvmWrites).toBeGreaterThan(16 * 2);
+      });
+    }
+
+    it.skipIf(process.env.DIRTLOG_CORE === "debug")("the harness catches KVM writes that are not marked (a planted core)", async () => {
+      const wasm = plantedCore(
+        [
+          {
+            file: "pfncache.ts",
+            from: "  if (slot == 0) return;\n  mark_page_dirty_in_slot(",
+            to: "  if (slot == 0 || slot != 0) return;\n  mark_page_dirty_in_slot(",
+          },
+        ],
+        "release",
+      );
+      const r = await runDirtyLogTest({ mode: "dirty-ring", ringEntries: 1024, vcpus: 2, iterations: 4, kvmWrites: true, wasm });
+      expect(r.lost).toBeGreaterThan(0);
+      expect(r.firstError).toMatch(/KVM's page/);
+    });
   });
 });
