@@ -20,9 +20,15 @@ export const XEN_RUNSTATE_LAYOUT = {
 /** INVALID_GPA: no runstate area. */
 export const NO_RUNSTATE_AREA = 0xffff_ffff_ffff_ffffn;
 
-/** The host clock: ns since the epoch, one origin for every thread. */
+const hrtime = (globalThis as { process?: { hrtime?: { bigint?: () => bigint } } }).process?.hrtime?.bigint;
+
+/**
+ * The host clock in ns, one origin for every thread of the process: Node's monotonic
+ * process.hrtime (ns resolution); in browsers the epoch-based performance clock (about a
+ * quarter of a µs: consecutive updates may share a time).
+ */
 export function clockNs(): bigint {
-  return BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
+  return hrtime ? hrtime() : BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
 }
 
 /**
