@@ -1,3 +1,5 @@
+// KVM's own writes with vCPU threads running. vCPU context needs the vCPU: a cached write
+// made for a vCPU whose loop drives it is EBUSY and writes nothing.
 // The Xen runstate area under concurrency: a vCPU's worker loop rewrites it around every
 // KVM_RUN (running, then runnable in atomic context) while a guest-side reader on another
 // thread re-reads it with Xen's protocol, thousands of times: no copy it keeps is torn. A
@@ -5,7 +7,7 @@
 // Imports the built package: vCPU workers are dist/vcpu-worker.js.
 import { Worker } from "node:worker_threads";
 import { describe, expect, it } from "vitest";
-import { KVM_MEM_LOG_DIRTY_PAGES, createVm } from "../dist/index.js";
+import { KVM_CAP_DIRTY_LOG_RING, KVM_MEM_LOG_DIRTY_PAGES, KvmError, createVm } from "../dist/index.js";
 import { plantedCore } from "./planted-core.js";
 
 const PAGE = 4096;
@@ -18,7 +20,7 @@ interface ReaderResult {
   first?: string;
 }
 
-async function race(wasm?: WebAssembly.Module): Promise<ReaderResult & { updates: number }> {
+async function race(ms: number, wasm?: WebAssembly.Module): Promise<ReaderResult & { updates: number }> {
   const vm = await createVm({ maxMemoryBytes: 64 << 20, mmuPoolBytes: 1 << 20, ...(wasm ? { wasm } : {}) });
   try {
     vm.setUserMemoryRegion({ slot: 0, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: BASE, memorySize: 64 * PAGE, backed: true });
@@ -31,7 +33,7 @@ async function race(wasm?: WebAssembly.Module): Promise<ReaderResult & { updates
     const at = Number(info.userspaceAddr) + 8 * PAGE - 21; // the backing: the guest's bytes
     await vcpu.startLoop();
     const reader = new Worker(new URL("./fixtures/runstate-reader.mjs", import.meta.url), {
-      workerData: { buffer: vm.memory.buffer, at, ms: 1500 },
+      workerData: { buffer: vm.memory.buffer, at, ms, stopOnTorn: wasm !== undefined },
     });
     const result = await new Promise<ReaderResult>((resolve, reject) => {
       reader.once("message", resolve);
@@ -47,7 +49,7 @@ async function race(wasm?: WebAssembly.Module): Promise<ReaderResult & { updates
 
 describe("Xen runstate area: a guest reader on another thread never sees a torn structure", () => {
   it("thousands of updates from the vCPU's loop, the structure across a page boundary", async () => {
-    const r = await race();
+    const r = await race(1500);
     console.log(`runstate: ${r.updates} updates, reader kept ${r.ok} copies, retried ${r.retries}, torn ${r.torn} (${r.first})`);
     expect(r.updates).toBeGreaterThan(2000);
     expect(r.ok).toBeGreaterThan(1000);
@@ -66,8 +68,44 @@ describe("Xen runstate area: a guest reader on another thread never sees a torn 
       ],
       "release",
     );
-    const r = await race(wasm);
+    const r = await race(8000, wasm); // until the first torn copy (usually well under a second)
     console.log(`planted: ${r.updates} updates, reader kept ${r.ok} copies, torn ${r.torn} (${r.first})`);
     expect(r.torn).toBeGreaterThan(0);
+  });
+});
+
+describe("vCPU context from another thread", () => {
+  it("a cached write for a vCPU whose loop runs is EBUSY and writes nothing; once paused it goes to its ring", async () => {
+    const vm = await createVm({ maxMemoryBytes: 64 << 20, mmuPoolBytes: 1 << 20 });
+    try {
+      vm.enableCap(KVM_CAP_DIRTY_LOG_RING, [1024 * 16]);
+      vm.setUserMemoryRegion({ slot: 0, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: BASE, memorySize: 64 * PAGE, backed: true });
+      const vcpu = vm.createVcpu(0);
+      const ghc = vm.createGfnToHvaCache(BASE + 60 * PAGE, 8);
+      const gpc = vcpu.createGfnToPfnCache(BASE + 61 * PAGE, 8);
+      vcpu.setWorkload({ pattern: "sequential", gpa: BASE, pages: 32 });
+      await vcpu.startLoop({ rate: 1000 });
+      const errno = (fn: () => void) => {
+        try {
+          fn();
+        } catch (e) {
+          if (e instanceof KvmError) return e.errno;
+          throw e;
+        }
+        return undefined;
+      };
+      expect(errno(() => ghc.write(new Uint8Array(8).fill(1), { vcpu }))).toBe("EBUSY");
+      expect(errno(() => gpc.write(new Uint8Array(8).fill(1)))).toBe("EBUSY");
+      expect(errno(() => vcpu.setXenRunstateArea(BASE + 62 * PAGE))).toBe("EBUSY");
+      const mem = vm.guestMemory(0) as Uint8Array;
+      expect(mem[60 * PAGE] + mem[61 * PAGE]).toBe(0);
+      await vcpu.pause();
+      const pushes = vcpu.stats.ringPushes;
+      ghc.write(new Uint8Array(8).fill(1), { vcpu });
+      gpc.write(new Uint8Array(8).fill(1));
+      expect(vcpu.stats.ringPushes - pushes).toBe(2n);
+    } finally {
+      await vm.close();
+    }
   });
 });
