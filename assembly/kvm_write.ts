@@ -181,7 +181,9 @@ function ghc_ready(vm: usize, ghc: usize, offset: u64, len: u64): i32 {
  * The mark goes through mark_page_dirty_in_slot with `vcpu` as the running vCPU (taken
  * with `tag`: -EBUSY if another thread drives it), or none when 0.
  */
-export function kvm_write_guest_offset_cached(vm: usize, vcpu: usize, tag: u32, ghc: usize, src: usize, offset: u64, len: u64, can_block: u32): i32 {
+export function kvm_write_guest_offset_cached(vm: usize, vcpu: usize, tag: u32, ghc: usize, src: usize, offset32: u32, len32: u32, can_block: u32): i32 {
+  const offset = <u64>offset32;
+  const len = <u64>len32;
   let loaded: i32 = 0;
   if (vcpu != 0) {
     loaded = vcpu_load(vcpu, tag);
@@ -206,7 +208,9 @@ export function kvm_write_guest_offset_cached(vm: usize, vcpu: usize, tag: u32, 
 }
 
 /** kvm_read_guest_offset_cached: `len` bytes at `offset` of the cached range into `dst`. */
-export function kvm_read_guest_offset_cached(vm: usize, ghc: usize, dst: usize, offset: u64, len: u64): i32 {
+export function kvm_read_guest_offset_cached(vm: usize, ghc: usize, dst: usize, offset32: u32, len32: u32): i32 {
+  const offset = <u64>offset32;
+  const len = <u64>len32;
   const r = ghc_ready(vm, ghc, offset, len);
   if (r < 0) return r;
   const gpa = load<u64>(ghc + GHC_GPA) + offset;
@@ -225,13 +229,13 @@ export function kvm_read_guest_offset_cached(vm: usize, ghc: usize, dst: usize, 
  * vCPU's ring), else VM context. `atomic_ctx`: no refresh, -EAGAIN if the lock is
  * contended or the cache invalid.
  */
-export function kvm_gpc_access(gpc: usize, vcpu: usize, tag: u32, buf: usize, offset: u64, len: u64, write: u32, atomic_ctx: u32, can_block: u32): i32 {
+export function kvm_gpc_access(gpc: usize, vcpu: usize, tag: u32, buf: usize, offset: u32, len: u32, write: u32, atomic_ctx: u32, can_block: u32): i32 {
   let loaded: i32 = 0;
   if (vcpu != 0) {
     loaded = vcpu_load(vcpu, tag);
     if (loaded < 0) return loaded;
   }
-  const r = gpc_access(gpc, vcpu, buf, offset, len, write != 0, atomic_ctx != 0, can_block != 0);
+  const r = gpc_access(gpc, vcpu, buf, <u64>offset, <u64>len, write != 0, atomic_ctx != 0, can_block != 0);
   if (vcpu != 0) {
     dirty_ring_publish(vcpu);
     vcpu_put(vcpu, loaded);

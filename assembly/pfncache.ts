@@ -95,9 +95,9 @@ export function kvm_gpc_check(gpc: usize, len: u64): bool {
 }
 
 /** kvm_gpc_check under gpc->lock (read), for the host's `check()`. */
-export function kvm_gpc_check_locked(gpc: usize, len: u64): bool {
+export function kvm_gpc_check_locked(gpc: usize, len: u32): bool {
   rw_read_lock(gpc + GPC_LOCK);
-  const ok = kvm_gpc_check(gpc, len);
+  const ok = kvm_gpc_check(gpc, <u64>len);
   rw_read_unlock(gpc + GPC_LOCK);
   return ok;
 }
@@ -220,19 +220,20 @@ function gpc_activate(vm: usize, gpc: usize, gpa: u64, uhva: u64, len: u64, can_
 }
 
 /** kvm_gpc_activate: cache the page of `gpa` (AS 0) for accesses of `len` bytes from it. */
-export function kvm_gpc_activate(gpc: usize, gpa: u64, len: u64, can_block: u32): i32 {
+export function kvm_gpc_activate(gpc: usize, gpa: u64, len: u32, can_block: u32): i32 {
   if (gpa == INVALID_GPA) return -EINVAL;
-  return gpc_activate(<usize>load<u32>(gpc + GPC_VM), gpc, gpa, HVA_ERR_BAD, len, can_block != 0);
+  return gpc_activate(<usize>load<u32>(gpc + GPC_VM), gpc, gpa, HVA_ERR_BAD, <u64>len, can_block != 0);
 }
 
 /** kvm_gpc_activate_hva: cache the page of a bare host address (no memslot, no marking). */
-export function kvm_gpc_activate_hva(gpc: usize, uhva: u64, len: u64, can_block: u32): i32 {
-  if (uhva == HVA_ERR_BAD || uhva + len < uhva) return -EINVAL; // access_ok
-  return gpc_activate(<usize>load<u32>(gpc + GPC_VM), gpc, INVALID_GPA, uhva, len, can_block != 0);
+export function kvm_gpc_activate_hva(gpc: usize, uhva: u64, len: u32, can_block: u32): i32 {
+  if (uhva == HVA_ERR_BAD || uhva + <u64>len < uhva) return -EINVAL; // access_ok
+  return gpc_activate(<usize>load<u32>(gpc + GPC_VM), gpc, INVALID_GPA, uhva, <u64>len, can_block != 0);
 }
 
 /** kvm_gpc_refresh: re-resolve the cached address (gpc->lock NOT held). */
-export function kvm_gpc_refresh(gpc: usize, len: u64, can_block: u32): i32 {
+export function kvm_gpc_refresh(gpc: usize, len32: u32, can_block: u32): i32 {
+  const len = <u64>len32;
   const vm = <usize>load<u32>(gpc + GPC_VM);
   spin_lock(gpc + GPC_REFRESH_LOCK);
   const gpa = load<u64>(gpc + GPC_GPA);
@@ -320,7 +321,7 @@ export function gpc_access(gpc: usize, vcpu: usize, src: usize, offset: u64, len
     rw_read_lock(lock);
     while (!kvm_gpc_check(gpc, need)) {
       rw_read_unlock(lock);
-      const r = kvm_gpc_refresh(gpc, need, can_block ? 1 : 0);
+      const r = kvm_gpc_refresh(gpc, <u32>need, can_block ? 1 : 0);
       if (r != 0) return r;
       rw_read_lock(lock);
     }

@@ -92,10 +92,10 @@ export function kvm_xen_set_runstate_area(vcpu: usize, tag: u32, gpa: u64, compa
     store<u32>(vcpu + VCPU_XEN_RS_COMPAT, compat != 0 ? 1 : 0);
     const sz = area_len(vcpu);
     const sz1 = 4096 - (gpa & 0xfff); // how much fits in the first page
-    r = kvm_gpc_activate(vcpu + VCPU_XEN_GPC1, gpa, sz1, can_block);
+    r = kvm_gpc_activate(vcpu + VCPU_XEN_GPC1, gpa, <u32>sz1, can_block);
     if (r == 0) {
       if (sz1 >= sz) kvm_gpc_deactivate(vcpu + VCPU_XEN_GPC2);
-      else r = kvm_gpc_activate(vcpu + VCPU_XEN_GPC2, gpa + sz1, sz - sz1, can_block);
+      else r = kvm_gpc_activate(vcpu + VCPU_XEN_GPC2, gpa + sz1, <u32>(sz - sz1), can_block);
     }
     if (r != 0) {
       deactivate_both(vcpu);
@@ -144,7 +144,7 @@ function lock_checked(gpc: usize, len: u64, atomic_ctx: bool, can_block: bool): 
   while (!kvm_gpc_check(gpc, len)) {
     rw_read_unlock(lock);
     if (atomic_ctx) return false; // cannot sleep here
-    if (kvm_gpc_refresh(gpc, len, can_block ? 1 : 0) != 0) return false;
+    if (kvm_gpc_refresh(gpc, <u32>len, can_block ? 1 : 0) != 0) return false;
     rw_read_lock(lock);
   }
   return true;
@@ -179,7 +179,7 @@ function update_runstate_guest(vcpu: usize, atomic_ctx: bool, can_block: bool): 
     if (atomic_ctx) return skipped(vcpu);
     // activate, not refresh: the area may reach the second page only since the guest
     // changed layouts, and then the second cache was never set up
-    if (kvm_gpc_activate(gpc2, load<u64>(gpc1 + GPC_GPA) + len1, len2, can_block ? 1 : 0) != 0) return skipped(vcpu);
+    if (kvm_gpc_activate(gpc2, load<u64>(gpc1 + GPC_GPA) + len1, <u32>len2, can_block ? 1 : 0) != 0) return skipped(vcpu);
     // gpc1's lock was dropped: check it again too
   }
   const khva1 = <usize>load<u32>(gpc1 + GPC_KHVA);

@@ -32,15 +32,15 @@ export interface CoreExports {
   kvm_write_guest(vm: number, vcpu: number, tag: number, gpa: bigint, value: bigint, canBlock: number): number;
   // KVM's caches (assembly/kvm_write.ts, assembly/pfncache.ts) and the mmu notifier
   kvm_gfn_to_hva_cache_init(vm: number, ghc: number, gpa: bigint, len: number): number;
-  kvm_write_guest_offset_cached(vm: number, vcpu: number, tag: number, ghc: number, src: number, offset: bigint, len: bigint, canBlock: number): number;
-  kvm_read_guest_offset_cached(vm: number, ghc: number, dst: number, offset: bigint, len: bigint): number;
+  kvm_write_guest_offset_cached(vm: number, vcpu: number, tag: number, ghc: number, src: number, offset: number, len: number, canBlock: number): number;
+  kvm_read_guest_offset_cached(vm: number, ghc: number, dst: number, offset: number, len: number): number;
   kvm_gpc_init(vm: number, gpc: number): void;
-  kvm_gpc_activate(gpc: number, gpa: bigint, len: bigint, canBlock: number): number;
-  kvm_gpc_activate_hva(gpc: number, uhva: bigint, len: bigint, canBlock: number): number;
-  kvm_gpc_refresh(gpc: number, len: bigint, canBlock: number): number;
+  kvm_gpc_activate(gpc: number, gpa: bigint, len: number, canBlock: number): number;
+  kvm_gpc_activate_hva(gpc: number, uhva: bigint, len: number, canBlock: number): number;
+  kvm_gpc_refresh(gpc: number, len: number, canBlock: number): number;
   kvm_gpc_deactivate(gpc: number): void;
-  kvm_gpc_check_locked(gpc: number, len: bigint): number;
-  kvm_gpc_access(gpc: number, vcpu: number, tag: number, buf: number, offset: bigint, len: bigint, write: number, atomic: number, canBlock: number): number;
+  kvm_gpc_check_locked(gpc: number, len: number): number;
+  kvm_gpc_access(gpc: number, vcpu: number, tag: number, buf: number, offset: number, len: number, write: number, atomic: number, canBlock: number): number;
   kvm_mmu_notifier_invalidate_slot(vm: number, slot: number, rel: bigint, count: bigint, canBlock: number): number;
   kvm_xen_set_runstate_area(vcpu: number, tag: number, gpa: bigint, compat: number, canBlock: number): number;
   kvm_xen_update_runstate(vcpu: number, tag: number, state: number, now: bigint, atomic: number, canBlock: number): number;

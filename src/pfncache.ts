@@ -93,15 +93,15 @@ export class GfnToHvaCache {
     const offset = u32(options.offset ?? 0, "offset", call);
     const vcpu = vcpuOf(this.vm, options.vcpu, call);
     const buf = scratch(this.vm, bytes.byteLength);
-    new Uint8Array(this.vm.memory.buffer, buf, bytes.byteLength).set(bytes);
+    this.vm.hostScratchBytes().set(bytes);
     const ret = this.core.kvm_write_guest_offset_cached(
       this.vm.addr,
       vcpu?.addr ?? 0,
       HOST_TAG,
       this.addr,
       buf,
-      BigInt(offset),
-      BigInt(bytes.byteLength),
+      offset,
+      bytes.byteLength,
       CAN_BLOCK,
     );
     if (ret < 0) busy(ret, vcpu, call, reasonOf(ret, offset, bytes.byteLength, this.len));
@@ -114,9 +114,9 @@ export class GfnToHvaCache {
     const n = u32(len, "len", call);
     const offset = u32(options.offset ?? 0, "offset", call);
     const buf = scratch(this.vm, n);
-    const ret = this.core.kvm_read_guest_offset_cached(this.vm.addr, this.addr, buf, BigInt(offset), BigInt(n));
+    const ret = this.core.kvm_read_guest_offset_cached(this.vm.addr, this.addr, buf, offset, n);
     if (ret < 0) throw KvmError.fromReturn(ret, call, reasonOf(ret, offset, n, this.len));
-    return new Uint8Array(this.vm.memory.buffer, buf, n).slice();
+    return this.vm.hostScratchBytes().slice(0, n);
   }
 }
 
@@ -170,7 +170,7 @@ export class GfnToPfnCache {
     this.vm.checkAlive(call);
     const g = u64(gpa, "gpa", call);
     const n = u32(len, "len", call);
-    const ret = this.core.kvm_gpc_activate(this.addr, g, BigInt(n), CAN_BLOCK);
+    const ret = this.core.kvm_gpc_activate(this.addr, g, n, CAN_BLOCK);
     if (ret < 0) throw KvmError.fromReturn(ret, call, activateReason(ret, g, n));
   }
 
@@ -180,7 +180,7 @@ export class GfnToPfnCache {
     this.vm.checkAlive(call);
     const h = u64(uhva, "uhva", call);
     const n = u32(len, "len", call);
-    const ret = this.core.kvm_gpc_activate_hva(this.addr, h, BigInt(n), CAN_BLOCK);
+    const ret = this.core.kvm_gpc_activate_hva(this.addr, h, n, CAN_BLOCK);
     if (ret < 0) {
       throw KvmError.fromReturn(ret, call, ret === -22 ? `${n} bytes from 0x${h.toString(16)} cross the page` : `no memslot's memory at 0x${h.toString(16)}`);
     }
@@ -189,7 +189,7 @@ export class GfnToPfnCache {
   /** kvm_gpc_check: may `len` bytes from the cached address be used without a refresh? */
   check(len: number): boolean {
     this.vm.checkAlive("kvm_gpc_check");
-    return this.core.kvm_gpc_check_locked(this.addr, BigInt(u32(len, "len", "kvm_gpc_check"))) !== 0;
+    return this.core.kvm_gpc_check_locked(this.addr, u32(len, "len", "kvm_gpc_check")) !== 0;
   }
 
   /** kvm_gpc_refresh: re-resolve the mapping (EINVAL: inactive or crossing the page; EFAULT: no slot). */
@@ -197,7 +197,7 @@ export class GfnToPfnCache {
     const call = "kvm_gpc_refresh";
     this.vm.checkAlive(call);
     const n = u32(len, "len", call);
-    const ret = this.core.kvm_gpc_refresh(this.addr, BigInt(n), CAN_BLOCK);
+    const ret = this.core.kvm_gpc_refresh(this.addr, n, CAN_BLOCK);
     if (ret < 0) throw KvmError.fromReturn(ret, call, ret === -22 ? "the cache is inactive, or the access crosses the page" : "no memslot maps the cached address");
   }
 
@@ -226,15 +226,15 @@ export class GfnToPfnCache {
     this.vm.checkAlive(call);
     const offset = u32(options.offset ?? 0, "offset", call);
     const buf = scratch(this.vm, bytes.byteLength);
-    const mem = new Uint8Array(this.vm.memory.buffer, buf, bytes.byteLength);
+    const mem = this.vm.hostScratchBytes();
     if (write) mem.set(bytes);
     const ret = this.core.kvm_gpc_access(
       this.addr,
       this.vcpu?.addr ?? 0,
       HOST_TAG,
       buf,
-      BigInt(offset),
-      BigInt(bytes.byteLength),
+      offset,
+      bytes.byteLength,
       write ? 1 : 0,
       options.atomic ? 1 : 0,
       CAN_BLOCK,
@@ -248,7 +248,7 @@ export class GfnToPfnCache {
             : "no memslot maps the cached address";
       busy(ret, this.vcpu, call, reason);
     }
-    if (!write) bytes.set(mem);
+    if (!write) bytes.set(mem.subarray(0, bytes.byteLength));
     return bytes;
   }
 }

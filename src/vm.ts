@@ -899,6 +899,7 @@ export class Vm {
 
   private scratchAddr = 0;
   private scratchBytes = 0;
+  private scratchView: Uint8Array = new Uint8Array(0);
   /** @internal A region the host thread's cache calls copy their bytes through. */
   hostScratch(bytes: number): number {
     if (bytes > this.scratchBytes) {
@@ -907,8 +908,13 @@ export class Vm {
       if (this.scratchAddr) this.releaseRegion(this.scratchAddr, this.scratchBytes);
       this.scratchAddr = addr;
       this.scratchBytes = size;
+      this.scratchView = new Uint8Array(this.memory.buffer, addr, size);
     }
     return this.scratchAddr;
+  }
+  /** @internal The scratch region as bytes (valid after hostScratch(n) for its first n). */
+  hostScratchBytes(): Uint8Array {
+    return this.scratchView;
   }
 
   /** @internal A zeroed region of the VM's memory (workload tables, collector scratch). */
