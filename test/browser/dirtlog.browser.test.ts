@@ -127,6 +127,44 @@ describe("dirtlog in a browser (Chromium, Web Workers)", () => {
   });
 });
 
+describe("KVM's own writes in a browser", () => {
+  it("a vCPU's Web Worker rewrites its Xen runstate area around every KVM_RUN (the performance clock), marked dirty; caches from the page", async () => {
+    const { RUNSTATE_runnable, XEN_RUNSTATE_LAYOUT } = await import("../../dist/index.js");
+    const vm = await createVm({ maxMemoryBytes: 64 << 20, mmuPoolBytes: 1 << 20 });
+    try {
+      vm.setUserMemoryRegion({ slot: 0, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: GPA, memorySize: 64 * 4096, backed: true });
+      const vcpu = vm.createVcpu(0);
+      vcpu.setXenRunstateArea(GPA + 8 * 4096 - 20);
+      vcpu.setWorkload({ pattern: "uniform", gpa: GPA + 16 * 4096, pages: 16, batch: 64 });
+      vm.getDirtyLog(0);
+      await vcpu.startLoop();
+      await new Promise((r) => setTimeout(r, 100));
+      await vcpu.pause();
+      const rs = vcpu.xenRunstate;
+      expect(rs.updates).toBeGreaterThan(10);
+      expect(rs.state).toBe(RUNSTATE_runnable);
+      expect(rs.times[0] + rs.times[1] + rs.times[2] + rs.times[3]).toBe(rs.entryTime);
+      const log = vm.getDirtyLog(0);
+      expect((log[0] >> 7) & 1).toBe(1); // page 7
+      expect(log[1] & 1).toBe(1); // page 8
+      const mem = vm.guestMemory(0) as Uint8Array;
+      const at = 8 * 4096 - 20 + XEN_RUNSTATE_LAYOUT.long.stateEntryTime;
+      const entry = new DataView(mem.buffer, mem.byteOffset + at, 8).getBigUint64(0, true);
+      expect(entry).toBe(rs.entryTime); // the guest's copy, flag cleared
+      const ghc = vm.createGfnToHvaCache(GPA + 30 * 4096 + 4090, 12);
+      ghc.write(new Uint8Array(12).fill(9));
+      const gpc = vm.createGfnToPfnCache();
+      gpc.activate(GPA + 40 * 4096, 8);
+      vm.invalidateHostRange(0, 40 * 4096, 4096);
+      gpc.write(new Uint8Array(8).fill(7)); // refreshed on the browser main thread (no blocking wait)
+      const log2 = vm.getDirtyLog(0);
+      expect([30, 31, 40].every((p) => (log2[p >> 3] >> (p & 7)) & 1)).toBe(true);
+    } finally {
+      await vm.close();
+    }
+  });
+});
+
 describe("vCPU threads in a browser: start, failures", () => {
   it("the README's ring example: after await startLoop() and 50 ms, a harvest finds entries", async () => {
     const { KVM_CAP_DIRTY_LOG_RING, harvestDirtyRings } = await import("../../dist/index.js");
