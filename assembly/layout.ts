@@ -101,6 +101,7 @@ export const VM_GPC_LOCK: u32 = 204; // u32: kvm->gpc_lock, a spinlock over the 
 export const VM_NR_GPC_INVALIDATED: u32 = 208; // u32: caches invalidated by the mmu notifier (statistics)
 export const VM_HOST_INVALIDATIONS: u32 = 212; // u32: invalidate_range_start calls (statistics)
 export const VM_KVMCLOCK_BASE: u32 = 216; // u64: host clock (ns since the epoch) when the VM was created: kvmclock 0
+export const VM_GPC_RETRIES: u32 = 224; // u32: pfn-cache resolutions redone because an invalidation raced them (statistics)
 
 // ---- why a call failed (VM_ERR_REASON; src/errors.ts has the words) ----
 export const ERR_FLAGS: u32 = 1; // unknown memslot flags

@@ -50,6 +50,7 @@ import {
   VM_GEN,
   VM_GPC_LIST,
   VM_GPC_LOCK,
+  VM_GPC_RETRIES,
   VM_MMU_INVALIDATE_SEQ,
   VM_MN_ACTIVE_INVALIDATE,
   VM_NR_GPC_INVALIDATED,
@@ -113,7 +114,9 @@ function hva_to_pfn_retry(vm: usize, gpc: usize, can_block: bool): i32 {
   atomic.store<u32>(gpc + GPC_VALID, 0);
   let khva_page: usize = 0;
   let seq: u64 = 0;
+  let tries: u32 = 0;
   do {
+    if (tries++ != 0) atomic.add<u32>(vm + VM_GPC_RETRIES, 1);
     seq = atomic.load<u64>(vm + VM_MMU_INVALIDATE_SEQ);
     rw_write_unlock(lock);
     const uhva = load<u64>(gpc + GPC_UHVA) & ~(<u64>0xfff);

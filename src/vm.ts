@@ -112,6 +112,8 @@ export interface VmStats {
   hostInvalidations: number;
   /** pfn caches those invalidations made invalid. */
   pfnCachesInvalidated: number;
+  /** pfn-cache resolutions redone because an invalidation began or ended meanwhile (hva_to_pfn_retry). */
+  pfnCacheRetries: number;
 }
 
 interface SlotRegions {
@@ -805,6 +807,7 @@ export class Vm {
       memslotsDirtyLogging: v.getUint32(this.addr + L.VM_NR_LOGGING, true),
       hostInvalidations: v.getUint32(this.addr + L.VM_HOST_INVALIDATIONS, true),
       pfnCachesInvalidated: v.getUint32(this.addr + L.VM_NR_GPC_INVALIDATED, true),
+      pfnCacheRetries: v.getUint32(this.addr + L.VM_GPC_RETRIES, true),
     };
   }
 

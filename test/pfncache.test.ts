@@ -140,6 +140,23 @@ describe("§6.2 gfn_to_pfn_cache", () => {
     expect(gpc.active).toBe(true); // a failed refresh leaves it active, as the kernel does
   });
 
+  it("a refresh that races an invalidation resolves again: its own copy-on-write of a page without a host page is one", async () => {
+    const vm = await bitmapVm();
+    const vcpu = vm.createVcpu(0);
+    vcpu.writeGuest(BASE + 2 * PAGE, 1n); // page 2 has a host page; page 3 does not
+    const a = vm.createGfnToPfnCache();
+    a.activate(BASE + 2 * PAGE, 8);
+    expect(vm.stats).toMatchObject({ hostInvalidations: 0, pfnCacheRetries: 0 });
+    expect(vcpu.readGuest(BASE + 3 * PAGE)).toBe(0n); // the zero page, read-only
+    const b = vm.createGfnToPfnCache();
+    b.activate(BASE + 3 * PAGE, 8); // "we always request a writable mapping": copy-on-write
+    expect(vm.stats).toMatchObject({ hostInvalidations: 1, pfnCacheRetries: 1 });
+    expect(b.valid).toBe(true);
+    expect(vm.spte(0, BASE + 3 * PAGE).level).toBe(0); // the guest's zero-page mapping is gone
+    b.write(new Uint8Array([8]));
+    expect(vcpu.readGuest(BASE + 3 * PAGE)).toBe(8n);
+  });
+
   it("activating on a gpa no memslot maps is EFAULT and leaves the cache active but invalid", async () => {
     const vm = await bitmapVm();
     const gpc = vm.createGfnToPfnCache();
