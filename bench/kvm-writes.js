@@ -57,7 +57,7 @@ const tasks = [
   { id: "writeGuest", label: `vcpu.writeGuest × ${N}`, fn: () => { for (let i = 0; i < N; i++) sink |= vcpu.writeGuest(GPA + (i & 1023) * PAGE, i); } },
   { id: "kvm_write_guest", label: `vm.kvmWriteGuest × ${N}`, fn: () => { for (let i = 0; i < N; i++) vm.kvmWriteGuest(GPA + (i & 1023) * PAGE, i); } },
   { id: "kvm_write_guest-raw", label: `raw kvm_write_guest × ${N}`, fn: () => { for (let i = 0; i < N; i++) sink |= raw.kvm_write_guest(vm.addr, 0, 1, BigInt(GPA + (i & 1023) * PAGE), 5n, 1); } },
-  { id: "ghc", label: `GfnToHvaCache.write × ${N}`, fn: () => { for (let i = 0; i < N; i++) ghc.write(word); } },
+  { id: "ghc", label: `GfnToHvaCache.writeCached × ${N}`, fn: () => { for (let i = 0; i < N; i++) ghc.writeCached(word); } },
   { id: "ghc-raw", label: `raw kvm_write_guest_offset_cached × ${N}`, fn: () => { for (let i = 0; i < N; i++) sink |= raw.kvm_write_guest_offset_cached(vm.addr, 0, 1, ghc.addr, scratch, 0, 8, 1); } },
   { id: "gpc", label: `GfnToPfnCache.write × ${N}`, fn: () => { for (let i = 0; i < N; i++) gpc.write(word); } },
   { id: "gpc-raw", label: `raw kvm_gpc_access (write) × ${N}`, fn: () => { for (let i = 0; i < N; i++) sink |= raw.kvm_gpc_access(gpc.addr, 0, 1, scratch, 0, 8, 1, 0, 1); } },

@@ -3,8 +3,8 @@
 // assembly/pfncache.ts for gfn_to_pfn_cache; spec §6):
 //
 //   GfnToHvaCache  vm.createGfnToHvaCache(gpa, len): a gpa range of address space 0 → its
-//                  host address, re-initialised when the memslots change; write/read at an
-//                  offset; every write marks its page(s) dirty
+//                  host address, re-initialised when the memslots change; writeCached /
+//                  readCached at an offset; every write marks its page(s) dirty
 //   GfnToPfnCache  vm.createGfnToPfnCache({ vcpu? }) / vcpu.createGfnToPfnCache(gpa, len):
 //                  one page, activated on a gpa or a bare host address, check / refresh /
 //                  deactivate, invalidated by memslot changes and by the mmu notifier
@@ -86,7 +86,7 @@ export class GfnToHvaCache {
    * kvm_write_guest_offset_cached: `data` at `offset` of the range. EINVAL if it does not
    * fit in the range; EFAULT if the memslots changed and the range is no longer writable.
    */
-  write(data: Uint8Array, options: { offset?: number; vcpu?: Vcpu } = {}): void {
+  writeCached(data: Uint8Array, options: { offset?: number; vcpu?: Vcpu } = {}): void {
     const call = "kvm_write_guest_offset_cached";
     this.vm.checkAlive(call);
     const bytes = dataArg(data, call);
@@ -108,7 +108,7 @@ export class GfnToHvaCache {
   }
 
   /** kvm_read_guest_offset_cached: `len` bytes at `offset` of the range. */
-  read(len: number, options: { offset?: number } = {}): Uint8Array {
+  readCached(len: number, options: { offset?: number } = {}): Uint8Array {
     const call = "kvm_read_guest_offset_cached";
     this.vm.checkAlive(call);
     const n = u32(len, "len", call);

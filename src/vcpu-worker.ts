@@ -88,11 +88,16 @@ function loop(rate: number, started: () => void): number {
   };
   // Xen runstate area (assembly/xen.ts): KVM rewrites it at each scheduling change; here
   // the vCPU is "running" in KVM_RUN and "runnable" (scheduled out: atomic context) between
+  // runs — but not while it is stalled on a full ring: a vCPU thread waiting for the reaper
+  // sleeps voluntarily, which is no preemption (kvm_sched_out sets vcpu->preempted only for
+  // a thread still on the run queue), and each update pushes its pages into the ring's
+  // reserve, which a stall would otherwise exhaust (a push into a hard-full ring is lost)
   const rsGpa = new BigUint64Array(memory.buffer, vcpu + L.VCPU_XEN_RS_GPA, 1);
   const clockBase = new BigUint64Array(memory.buffer, vm + L.VM_KVMCLOCK_BASE, 1)[0];
   const runstate = (state: number, atomic: number) => {
     if (rsGpa[0] !== NO_RUNSTATE_AREA) c.kvm_xen_update_runstate(vcpu, tag, state, kvmclockNs(clockBase), atomic, 1);
   };
+  let stalled = false;
   if (!acquire()) return KVM_EXIT_INTR;
   started();
   let t0 = performance.now();
@@ -113,9 +118,10 @@ function loop(rate: number, started: () => void): number {
       d0 = Number(done[0]);
       continue;
     }
-    runstate(RUNSTATE_running, 0);
+    if (!stalled) runstate(RUNSTATE_running, 0);
     const reason = c.kvm_run(vm, vcpu, tag);
-    runstate(RUNSTATE_runnable, 1);
+    stalled = reason === KVM_EXIT_DIRTY_RING_FULL;
+    if (!stalled) runstate(RUNSTATE_runnable, 1);
     if (reason === KVM_EXIT_IO) {
       if (rate > 0) {
         const ahead = (Number(done[0]) - d0) / rate - (performance.now() - t0) / 1000;

@@ -86,14 +86,14 @@ describe("vCPU context from another thread", () => {
       vcpu.setWorkload({ pattern: "sequential", gpa: BASE, pages: 32 });
       await vcpu.startLoop({ rate: 1000 });
       const ebusy = expect.objectContaining({ errno: "EBUSY" });
-      expect(() => ghc.write(new Uint8Array(8).fill(1), { vcpu })).toThrow(ebusy);
+      expect(() => ghc.writeCached(new Uint8Array(8).fill(1), { vcpu })).toThrow(ebusy);
       expect(() => gpc.write(new Uint8Array(8).fill(1))).toThrow(ebusy);
       expect(() => vcpu.setXenRunstateArea(BASE + 62 * PAGE)).toThrow(ebusy);
       const mem = vm.guestMemory(0) as Uint8Array;
       expect(mem[60 * PAGE] + mem[61 * PAGE]).toBe(0);
       await vcpu.pause();
       const pushes = vcpu.stats.ringPushes;
-      ghc.write(new Uint8Array(8).fill(1), { vcpu });
+      ghc.writeCached(new Uint8Array(8).fill(1), { vcpu });
       gpc.write(new Uint8Array(8).fill(1));
       expect(vcpu.stats.ringPushes - pushes).toBe(2n);
     } finally {

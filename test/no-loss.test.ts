@@ -28,6 +28,7 @@ describe("no lost dirty page (dirty_log_test, 2 vCPU workers, 32 iterations)", (
       expect(r.firstError).toBeUndefined();
       expect(r.lost).toBe(0);
       expect(r.wrongValue).toBe(0);
+      expect(r.ringFullWarnings).toBe(0);
       expect(r.pagesChecked).toBe(32 * ((1 << 14) + 3));
       expect(r.writes).toBeGreaterThan(32n * 0x100n);
       if (options.mode === "dirty-ring" && (options.ringEntries ?? 0) <= 1024) expect(r.ringFullExits).toBeGreaterThan(0n);
@@ -59,7 +60,8 @@ describe("no lost dirty page (dirty_log_test, 2 vCPU workers, 32 iterations)", (
       ["dirty-log", { mode: "dirty-log" }],
       ["clear-log", { mode: "clear-log" }],
       ["dirty-ring, 1024 entries", { mode: "dirty-ring", ringEntries: 1024 }],
-      ["dirty-ring 1024 with PML", { mode: "dirty-ring", ringEntries: 1024, pml: true }],
+      ["dirty-ring 4096 with PML", { mode: "dirty-ring", ringEntries: 4096, pml: true }],
+      ["dirty-log with PML", { mode: "dirty-log", pml: true }],
     ];
     for (const [name, options] of kvmModes) {
       it(name, async () => {
@@ -68,8 +70,9 @@ describe("no lost dirty page (dirty_log_test, 2 vCPU workers, 32 iterations)", (
         expect(r.firstError).toBeUndefined();
         expect(r.lost).toBe(0);
         expect(r.wrongValue).toBe(0);
+        expect(r.ringFullWarnings).toBe(0);
         expect(r.kvmPagesChecked).toBe(16 * 6);
-        expect(r.kvmWrites).toBeGreaterThan(16 * 2);
+        expect(r.kvmWrites).toBeGreaterThan(16); // more than one per iteration
       });
     }
 

@@ -40,9 +40,9 @@ describe("§6.1 gfn_to_hva_cache", () => {
     const ghc = vm.createGfnToHvaCache(BASE + 5 * PAGE + 100, 64);
     expect(ghc.singlePage).toBe(true);
     expect(ghc.gpa).toBe(BigInt(BASE + 5 * PAGE + 100));
-    ghc.write(bytes(16, 0xab), { offset: 8 });
+    ghc.writeCached(bytes(16, 0xab), { offset: 8 });
     expect(pagesOf(vm.getDirtyLog(0))).toEqual([5]);
-    expect([...ghc.read(20, { offset: 6 })]).toEqual([0, 0, ...Array(16).fill(0xab), 0, 0]);
+    expect([...ghc.readCached(20, { offset: 6 })]).toEqual([0, 0, ...Array(16).fill(0xab), 0, 0]);
     expect(vm.guestMemory(0)?.[5 * PAGE + 108]).toBe(0xab);
   });
 
@@ -51,11 +51,11 @@ describe("§6.1 gfn_to_hva_cache", () => {
     vm.setUserMemoryRegion({ slot: 1, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: BASE + 64 * PAGE, memorySize: 16 * PAGE, backed: true });
     const ghc = vm.createGfnToHvaCache(BASE + 63 * PAGE + 4000, 200);
     expect(ghc.singlePage).toBe(false);
-    ghc.write(bytes(200, 7));
+    ghc.writeCached(bytes(200, 7));
     expect(pagesOf(vm.getDirtyLog(0))).toEqual([63]);
     expect(pagesOf(vm.getDirtyLog(1))).toEqual([0]);
     expect(vm.guestMemory(1)?.[103]).toBe(7);
-    ghc.write(bytes(10, 1), { offset: 0 }); // only the first page this time
+    ghc.writeCached(bytes(10, 1), { offset: 0 }); // only the first page this time
     expect(pagesOf(vm.getDirtyLog(0))).toEqual([63]);
     expect(pagesOf(vm.getDirtyLog(1))).toEqual([]);
   });
@@ -73,8 +73,8 @@ describe("§6.1 gfn_to_hva_cache", () => {
   it("an access beyond the cached length is EINVAL and writes nothing", async () => {
     const vm = await bitmapVm();
     const ghc = vm.createGfnToHvaCache(BASE + 2 * PAGE, 32);
-    expect(errnoOf(() => ghc.write(bytes(8, 1), { offset: 28 }))).toBe("EINVAL");
-    expect(errnoOf(() => ghc.read(33))).toBe("EINVAL");
+    expect(errnoOf(() => ghc.writeCached(bytes(8, 1), { offset: 28 }))).toBe("EINVAL");
+    expect(errnoOf(() => ghc.readCached(33))).toBe("EINVAL");
     expect(pagesOf(vm.getDirtyLog(0))).toEqual([]);
     expect(vm.guestMemory(0)?.[2 * PAGE + 28]).toBe(0);
   });
@@ -87,13 +87,13 @@ describe("§6.1 gfn_to_hva_cache", () => {
     expect(gen0).toBe(vm.generation(0));
     // the slot goes: the write re-initialises, fails, and remembers the new generation
     vm.setUserMemoryRegion({ slot: 1, flags: 0, guestPhysAddr: BASE + 256 * PAGE, memorySize: 0 });
-    expect(errnoOf(() => ghc.write(bytes(8, 1)))).toBe("EFAULT");
+    expect(errnoOf(() => ghc.writeCached(bytes(8, 1)))).toBe("EFAULT");
     expect(ghc.generation).toBe(vm.generation(0));
     expect(ghc.generation).not.toBe(gen0);
-    expect(errnoOf(() => ghc.write(bytes(8, 1)))).toBe("EFAULT"); // no change since: still the error hva
+    expect(errnoOf(() => ghc.writeCached(bytes(8, 1)))).toBe("EFAULT"); // no change since: still the error hva
     // the slot comes back (elsewhere in the host): the next write re-initialises and lands
     vm.setUserMemoryRegion({ slot: 1, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: BASE + 256 * PAGE, memorySize: 4 * PAGE, backed: true });
-    ghc.write(bytes(8, 9));
+    ghc.writeCached(bytes(8, 9));
     expect(pagesOf(vm.getDirtyLog(1))).toEqual([1]);
     expect(vm.guestMemory(1)?.[PAGE]).toBe(9);
   });
@@ -296,10 +296,10 @@ describe("§3.8 whose write it is, and where the mark goes", () => {
     const vm = await ringVm(true);
     const [a, b] = [vm.createVcpu(0), vm.createVcpu(1)];
     const ghc = vm.createGfnToHvaCache(BASE + 3 * PAGE, 8);
-    ghc.write(bytes(8, 1), { vcpu: b });
+    ghc.writeCached(bytes(8, 1), { vcpu: b });
     const gpc = b.createGfnToPfnCache(BASE + 4 * PAGE, 8);
     gpc.write(bytes(8, 1));
-    ghc.write(bytes(8, 2)); // no vCPU
+    ghc.writeCached(bytes(8, 2)); // no vCPU
     const vmGpc = vm.createGfnToPfnCache();
     vmGpc.activate(BASE + 5 * PAGE, 8);
     vmGpc.write(bytes(8, 2));
@@ -315,7 +315,7 @@ describe("§3.8 whose write it is, and where the mark goes", () => {
     const vm = await ringVm(false);
     vm.createVcpu(0);
     const ghc = vm.createGfnToHvaCache(BASE + 3 * PAGE, 8);
-    ghc.write(bytes(8, 1));
+    ghc.writeCached(bytes(8, 1));
     expect(vm.stats.noVcpuWarnings).toBe(1);
     expect(harvestDirtyRings(vm).entries).toBe(0);
     expect(vm.guestMemory(0)?.[3 * PAGE]).toBe(1); // the bytes are written all the same
@@ -354,7 +354,7 @@ describe("internal memslots: written by KVM at setup, never logged, not migrated
       onRound: () => {
         round++;
         gpc.write(new Uint8Array([round, 1, 2, 3]), { offset: 4 });
-        ghc.write(new Uint8Array(12).fill(round));
+        ghc.writeCached(new Uint8Array(12).fill(round));
       },
     });
     expect(round).toBeGreaterThan(0);

@@ -152,7 +152,7 @@ describe("KVM's own writes in a browser", () => {
       const entry = new DataView(mem.buffer, mem.byteOffset + at, 8).getBigUint64(0, true);
       expect(entry).toBe(rs.entryTime); // the guest's copy, flag cleared
       const ghc = vm.createGfnToHvaCache(GPA + 30 * 4096 + 4090, 12);
-      ghc.write(new Uint8Array(12).fill(9));
+      ghc.writeCached(new Uint8Array(12).fill(9));
       const gpc = vm.createGfnToPfnCache();
       gpc.activate(GPA + 40 * 4096, 8);
       vm.invalidateHostRange(0, 40 * 4096, 4096);
