@@ -99,7 +99,7 @@ describe("migrate(): pre-copy with vCPU workers writing, then stop-and-copy", ()
         // a second slot that only KVM writes: each vCPU's runstate area across two of its pages
         const KVM_GPA = GPA + 0x1000_0000;
         vm.setUserMemoryRegion({ slot: 1, flags: 0, guestPhysAddr: KVM_GPA, memorySize: 8 * 4096, backed: true });
-        vm.vcpuList.forEach((v, i) => v.setXenRunstateArea(KVM_GPA + (2 * i + 1) * 4096 - 12));
+        for (const [i, v] of vm.vcpuList.entries()) v.setXenRunstateArea(KVM_GPA + (2 * i + 1) * 4096 - 12);
         // VM context: on a ring VM without a bitmap the kernel drops these reports, so only here
         const ghc = mode.ring ? undefined : vm.createGfnToHvaCache(KVM_GPA + 5 * 4096 + 4000, 200);
         let round = 0;

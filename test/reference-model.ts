@@ -18,7 +18,9 @@
 //     path (§5.5) of guest stores; loads; MMIO exits; zap-all on MOVE/DELETE (§1.4);
 //   - a per-page "host page exists" flag: set by guest writes and VMM writes, for a whole
 //     frame when it is mapped huge (THP). A read fault maps writable, and logs, iff the host
-//     page exists; otherwise it maps the zero page read-only at 4K (not logged).
+//     page exists; otherwise it maps the zero page read-only at 4K (not logged). A host-side
+//     write (the VMM's, or KVM's own) to a page without a host page zaps the mapping that
+//     covers it (copy-on-write, through the mmu notifier) before the page exists.
 //
 // Conventions shared with the core where the spec is silent (dirtlog's host model):
 //   - backed slots: 2 MiB aligned backing, huge mappings up to 2M; unbacked slots: hva = the
@@ -407,8 +409,8 @@ export class RefModel {
     const gfn = Math.floor(gpa / PAGE_SIZE);
     const s = this.slotAt(cpu === undefined ? 0 : as, gfn);
     if (!s || this.readonly_(s)) throw new ModelError("EFAULT", "kvm_write_guest");
+    this.hostFaultIn(s, gfn - s.base, gfn - s.base + 1);
     this.memStore(s, gpa, value);
-    s.present[gfn - s.base] = 1;
     this.markDirty(s, gfn, cpu);
   }
 
@@ -544,6 +546,21 @@ export class RefModel {
     if (w.leaf && w.level >= minLevel) {
       w.leaf.w = false;
       w.leaf.m = false;
+    }
+  }
+
+  /**
+   * A host-side write touches slot pages [first, last): each without a host page gets one by
+   * copy-on-write, and the mmu notifier first zaps the leaf covering it (its zero-page
+   * mapping, or a read-only slot's mapping, at whatever level) so that the guest's next
+   * access faults and sees the new page (mmu_notifier.ts host_fault_in).
+   */
+  private hostFaultIn(s: Slot, first: number, last: number): void {
+    for (let p = first; p < last; p++) {
+      if (s.present[p]) continue;
+      const w = this.walk(s.as, s.base + p);
+      if (w.leaf) w.table.e[w.idx] = undefined;
+      s.present[p] = 1;
     }
   }
 
@@ -1020,7 +1037,7 @@ export class RefModel {
     const first = Math.floor(offset / PAGE_SIZE);
     const last = Math.ceil((offset + data.byteLength) / PAGE_SIZE);
     if (first > s.npages || last - first > s.npages - first) throw new ModelError("EINVAL", call);
-    s.present.fill(1, first, last);
+    this.hostFaultIn(s, first, last);
     if (!s.mem) return;
     for (let i = 0; i < data.byteLength; i++) {
       const o = offset + i;
