@@ -32,7 +32,8 @@ export default defineConfig({
         test: {
           name: "node-debug-core",
           include: ["test/**/*.test.ts"],
-          exclude: [...configDefaults.exclude, "test/browser/**"],
+          // the packed tarball and the demo page exercise the package, not the core's rules
+          exclude: [...configDefaults.exclude, "test/browser/**", "test/package/**", "test/e2e/**"],
           env: { DIRTLOG_CORE: "debug" },
         },
       },

@@ -14,6 +14,7 @@ export {
   type XenRunstate,
 } from "./xen.js";
 export { coreModule } from "./core.js";
+export { capabilities, type Capabilities } from "./capabilities.js";
 export { collectDirtyRing, harvestDirtyRings, type HarvestOptions, type RingHarvest } from "./dirty_ring_collector.js";
 export { type Workload, type WorkloadPattern, splitRegion, zipfCdf } from "./workload.js";
 export { runDirtyLogTest, type DirtyLogTestOptions, type DirtyLogTestResult } from "./dirty_log_test.js";

@@ -47,6 +47,7 @@ import {
 } from "./core.js";
 import { CORE_REASONS, KvmError, check } from "./errors.js";
 import * as L from "./layout.js";
+import { capabilities } from "./capabilities.js";
 import { GfnToHvaCache, GfnToPfnCache } from "./pfncache.js";
 import { clockNs } from "./xen.js";
 import { RegionAllocator, RegionBatch } from "./region.js";
@@ -194,6 +195,10 @@ export async function createVm(options: VmOptions = {}): Promise<Vm> {
   }
   if (o.wasm !== undefined && !(o.wasm instanceof WebAssembly.Module)) {
     throw new KvmError("EINVAL", call, "wasm must be a compiled WebAssembly.Module");
+  }
+  const caps = capabilities();
+  if (!caps.webAssembly || !caps.sharedMemory || !caps.atomics || !caps.bigint) {
+    throw new KvmError("ENXIO", call, caps.problems.join(" "));
   }
   const module = o.wasm ?? (await coreModule());
   const maximum = Math.max(CORE_MIN_PAGES, Math.floor(maxBytes / 65536));
