@@ -365,6 +365,9 @@ export class Vcpu {
     };
     end.then(clear, clear);
     const started = this.ensureThread(call).then((thread) => {
+      // dispose() may have come while the thread was spawning: its abandon() runs after
+      // this callback, so a loop started now could still report "started" (EBADF instead)
+      this.vm.checkAlive(call);
       const loop = thread.startLoop(rate);
       loop.end.then(settle.resolve, settle.reject);
       return loop.started;
