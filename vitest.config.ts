@@ -44,7 +44,16 @@ export default defineConfig({
         server: { headers: crossOriginIsolation },
         test: {
           name: "browser",
-          include: ["test/browser/**/*.browser.test.ts"],
+          // the browser's own tests, and the core's spec tests exactly as they run in Node
+          include: [
+            "test/browser/**/*.browser.test.ts",
+            "test/memslot.test.ts",
+            "test/dirty_bitmap.test.ts",
+            "test/fault.test.ts",
+            "test/dirty_ring.test.ts",
+            "test/pfncache.test.ts",
+            "test/xen-runstate.test.ts",
+          ],
           browser: {
             enabled: true,
             headless: true,

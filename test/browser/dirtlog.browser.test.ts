@@ -99,6 +99,8 @@ describe("dirtlog in a browser (Chromium, Web Workers)", () => {
       ["clear-log (manual protect + INITIALLY_SET)", { mode: "clear-log" }],
       ["dirty-ring, 256 entries (ring-full exits, workers sleep until a reset)", { mode: "dirty-ring", ringEntries: 256 }],
       ["dirty-ring, 1024 entries", { mode: "dirty-ring", ringEntries: 1024 }],
+      ["dirty-log with KVM's own writes (runstate areas from the workers, cached writes from the page)", { mode: "dirty-log", kvmWrites: true }],
+      ["dirty-ring, 1024 entries, with KVM's own writes (runstate areas)", { mode: "dirty-ring", ringEntries: 1024, kvmWrites: true }],
     ] as const) {
       it(name, async () => {
         const r = await runDirtyLogTest({ ...options, vcpus: 2, iterations: 8 });
@@ -111,6 +113,8 @@ describe("dirtlog in a browser (Chromium, Web Workers)", () => {
         expect(r.firstError).toBeUndefined();
         expect(r.lost).toBe(0);
         expect(r.wrongValue).toBe(0);
+        expect(r.ringFullWarnings).toBe(0);
+        if ("kvmWrites" in options) expect(r.kvmWrites).toBeGreaterThan(8);
         expect(r.pagesChecked).toBe(8 * ((1 << 14) + 3));
         expect(r.writes).toBeGreaterThan(8n * 0x100n);
         expect(r.dirtyPages).toBeGreaterThan(0);
