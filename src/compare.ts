@@ -7,7 +7,10 @@
 // guest byte for byte. The kernel events counted (GET calls and words, CLEAR calls, ring
 // entries, RESETs, write faults, ring-full exits) times a CostTable give the projection:
 // what real KVM would spend on the same run.
-import { cpus } from "node:os";
+//
+// Platform-neutral (no node: imports): it runs in Node (the CLI) and in a browser's Web
+// Worker (the demo page, web/), where `onSample` feeds the live charts and the ring and
+// bitmap views with what each harvest saw.
 import type {
   CompareResult,
   CompareScenario,
@@ -19,6 +22,7 @@ import type {
 } from "./compare_types.js";
 import { type HarvestCounts, type LogMode, parseLogMode } from "./log_mode.js";
 import { migrate } from "./migrate.js";
+import type { Vcpu } from "./vcpu.js";
 import { createVm } from "./vm.js";
 import { splitRegion } from "./workload.js";
 
@@ -77,9 +81,65 @@ export interface CompareProgress {
   message?: string;
 }
 
+/** vCPU 0's dirty ring, read from the shared memory (struct kvm_dirty_gfn flags, kernel indices). */
+export interface RingSnapshot {
+  entries: number;
+  /** used = dirtyIndex - resetIndex reaching this is a ring-full exit (entries minus the reserve). */
+  softLimit: number;
+  /** Free-running u32 counters: entries pushed, entries reset. Entry i lives at i & (entries - 1). */
+  dirtyIndex: number;
+  resetIndex: number;
+  /** Per entry, in ring order: KVM_DIRTY_GFN_F_DIRTY (1), KVM_DIRTY_GFN_F_RESET (2), or 0 (free). */
+  flags: Uint8Array;
+  /**
+   * A harvest's sample: the entries it collected (flags DIRTY → RESET) and KVM_RESET_DIRTY_RINGS
+   * re-armed (→ free), as free-running indices [from, to): resetIndex before and after.
+   */
+  harvested?: { from: number; to: number };
+}
+
+/** What a bitmap harvest (KVM_GET_DIRTY_LOG [+ CLEAR]) returned, word by word. */
+export interface BitmapSnapshot {
+  /** Pages of the slot, and u64 words of its dirty bitmap (one bit per page). */
+  pages: number;
+  words: number;
+  /** Per bitmap word: pages the harvest reported from it (0..64). */
+  pagesPerWord: Uint8Array;
+  /** Per summary word (one bit per bitmap word: 64 words, 4096 pages): 1 if the harvest reported a page under it. */
+  summaryTaken: Uint8Array;
+}
+
+/** A live reading while a mode runs (`onSample`): at each harvest, and between harvests of a ring mode. */
+export interface CompareSample {
+  mode: string;
+  /** The mode's index in the scenario. */
+  index: number;
+  /** "harvest": a harvest just ran (`point` is its timeline entry); "tick": between harvests (ring state only). */
+  kind: "harvest" | "tick";
+  /** Since the mode's vCPUs started. */
+  tMs: number;
+  point?: HarvestPoint;
+  /** What the harvest did (GETs, bitmap words, CLEARs, ring entries, RESETs). */
+  counts?: HarvestCounts;
+  /** Each vCPU's stores since the mode's vCPUs started (cumulative). */
+  vcpuStores: number[];
+  /** Ring modes: vCPU 0's ring. */
+  ring?: RingSnapshot;
+  /** Bitmap modes, at a harvest: the words it took. */
+  bitmap?: BitmapSnapshot;
+}
+
 export interface CompareOptions {
   costs?: CostTable;
   onProgress?: (p: CompareProgress) => void;
+  /**
+   * Live readings for charts (the demo page): called at each harvest (after it was timed:
+   * reading the snapshot is not part of the latency) and, in ring modes, every
+   * `sampleIntervalMs` between harvests. The result is the same with or without it.
+   */
+  onSample?: (s: CompareSample) => void;
+  /** Between-harvest ring samples, ms [50]. */
+  sampleIntervalMs?: number;
   /** Package version and the core's identity, for the environment. */
   environment?: Record<string, string | number | boolean>;
   rationale?: string;
@@ -88,6 +148,62 @@ export interface CompareOptions {
 const GPA = 0x1_0000_0000;
 const PAGE = 4096;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface NodeProcess {
+  version?: string;
+  hrtime?: { bigint?: () => bigint };
+  getBuiltinModule?: (id: string) => unknown;
+}
+const nodeProcess = (globalThis as { process?: NodeProcess }).process;
+const hrtime = nodeProcess?.hrtime?.bigint?.bind(nodeProcess.hrtime);
+
+/**
+ * The harvest clock: process.hrtime in Node (ns, a bigint); elsewhere performance.now() (ms;
+ * a browser coarsens it, to 5 µs steps on a cross-origin isolated page).
+ */
+const clock: () => bigint | number = hrtime ?? (() => performance.now());
+/** Nanoseconds since a reading of `clock`. */
+const nsSince = (t: bigint | number): number =>
+  typeof t === "bigint" ? Number((clock() as bigint) - t) : ((clock() as number) - t) * 1e6;
+
+/** The machine: CPU model and cores (Node: os.cpus(); a browser: navigator.hardwareConcurrency). */
+function hostEnvironment(): Record<string, string | number | boolean> {
+  const os = nodeProcess?.getBuiltinModule?.("node:os") as typeof import("node:os") | undefined;
+  if (os && nodeProcess?.version) {
+    const cpus = os.cpus();
+    return { cpu: cpus[0]?.model ?? "unknown", cores: cpus.length, node: nodeProcess.version };
+  }
+  const nav = (globalThis as { navigator?: { hardwareConcurrency?: number; userAgent?: string } }).navigator;
+  return {
+    cpu: "unknown",
+    cores: nav?.hardwareConcurrency ?? 0,
+    ...(nodeProcess?.version ? { node: nodeProcess.version } : {}),
+    ...(nav?.userAgent && !nodeProcess?.version ? { userAgent: nav.userAgent } : {}),
+  };
+}
+
+/** vCPU 0's ring as userspace sees it (a plain read of the mmap'ed entries' flags). */
+function ringSnapshot(vcpu: Vcpu): RingSnapshot {
+  const st = vcpu.dirtyRingState;
+  const r = vcpu.dirtyRing;
+  const words = new Uint32Array(r.buffer, r.byteOffset, r.byteLength >> 2);
+  const flags = new Uint8Array(st.entries);
+  for (let i = 0; i < st.entries; i++) flags[i] = words[i << 2] & 3;
+  return { entries: st.entries, softLimit: st.softLimit, dirtyIndex: st.dirtyIndex, resetIndex: st.resetIndex, flags };
+}
+
+/** Which bitmap words (and summary words) a harvest's reported pages came from. */
+function bitmapSnapshot(pages: number, offsets: readonly number[]): BitmapSnapshot {
+  const words = Math.ceil(pages / 64);
+  const pagesPerWord = new Uint8Array(words);
+  const summaryTaken = new Uint8Array(Math.ceil(words / 64));
+  for (const offset of offsets) {
+    if (offset < 0 || offset >= pages) continue;
+    pagesPerWord[offset >> 6]++;
+    summaryTaken[offset >> 12] = 1;
+  }
+  return { pages, words, pagesPerWord, summaryTaken };
+}
 
 function spread(xs: number[]): Spread {
   if (xs.length === 0) return { median: 0, p99: 0, max: 0, count: 0 };
@@ -108,7 +224,11 @@ export async function compare(scenario: CompareScenario, options: CompareOptions
   for (const [index, mode] of modes.entries()) {
     const progress = (phase: CompareProgress["phase"], fraction: number, message?: string) =>
       options.onProgress?.({ mode: mode.name, index, of: modes.length, phase, fraction, message });
-    results.push(await runMode(scenario, mode, costs, progress));
+    const onSample = options.onSample;
+    const sample = onSample
+      ? (s: Omit<CompareSample, "mode" | "index">) => onSample({ mode: mode.name, index, ...s })
+      : undefined;
+    results.push(await runMode(scenario, mode, costs, progress, sample, options.sampleIntervalMs ?? 50));
   }
   const verdict = verdictOf(results);
   return {
@@ -118,9 +238,7 @@ export async function compare(scenario: CompareScenario, options: CompareOptions
     ...(options.rationale ? { rationale: options.rationale } : {}),
     costs,
     environment: {
-      cpu: cpus()[0]?.model ?? "unknown",
-      cores: cpus().length,
-      node: process.version,
+      ...hostEnvironment(),
       ...options.environment,
     },
     modes: results,
@@ -134,6 +252,8 @@ async function runMode(
   mode: LogMode,
   costs: CostTable,
   progress: (phase: CompareProgress["phase"], fraction: number, message?: string) => void,
+  sample?: (s: Omit<CompareSample, "mode" | "index">) => void,
+  sampleIntervalMs = 50,
 ): Promise<ModeResult> {
   progress("setup", 0, "creating the VM");
   const pages = Math.floor(sc.memoryBytes / PAGE);
@@ -206,19 +326,47 @@ async function runMode(
       got = [];
     };
     let t0 = 0;
+    const ring = mode.spec.kind === "dirty-ring";
     const harvest = (cause: HarvestPoint["cause"]) => {
-      const t = process.hrtime.bigint();
+      // sampled: vCPU 0's reset_index before the harvest (read before the timing starts)
+      const resetBefore = sample && ring ? vcpus[0].dirtyRingState.resetIndex : 0;
+      const t = clock();
       const c = mode.collectDirtyPages(vm, [0], onPage);
-      const ns = Number(process.hrtime.bigint() - t);
+      const ns = nsSince(t);
+      const bitmap = sample && !ring ? bitmapSnapshot(pages, got) : undefined;
       check();
       harvestNs += ns;
       latencies.push(ns / 1000);
       addCounts(totals, c);
       if (c.ringResets !== c.ringEntries) resetMismatches++;
       const now = stores();
-      timeline.push({ tMs: performance.now() - t0, latencyUs: ns / 1000, reported: c.reported, stores: now - lastStores, cause });
+      const point: HarvestPoint = {
+        tMs: performance.now() - t0,
+        latencyUs: ns / 1000,
+        reported: c.reported,
+        stores: now - lastStores,
+        cause,
+      };
+      timeline.push(point);
       lastStores = now;
-      vcpuStores.push(vcpus.map((v, i) => Number(v.workloadStores) - startStores[i]));
+      const perVcpu = vcpus.map((v, i) => Number(v.workloadStores) - startStores[i]);
+      vcpuStores.push(perVcpu);
+      if (sample) {
+        let ringState: RingSnapshot | undefined;
+        if (ring) {
+          ringState = ringSnapshot(vcpus[0]);
+          ringState.harvested = { from: resetBefore, to: ringState.resetIndex };
+        }
+        sample({
+          kind: "harvest",
+          tMs: point.tMs,
+          point: { ...point },
+          counts: c,
+          vcpuStores: [...perVcpu],
+          ring: ringState,
+          bitmap,
+        });
+      }
     };
 
     progress("run", 0, "starting the vCPUs");
@@ -228,7 +376,7 @@ async function runMode(
     startStores = vcpus.map((v) => Number(v.workloadStores));
     lastStores = startStores.reduce((a, b) => a + b, 0);
     let nextHarvest = t0 + sc.intervalMs;
-    const ring = mode.spec.kind === "dirty-ring";
+    let nextSample = t0;
     let fullSeen = 0;
     const ringFull = () => vcpus.reduce((a, v) => a + Number(v.stats.ringFullExits), 0);
     const end = t0 + sc.durationMs;
@@ -242,6 +390,14 @@ async function runMode(
       } else if (now >= nextHarvest) {
         harvest("interval");
         nextHarvest = Math.max(nextHarvest + sc.intervalMs, performance.now());
+      } else if (sample && ring && now >= nextSample) {
+        nextSample = now + sampleIntervalMs;
+        sample({
+          kind: "tick",
+          tMs: now - t0,
+          vcpuStores: vcpus.map((v, i) => Number(v.workloadStores) - startStores[i]),
+          ring: ringSnapshot(vcpus[0]),
+        });
       }
       progress("run", Math.min(1, (performance.now() - t0) / sc.durationMs));
       await sleep(ring ? 1 : Math.max(1, Math.min(nextHarvest, end) - performance.now()));

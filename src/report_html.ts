@@ -4,7 +4,10 @@
 import { readFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
-import type { CompareResult, CompareScenario, ModeResult } from "./compare_types.js";
+import type { CompareResult, ModeResult } from "./compare_types.js";
+import { fmtBytes, fmtNum, fmtSi, scenarioSummary } from "./report_charts.js";
+
+export { scenarioSummary };
 
 /** uPlot's IIFE build and stylesheet, from the installed package. */
 async function readUplot(): Promise<{ js: string; css: string }> {
@@ -24,60 +27,6 @@ const rawText = (s: string, tag: string): string => s.replace(new RegExp(`</(${t
 
 /** JSON safe inside <script type="application/json">: `<` only occurs inside JSON strings. */
 const jsonForScript = (v: unknown): string => JSON.stringify(v).replace(/<\//g, "<\\/").replace(/<!--/g, "\\u003c!--");
-
-function fmtNum(v: number, digits = 0): string {
-  if (!Number.isFinite(v)) return String(v);
-  return v.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
-}
-
-/** 1234567 → "1.23 M". */
-function fmtSi(v: number): string {
-  const a = Math.abs(v);
-  if (a >= 1e9) return `${(v / 1e9).toPrecision(3)} G`;
-  if (a >= 1e6) return `${(v / 1e6).toPrecision(3)} M`;
-  if (a >= 1e3) return `${(v / 1e3).toPrecision(3)} k`;
-  return fmtNum(v, Number.isInteger(v) ? 0 : 1);
-}
-
-function fmtBytes(b: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  let v = b;
-  while (Math.abs(v) >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${Number.isInteger(v) ? v : v.toFixed(1)} ${units[i]}`;
-}
-
-function fmtMs(ms: number): string {
-  return ms >= 1000 && ms % 100 === 0 ? `${ms / 1000} s` : `${fmtNum(ms)} ms`;
-}
-
-function patternText(s: CompareScenario): string {
-  const extra: string[] = [];
-  if (s.pattern === "hot-set") {
-    if (s.hotFraction !== undefined) extra.push(`${fmtNum(s.hotFraction * 100)}% of stores`);
-    if (s.hotPagesFraction !== undefined) extra.push(`to ${fmtNum(s.hotPagesFraction * 100)}% of pages`);
-  }
-  if (s.pattern === "zipf" && s.zipfS !== undefined) extra.push(`s=${s.zipfS}`);
-  if (s.pattern === "strided" && s.stride !== undefined) extra.push(`stride ${s.stride}`);
-  return extra.length ? `${s.pattern} (${extra.join(" ")})` : s.pattern;
-}
-
-/** One line: memory, vCPUs, pattern, dirty rate, duration, interval. */
-export function scenarioSummary(s: CompareScenario): string {
-  const rate =
-    s.dirtyRatePagesPerSec > 0 ? `${fmtSi(s.dirtyRatePagesPerSec)} stores/s per vCPU` : "stores as fast as they go";
-  return [
-    `${fmtBytes(s.memoryBytes)}${s.backed ? " backed" : ""}`,
-    `${s.vcpus} vCPU${s.vcpus === 1 ? "" : "s"}`,
-    patternText(s),
-    rate,
-    `${fmtMs(s.durationMs)} run`,
-    `harvest every ${fmtMs(s.intervalMs)}`,
-  ].join(" · ");
-}
 
 const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
 
