@@ -1,5 +1,22 @@
 // Loading the core: build/dirtlog.wasm is compiled once per process (or page) and the
-// same WebAssembly.Module is instantiated over each VM's shared memory.
+// same WebAssembly.Module is instantiated over each VM's shared memory. How the bytes are
+// read (disk or fetch) is platform code, chosen by the package's "imports" map (platform.ts).
+import { compileWasmAt, defaultCoreUrl } from "#platform";
+import { KvmError } from "./errors.js";
+import { WasmLoadError } from "./platform.js";
+
+// The public types name WebAssembly.Module and WebAssembly.Memory. TypeScript declares the
+// WebAssembly namespace only in its DOM and WebWorker libs, and @types/node not at all, so a
+// Node project compiling with lib ["ES2022"] and skipLibCheck false would fail on this
+// package's .d.ts ("Cannot find namespace 'WebAssembly'"). Empty interfaces merge with any
+// fuller declaration (DOM's, a future @types/node's) without conflict, and make the names
+// resolve where there is none.
+declare global {
+  namespace WebAssembly {
+    interface Module {}
+    interface Memory {}
+  }
+}
 
 /** Raw exports of build/dirtlog.wasm (addresses are numbers; u64 values are bigints). */
 export interface CoreExports {
@@ -110,33 +127,177 @@ export const CAN_BLOCK: number = (() => {
  */
 export const HOST_TAG = 1;
 
-let compiled: Promise<WebAssembly.Module> | undefined;
+/**
+ * What `createVm({ wasm })` accepts for the core: the compiled module, its bytes (an
+ * ArrayBuffer or a typed array / DataView over them) or its URL (a URL, or a string resolved
+ * like fetch() resolves it: against the page or worker's location; in Node it must be
+ * absolute, e.g. a file: URL).
+ */
+export type CoreSource = WebAssembly.Module | ArrayBuffer | ArrayBufferView | URL | string;
 
-/** The compiled core, compiled once and cached (post it to workers; never recompile). */
+/** A CoreSource checked and normalized (see coreSource). */
+export type CheckedCoreSource =
+  | { module: WebAssembly.Module }
+  | { bytes: ArrayBuffer | ArrayBufferView }
+  | { url: URL };
+
+let compiled: Promise<WebAssembly.Module> | undefined;
+const byBytes = new WeakMap<object, Promise<WebAssembly.Module>>();
+const byUrl = new Map<string, Promise<WebAssembly.Module>>();
+/** Modules already found to be dirtlog cores. */
+const checked = new WeakSet<WebAssembly.Module>();
+
+/**
+ * The compiled core (build/dirtlog.wasm), compiled once and cached (post it to workers;
+ * never recompile). A failed load is not cached: the next call tries again.
+ */
 export function coreModule(): Promise<WebAssembly.Module> {
-  compiled ??= compileCore();
-  return compiled;
+  return loadCore(undefined, "coreModule");
 }
 
 /**
- * The debug build of the core (asserts on: mmu_lock and vcpu->mutex rules, see
- * assembly/mmu_lock.ts and assembly/vcpu.ts) is used when the environment variable
- * DIRTLOG_CORE=debug is set in Node; the test suite runs against both builds.
+ * Check `wasm` (createVm's option) synchronously, before anything is made: EINVAL naming
+ * what is accepted otherwise.
  */
-function debugCore(): boolean {
-  const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
-  return env?.DIRTLOG_CORE === "debug";
+export function coreSource(wasm: unknown, call: string): CheckedCoreSource {
+  if (wasm instanceof WebAssembly.Module) return { module: wasm };
+  if (wasm instanceof ArrayBuffer || ArrayBuffer.isView(wasm)) {
+    if (wasm.byteLength === 0) throw new KvmError("EINVAL", call, "wasm: the bytes are empty");
+    return { bytes: wasm };
+  }
+  if (wasm instanceof URL) return { url: wasm };
+  if (typeof wasm === "string") {
+    const base = (globalThis as { location?: { href?: unknown } }).location?.href;
+    try {
+      return { url: typeof base === "string" ? new URL(wasm, base) : new URL(wasm) };
+    } catch {
+      throw new KvmError(
+        "EINVAL",
+        call,
+        typeof base === "string"
+          ? `wasm ${JSON.stringify(wasm)} is not a URL`
+          : `wasm ${JSON.stringify(wasm)} is not a valid absolute URL (there is no page here to resolve a relative one against): pass e.g. new URL("./dirtlog.wasm", import.meta.url), or the bytes`,
+      );
+    }
+  }
+  throw new KvmError(
+    "EINVAL",
+    call,
+    "wasm must be the core as a compiled WebAssembly.Module, its bytes (an ArrayBuffer or a typed array) or its URL (a URL or a string)",
+  );
 }
 
-async function compileCore(): Promise<WebAssembly.Module> {
-  const url = debugCore()
-    ? new URL("../build/dirtlog.debug.wasm", import.meta.url)
-    : new URL("../build/dirtlog.wasm", import.meta.url);
-  if (url.protocol === "file:") {
-    const { readFile } = await import("node:fs/promises");
-    return WebAssembly.compile(await readFile(url));
+/**
+ * The core from a checked source (or the package's own when undefined), compiled once per
+ * Module, bytes object or URL and cached; then checked to be a dirtlog core. Failures are
+ * KvmErrors of `call`: ENOENT (no such file, HTTP 404), EIO (unreadable; or the package's
+ * own core is not a module), EINVAL (the given bytes or URL are not a dirtlog core).
+ */
+export async function loadCore(source: CheckedCoreSource | undefined, call: string): Promise<WebAssembly.Module> {
+  let module: WebAssembly.Module;
+  try {
+    if (source === undefined) {
+      compiled ??= cached(compileWasmAt(defaultCoreUrl()), () => {
+        compiled = undefined;
+      });
+      module = await compiled;
+    } else if ("module" in source) {
+      module = source.module;
+    } else if ("bytes" in source) {
+      const key = source.bytes;
+      let p = byBytes.get(key);
+      if (!p) {
+        p = cached(compileBytes(key), () => byBytes.delete(key));
+        byBytes.set(key, p);
+      }
+      module = await p;
+    } else {
+      const key = source.url.href;
+      let p = byUrl.get(key);
+      if (!p) {
+        p = cached(compileWasmAt(source.url), () => byUrl.delete(key));
+        byUrl.set(key, p);
+      }
+      module = await p;
+    }
+  } catch (e) {
+    throw loadError(e, source === undefined, call);
   }
-  return WebAssembly.compileStreaming(fetch(url));
+  if (!checked.has(module)) {
+    const missing = missingCoreParts(module);
+    if (missing) {
+      throw new KvmError(source === undefined ? "EIO" : "EINVAL", call, `wasm is not a dirtlog core: ${missing}`);
+    }
+    checked.add(module);
+  }
+  return module;
+}
+
+/** A promise that forgets itself (`forget`) when it rejects, so the next call retries. */
+function cached<T>(p: Promise<T>, forget: () => void): Promise<T> {
+  return p.catch((e) => {
+    forget();
+    throw e;
+  });
+}
+
+async function compileBytes(bytes: ArrayBuffer | ArrayBufferView): Promise<WebAssembly.Module> {
+  // WebAssembly.compile refuses views of shared memory: copy those
+  const view = ArrayBuffer.isView(bytes) ? new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength) : bytes;
+  const own = view instanceof Uint8Array && !(view.buffer instanceof ArrayBuffer) ? view.slice() : view;
+  try {
+    return await WebAssembly.compile(own as ArrayBuffer);
+  } catch (e) {
+    throw new WasmLoadError(
+      "invalid",
+      `the bytes are not a WebAssembly module: ${e instanceof Error ? e.message : String(e)}`,
+    );
+  }
+}
+
+const HINT =
+  "dirtlog/dist expects the core at ../build/dirtlog.wasm; if a bundler or dev server moved the package's files, " +
+  'hand it over: createVm({ wasm }) takes the module, its bytes or its URL (the file is exported as "dirtlog/dirtlog.wasm")';
+
+/**
+ * By name, not instanceof: "#platform" resolves through package.json to dist/, so a test
+ * that imports src/ meets dist's copy of the class.
+ */
+function isWasmLoadError(e: unknown): e is WasmLoadError {
+  return e instanceof Error && e.name === "WasmLoadError" && typeof (e as Partial<WasmLoadError>).failure === "string";
+}
+
+const VITE_HINT =
+  'Vite\'s dependency pre-bundling moved dirtlog away from its files: add optimizeDeps: { exclude: ["dirtlog"] } to the Vite config (Vite 8 needs no such option)';
+
+function loadError(e: unknown, own: boolean, call: string): unknown {
+  if (!isWasmLoadError(e)) return e;
+  const prefix = own ? "the core" : "wasm";
+  // Vite 5-7's dev server pre-bundles dependencies into node_modules/.vite/deps/, away from
+  // build/ (Vite 8's does not lose the file)
+  const hint = !own ? "" : e.message.includes("/.vite/") ? `. ${HINT}; ${VITE_HINT}` : `. ${HINT}`;
+  switch (e.failure) {
+    case "missing":
+      return new KvmError("ENOENT", call, `${prefix}: ${e.message}${hint}`);
+    case "unreadable":
+      return new KvmError("EIO", call, `${prefix}: ${e.message}`);
+    case "invalid":
+      return new KvmError(own ? "EIO" : "EINVAL", call, `${prefix}: ${e.message}${hint}`);
+  }
+}
+
+/** The exports and import every dirtlog core has; what a module lacks of them, or undefined. */
+function missingCoreParts(module: WebAssembly.Module): string | undefined {
+  const exports = new Set(WebAssembly.Module.exports(module).map((d) => d.name));
+  const lacking = ["kvm_vm_init", "kvm_vcpu_init", "kvm_run", "memslot_commit", "kvm_get_dirty_log"].filter(
+    (n) => !exports.has(n),
+  );
+  if (lacking.length) return `it does not export ${lacking.join(", ")}`;
+  const memory = WebAssembly.Module.imports(module).some(
+    (d) => d.module === "env" && d.name === "memory" && d.kind === "memory",
+  );
+  if (!memory) return "it does not import its memory (env.memory)";
+  return undefined;
 }
 
 /** Instantiate the core over a shared memory (one instance per thread). */

@@ -13,7 +13,7 @@ export {
   XEN_RUNSTATE_LAYOUT,
   type XenRunstate,
 } from "./xen.js";
-export { coreModule } from "./core.js";
+export { coreModule, type CoreSource } from "./core.js";
 export { capabilities, type Capabilities } from "./capabilities.js";
 export { collectDirtyRing, harvestDirtyRings, type HarvestOptions, type RingHarvest } from "./dirty_ring_collector.js";
 export { type Workload, type WorkloadPattern, splitRegion, zipfCdf } from "./workload.js";

@@ -12,7 +12,8 @@
 // exits rejects the pending run/start/loop-end with a KvmError(EIO) naming the vCPU and
 // the call. A worker keeps a Node process alive only while it runs guest code.
 import type { CoreExports } from "./core.js";
-import { type Endpoint, spawnVcpuWorker } from "./endpoint.js";
+import { spawnVcpuWorker } from "#platform";
+import type { Endpoint } from "./endpoint.js";
 import { KvmError } from "./errors.js";
 import * as L from "./layout.js";
 

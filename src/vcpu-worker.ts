@@ -9,7 +9,7 @@
 // vCPU is left outside guest mode with its mutex released, and the error is reported.
 import { KVM_EXIT_DIRTY_RING_FULL, KVM_EXIT_INTR, KVM_EXIT_IO } from "./constants.js";
 import { type CoreExports, instantiateCore } from "./core.js";
-import { parentEndpoint } from "./endpoint.js";
+import { parentEndpoint } from "#platform";
 import * as L from "./layout.js";
 import { NO_RUNSTATE_AREA, RUNSTATE_runnable, RUNSTATE_running, kvmclockNs } from "./xen.js";
 import { CTL_PAUSE, CTL_PAUSED, CTL_QUIT, CTL_RUN, type VcpuWorkerReply, type VcpuWorkerRequest } from "./vcpu-thread.js";

@@ -41,9 +41,11 @@ import {
   CORE_MAX_PAGES,
   CORE_MIN_PAGES,
   type CoreExports,
+  type CoreSource,
   HOST_TAG,
-  coreModule,
+  coreSource,
   instantiateCore,
+  loadCore,
 } from "./core.js";
 import { CORE_REASONS, KvmError, check } from "./errors.js";
 import * as L from "./layout.js";
@@ -67,10 +69,20 @@ export interface VmOptions {
    * skips the SPTE walk until the vCPU handles a TLB flush request, as on hardware.
    */
   tlb?: boolean;
-  /** Where the vCPU worker script is (default: vcpu-worker.js next to this module). */
+  /**
+   * Where the vCPU worker script is (default: the package's dist/vcpu-worker.js, found with
+   * `new URL("./vcpu-worker.js", import.meta.url)`), for bundlers and CSPs that place it
+   * elsewhere. The package exports it as "dirtlog/vcpu-worker".
+   */
   workerUrl?: string | URL;
-  /** The compiled core to use instead of build/dirtlog.wasm (e.g. a debug build). */
-  wasm?: WebAssembly.Module;
+  /**
+   * The core to use instead of the package's build/dirtlog.wasm (found with
+   * `new URL("../build/dirtlog.wasm", import.meta.url)`): the compiled WebAssembly.Module,
+   * its bytes (an ArrayBuffer or a typed array), or its URL (a URL, or a string resolved
+   * against the page's location; in Node an absolute URL). Bytes and URLs are compiled once
+   * per object or URL and cached. The package exports the file as "dirtlog/dirtlog.wasm".
+   */
+  wasm?: CoreSource;
 }
 
 export interface UserMemoryRegion {
@@ -193,14 +205,12 @@ export async function createVm(options: VmOptions = {}): Promise<Vm> {
   if (o.workerUrl !== undefined && typeof o.workerUrl !== "string" && !(o.workerUrl instanceof URL)) {
     throw new KvmError("EINVAL", call, "workerUrl must be a string or a URL");
   }
-  if (o.wasm !== undefined && !(o.wasm instanceof WebAssembly.Module)) {
-    throw new KvmError("EINVAL", call, "wasm must be a compiled WebAssembly.Module");
-  }
+  const wasm = o.wasm === undefined ? undefined : coreSource(o.wasm, call);
   const caps = capabilities();
   if (!caps.webAssembly || !caps.sharedMemory || !caps.atomics || !caps.bigint) {
     throw new KvmError("ENXIO", call, caps.problems.join(" "));
   }
-  const module = o.wasm ?? (await coreModule());
+  const module = await loadCore(wasm, call);
   const maximum = Math.max(CORE_MIN_PAGES, Math.floor(maxBytes / 65536));
   const reused = idle.get(module)?.get(maximum)?.pop();
   if (reused) {
