@@ -56,6 +56,8 @@ import {
   KVM_NR_AS,
   KVM_USER_MEM_SLOTS,
   SLOT_ACTIVE,
+  VM_MMU_INVALIDATE_SEQ,
+  VM_MN_ACTIVE_INVALIDATE,
   SLOT_BACKING,
   SLOT_BASE_GFN,
   SLOT_BITMAP,
@@ -77,6 +79,7 @@ import {
   VM_ZAPS,
 } from "./layout";
 import { lockdep_assert_held_write, write_lock, write_unlock } from "./mmu_lock";
+import { gfn_to_pfn_cache_invalidate_start } from "./pfncache";
 import { OP_CLEAR_D, OP_SPLIT, OP_WRPROT, tdp_range, tdp_recover_huge, tdp_root, tdp_zap_all } from "./tdp";
 import { flush_remote_tlbs, flush_remote_tlbs_dirty_log } from "./tlb";
 
@@ -356,6 +359,17 @@ export function memslot_commit(
   const s = slot_ptr(vm, as_id, id);
   const base = gpa >> 12;
   if (change == KVM_MR_NONE) return change;
+  // DELETE: the host releases the slot's backing afterwards (the kernel's pfn caches hold
+  // a page reference; here the memory is reused): every pfn cache on the slot's host range
+  // stops being valid before the record and the backing go, and a refresh racing this sees
+  // the invalidation and resolves again, to EFAULT (mmu_notifier.ts does the same for host
+  // changes). MOVE keeps the host range: its gpa-based caches go stale by generation.
+  const remap = change == KVM_MR_DELETE;
+  if (remap) {
+    atomic.add<u32>(vm + VM_MN_ACTIVE_INVALIDATE, 1);
+    const old_hva = load<u64>(s + SLOT_HVA);
+    gfn_to_pfn_cache_invalidate_start(vm, old_hva, old_hva + (load<u64>(s + SLOT_NPAGES) << 12));
+  }
   write_lock(vm);
   const old_logged = change != KVM_MR_CREATE && slot_logged(s);
   const new_logged = change != KVM_MR_DELETE && (flags & KVM_MEM_LOG_DIRTY_PAGES) != 0;
@@ -409,7 +423,9 @@ export function memslot_commit(
   if (change == KVM_MR_FLAGS_ONLY && old_logged != new_logged && (flags & KVM_MEM_READONLY) == 0) {
     apply_flags(vm, s, as_id, new_logged, can_block != 0);
   }
+  if (remap) atomic.add<u64>(vm + VM_MMU_INVALIDATE_SEQ, 1);
   write_unlock(vm);
+  if (remap) atomic.sub<u32>(vm + VM_MN_ACTIVE_INVALIDATE, 1);
   return change;
 }
 

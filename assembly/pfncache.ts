@@ -44,9 +44,11 @@ import {
   GPC_UHVA,
   GPC_VALID,
   GPC_VM,
+  SLOT_ACTIVE,
   SLOT_BACKING,
   SLOT_BASE_GFN,
   SLOT_HVA,
+  SLOT_NPAGES,
   VM_GEN,
   VM_GPC_LIST,
   VM_GPC_LOCK,
@@ -122,7 +124,9 @@ function hva_to_pfn_retry(vm: usize, gpc: usize, can_block: bool): i32 {
     const uhva = load<u64>(gpc + GPC_UHVA) & ~(<u64>0xfff);
     let slot = <usize>load<u32>(gpc + GPC_MEMSLOT);
     if (slot == 0) slot = memslot_by_hva(vm, uhva);
-    if (slot == 0) {
+    // the slot must still exist and hold uhva (a DELETE racing this refresh invalidated
+    // the cache and bumped the sequence: the loop comes back here and fails)
+    if (slot == 0 || load<u32>(slot + SLOT_ACTIVE) == 0 || uhva < load<u64>(slot + SLOT_HVA) || uhva - load<u64>(slot + SLOT_HVA) >= load<u64>(slot + SLOT_NPAGES) << 12) {
       rw_write_lock(lock);
       return -EFAULT;
     }

@@ -157,6 +157,25 @@ describe("§6.2 gfn_to_pfn_cache", () => {
     expect(vcpu.readGuest(BASE + 3 * PAGE)).toBe(8n);
   });
 
+  it("deleting the slot invalidates its caches at once (its memory is reused), gpa- and hva-based alike", async () => {
+    const vm = await bitmapVm();
+    vm.setUserMemoryRegion({ slot: 1, flags: 0, guestPhysAddr: BASE + 256 * PAGE, memorySize: 4 * PAGE, backed: true });
+    const info = vm.memslots().find((s) => s.slot === 1);
+    if (!info) throw new Error("no slot 1");
+    const byGpa = vm.createGfnToPfnCache();
+    byGpa.activate(BASE + 257 * PAGE, 8);
+    const byHva = vm.createGfnToPfnCache();
+    byHva.activateHva(info.userspaceAddr + BigInt(2 * PAGE), 8);
+    const other = vm.createGfnToPfnCache();
+    other.activate(BASE + PAGE, 8);
+    vm.setUserMemoryRegion({ slot: 1, flags: 0, guestPhysAddr: BASE + 256 * PAGE, memorySize: 0 });
+    expect([byGpa.valid, byHva.valid, other.valid]).toEqual([false, false, true]);
+    expect(vm.stats.pfnCachesInvalidated).toBe(2);
+    expect(errnoOf(() => byGpa.write(bytes(8, 1)))).toBe("EFAULT");
+    expect(errnoOf(() => byHva.write(bytes(8, 1)))).toBe("EFAULT");
+    other.write(bytes(8, 1));
+  });
+
   it("activating on a gpa no memslot maps is EFAULT and leaves the cache active but invalid", async () => {
     const vm = await bitmapVm();
     const gpc = vm.createGfnToPfnCache();
