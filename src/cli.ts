@@ -8,7 +8,7 @@ import { createHash } from "node:crypto";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import cliProgress from "cli-progress";
-import { compare } from "./compare.js";
+import { compare, fitsInOneVm } from "./compare.js";
 import { renderReportHtml } from "./report_html.js";
 import { RATIONALE, HELP, UsageError, loadCosts, parseCompareArgs, renderText } from "./compare_cli.js";
 
@@ -40,16 +40,38 @@ async function environment(version: string): Promise<Record<string, string | num
   };
 }
 
+/**
+ * The other commands, each in its own module exporting `main(args): Promise<number>` (exit
+ * status) and throwing UsageError for bad usage (exit 2).
+ */
+const COMMANDS: Record<string, () => Promise<{ main(args: string[]): Promise<number> }>> = {
+  sweep: () => import("./sweep_cli.js"),
+  dirtyrate: () => import("./dirtyrate_cli.js"),
+};
+let commandName = "compare";
+
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  if (command !== undefined && command in COMMANDS) {
+    commandName = command;
+    return (await COMMANDS[command]()).main(rest);
+  }
   const args = command === "compare" ? rest : argv;
   if (command !== undefined && command !== "compare" && !command.startsWith("-")) {
-    throw new UsageError(`unknown command ${JSON.stringify(command)}: the command is compare`);
+    throw new UsageError(`unknown command ${JSON.stringify(command)}: the commands are compare, ${Object.keys(COMMANDS).join(", ")}`);
   }
   const parsed = parseCompareArgs(args);
   if (parsed === "help") {
     process.stdout.write(`${HELP}\n`);
     return 0;
+  }
+  // a guest the model cannot hold is bad usage (exit 2, one line), not a crash mid-run
+  const misfit = await fitsInOneVm(parsed.scenario);
+  if (misfit !== undefined) {
+    const gib = parsed.scenario.memoryBytes / 2 ** 30;
+    throw new UsageError(
+      `--memory ${gib >= 1 ? `${+gib.toFixed(2)}GiB` : `${parsed.scenario.memoryBytes}B`} with --vcpus ${parsed.scenario.vcpus}: the model cannot hold this guest (${misfit}); try a smaller guest, fewer vCPUs or smaller rings`,
+    );
   }
   const costs = await loadCosts(parsed.costsFile);
   const pkg = JSON.parse(await readFile(new URL("../package.json", import.meta.url), "utf8")) as { version: string };
@@ -97,11 +119,11 @@ main(process.argv.slice(2)).then(
   },
   (e) => {
     if (e instanceof UsageError) {
-      process.stderr.write(`dirtlog compare: ${e.message}\nsee: dirtlog compare --help\n`);
+      process.stderr.write(`dirtlog ${commandName}: ${e.message}\nsee: dirtlog ${commandName} --help\n`);
       process.exitCode = 2;
       return;
     }
-    process.stderr.write(`dirtlog compare: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+    process.stderr.write(`dirtlog ${commandName}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
     process.exitCode = 1;
   },
 );

@@ -217,6 +217,60 @@ function addCounts(into: HarvestCounts, c: HarvestCounts): void {
 }
 
 /** Run every mode of the scenario and compare them. */
+/**
+ * The VM a mode of `sc` needs: page tables for every page mapped at 4K (a dirty-logged slot
+ * never maps huge: one 4 KiB table per 512 pages, plus the upper levels), the slot's
+ * backing when backed, and room for the tracking structures (the slot's bitmaps; per vCPU
+ * its ring, the ring's private copy and the collector's buffer, TLB, PML buffer) and a Zipf
+ * workload's table. The shared memory holds at most 4 GiB: a guest that needs more does not
+ * fit (fitsInOneVm says so before anything runs).
+ */
+export function vmSizing(
+  sc: Pick<CompareScenario, "memoryBytes" | "backed" | "vcpus" | "pattern">,
+  mode: LogMode,
+): { maxMemoryBytes: number; mmuPoolBytes: number } {
+  const pages = Math.floor(sc.memoryBytes / PAGE);
+  const poolBytes = Math.ceil(pages / 512) * PAGE + (4 << 20);
+  const tracking = mode.trackingBytes(pages, sc.vcpus);
+  // the slot's metadata (memslot.ts: live and second bitmaps, host-present bitmap, summary)
+  const words = Math.ceil(pages / 64);
+  const meta = words * 8 * 3 + Math.ceil(words / 64) * 12 + PAGE;
+  const zipf = sc.pattern === "zipf" ? pages * 4 : 0;
+  const need = (sc.backed ? sc.memoryBytes : 0) + poolBytes + meta + 2 * tracking + sc.vcpus * (64 << 10) + zipf + (64 << 20);
+  return { maxMemoryBytes: Math.min(4096 * 2 ** 20, need), mmuPoolBytes: poolBytes };
+}
+
+/**
+ * Whether every mode of `sc` fits one VM of this model (the shared memory holds 4 GiB of
+ * page tables, metadata and rings; unbacked guests of a few hundred GiB fit): undefined, or
+ * why not (the ENOMEM of the step that failed). Creates and closes each VM.
+ */
+export async function fitsInOneVm(
+  sc: Pick<CompareScenario, "memoryBytes" | "backed" | "vcpus" | "pattern" | "modes">,
+): Promise<string | undefined> {
+  for (const name of sc.modes) {
+    const mode = parseLogMode(name);
+    let vm: Awaited<ReturnType<typeof createVm>> | undefined;
+    try {
+      vm = await createVm({ ...vmSizing(sc, mode), ...mode.vmOptions });
+      mode.createVmDone(vm);
+      vm.setUserMemoryRegion({
+        slot: 0,
+        flags: mode.slotFlags,
+        guestPhysAddr: GPA,
+        memorySize: Math.floor(sc.memoryBytes / PAGE) * PAGE,
+        backed: sc.backed,
+      });
+      for (let i = 0; i < sc.vcpus; i++) vm.createVcpu(i);
+    } catch (e) {
+      return `${mode.name}: ${(e as Error).message}`;
+    } finally {
+      await vm?.close();
+    }
+  }
+  return undefined;
+}
+
 export async function compare(scenario: CompareScenario, options: CompareOptions = {}): Promise<CompareResult> {
   const costs = options.costs ?? KERNEL_COSTS;
   const modes = scenario.modes.map((m) => parseLogMode(m));
@@ -257,14 +311,7 @@ async function runMode(
 ): Promise<ModeResult> {
   progress("setup", 0, "creating the VM");
   const pages = Math.floor(sc.memoryBytes / PAGE);
-  // page tables for every page mapped at 4K (a dirty-logged slot never maps huge): one
-  // 4 KiB table per 512 pages, plus the upper levels
-  const poolBytes = Math.ceil(pages / 512) * PAGE + (4 << 20);
-  const vm = await createVm({
-    maxMemoryBytes: Math.min(4096 * 2 ** 20, (sc.backed ? sc.memoryBytes : 0) + poolBytes + (64 << 20)),
-    mmuPoolBytes: poolBytes,
-    ...mode.vmOptions,
-  });
+  const vm = await createVm({ ...vmSizing(sc, mode), ...mode.vmOptions });
   try {
     mode.createVmDone(vm);
     vm.setUserMemoryRegion({ slot: 0, flags: mode.slotFlags, guestPhysAddr: GPA, memorySize: pages * PAGE, backed: sc.backed });

@@ -29,3 +29,21 @@ export {
   type OnPage,
 } from "./log_mode.js";
 export { migrate, hashMemory, type MigrateOptions, type MigrationResult, type MigrationRound } from "./migrate.js";
+export {
+  measureDirtyRate,
+  sampleCount,
+  DIRTYRATE_DEFAULTS,
+  SAMPLE_PAGES_RANGE,
+  type DirtyRateOptions,
+  type DirtyRateResult,
+  type DirtyRateRun,
+  type DirtyRateTruth,
+  type DirtyRateMethod,
+  type DirtyRateMethodResult,
+  type SamplingResult,
+  type RingResult,
+  type RingVcpuResult,
+  type BitmapResult,
+  type Rate,
+  type DirtyRateProgress,
+} from "./dirtyrate.js";
