@@ -222,6 +222,10 @@ export const VCPU_XEN_RS_TIMES: u32 = 408; // u64 × 4: runstate_times (ns per s
 export const VCPU_XEN_RS_UPDATES: u32 = 440; // u32: guest copies written
 export const VCPU_XEN_RS_SKIPPED: u32 = 444; // u32: guest copies skipped (atomic context, lock or cache)
 export const VCPU_XEN_RS_BUF: u32 = 448; // 48 bytes: the structure as it is copied out
+// throttling, host side only (src/vcpu-worker.ts; the core never touches them)
+export const VCPU_THROTTLE_US: u32 = 496; // u32: dirty-limit sleep at each ring-full exit, µs (QEMU's throttle_us_per_full)
+export const VCPU_THROTTLE_PCT: u32 = 500; // u32: auto-converge throttle, % of each 10 ms timeslice slept (cpu-throttle)
+export const VCPU_THROTTLE_NS: u32 = 504; // u64: ns the vCPU's loop slept for either throttle (not in VCPU_STALL_NS)
 
 // vcpu->mode (include/linux/kvm_host.h)
 export const OUTSIDE_GUEST_MODE: u32 = 0;

@@ -47,6 +47,7 @@ async function environment(version: string): Promise<Record<string, string | num
 const COMMANDS: Record<string, () => Promise<{ main(args: string[]): Promise<number> }>> = {
   sweep: () => import("./sweep_cli.js"),
   dirtyrate: () => import("./dirtyrate_cli.js"),
+  migrate: () => import("./migrate_cli.js"),
 };
 let commandName = "compare";
 

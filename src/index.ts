@@ -30,6 +30,17 @@ export {
 } from "./log_mode.js";
 export { migrate, hashMemory, type MigrateOptions, type MigrationResult, type MigrationRound } from "./migrate.js";
 export {
+  startDirtyLimit,
+  setDirtyLimitThrottle,
+  setCpuThrottle,
+  CPU_THROTTLE,
+  PAGES_PER_MB,
+  type DirtyLimit,
+  type DirtyLimitOptions,
+  type DirtyLimitState,
+  type DirtyLimitVcpuState,
+} from "./dirtylimit.js";
+export {
   measureDirtyRate,
   sampleCount,
   DIRTYRATE_DEFAULTS,

@@ -74,3 +74,24 @@ export function formatSize(bytes: number): string {
   }
   return `${bytes} B`;
 }
+
+const BIT_UNITS: Record<string, number> = { bit: 1, kbit: 1e3, mbit: 1e6, gbit: 1e9, tbit: 1e12 };
+
+/**
+ * Bytes per second of a link: bits ("10Gbit", "800Mbit/s", decimal, / 8), Ethernet
+ * ("10GbE", "1GbE": its bit rate), or bytes per second ("128MB/s", "1GiB/s").
+ */
+export function parseBandwidth(text: string): number {
+  const t = text.trim().toLowerCase();
+  const accepted = "expected a bandwidth like 10Gbit, 800Mbit/s, 10GbE or 128MB/s";
+  let v: number | undefined;
+  const eth = /^(\d+(?:\.\d+)?)\s*(m|g)be$/.exec(t);
+  const bits = /^(\d+(?:\.\d+)?)\s*([kmgt]?bit)(?:\/s|ps)?$/.exec(t);
+  const bytes = /^(\d+(?:\.\d+)?)\s*([a-z]+)\/s$/.exec(t);
+  if (eth) v = (Number(eth[1]) * (eth[2] === "g" ? 1e9 : 1e6)) / 8;
+  else if (bits) v = (Number(bits[1]) * BIT_UNITS[bits[2]]) / 8;
+  else if (bytes && SIZE_UNITS[bytes[2]] !== undefined) v = Number(bytes[1]) * SIZE_UNITS[bytes[2]];
+  if (v === undefined) throw new UnitError(accepted);
+  if (!(v > 0)) throw new UnitError("expected a bandwidth above 0");
+  return v;
+}

@@ -63,6 +63,15 @@ function leave(): void {
  * Run KVM_RUN until told to quit or until an exit the loop cannot handle. IO (a batch) and
  * INTR (a pause request) re-enter; RING_FULL sleeps until a reset wakes it (or 1 ms);
  * `rate` (stores/s, 0 = unlimited) paces the guest between batches.
+ *
+ * Two throttles, set by the host in the vCPU block (src/dirtylimit.ts), their sleeps
+ * counted in VCPU_THROTTLE_NS (not in the ring-full stall):
+ *  - dirty-limit (QEMU's dirtylimit_vcpu_execute): at the first ring-full exit of a stall,
+ *    sleep VCPU_THROTTLE_US µs;
+ *  - auto-converge (QEMU's cpu_throttle_thread): at VCPU_THROTTLE_PCT = p %, after each
+ *    10 ms timeslice of running, sleep p / (100 − p) of the time run.
+ * A throttled guest does not catch up afterwards: the pacing restarts after a throttle
+ * sleep (a throttled vCPU loses the time, as a real one does).
  */
 function loop(rate: number, started: () => void): number {
   const c = core as CoreExports;
@@ -71,6 +80,8 @@ function loop(rate: number, started: () => void): number {
   const requests = new Int32Array(memory.buffer, vcpu + L.VCPU_REQUESTS, 1);
   const done = new BigUint64Array(memory.buffer, vcpu + L.VCPU_WL_DONE, 1);
   const stall = new BigUint64Array(memory.buffer, vcpu + L.VCPU_STALL_NS, 1);
+  const throttle = new Uint32Array(memory.buffer, vcpu + L.VCPU_THROTTLE_US, 2); // [µs per full, pct]
+  const throttled = new BigUint64Array(memory.buffer, vcpu + L.VCPU_THROTTLE_NS, 1);
   /** Take vcpu->mutex; false if told to quit first. */
   const acquire = (): boolean => {
     while (c.kvm_vcpu_lock(vcpu, tag) !== 0) {
@@ -98,10 +109,31 @@ function loop(rate: number, started: () => void): number {
     if (rsGpa[0] !== NO_RUNSTATE_AREA) c.kvm_xen_update_runstate(vcpu, tag, state, kvmclockNs(clockBase), atomic, 1);
   };
   let stalled = false;
+  /** The dirty-limit sleep of the current ring-full stall was taken. */
+  let slept = false;
   if (!acquire()) return KVM_EXIT_INTR;
   started();
   let t0 = performance.now();
   let d0 = Number(done[0]);
+  /** Start of the current auto-converge timeslice (time run since the last throttle sleep). */
+  let slice0 = t0;
+  /**
+   * Sleep `ms` for a throttle, counted; the pacing restarts. Resets bump the wake word too:
+   * the sleep goes on through them, and ends early only for a pause or quit.
+   */
+  const throttleSleep = (ms: number) => {
+    const t = performance.now();
+    const end = t + ms;
+    let now = t;
+    while (now < end && Atomics.load(ctl, 0) === CTL_RUN) {
+      sleep(end - now);
+      now = performance.now();
+    }
+    throttled[0] += BigInt(Math.round((now - t) * 1e6)); // this thread is its only writer
+    t0 = now;
+    d0 = Number(done[0]);
+    slice0 = now;
+  };
   while (true) {
     const state = Atomics.load(ctl, 0);
     if (state === CTL_QUIT) break;
@@ -116,13 +148,20 @@ function loop(rate: number, started: () => void): number {
       if (!acquire()) return KVM_EXIT_INTR;
       t0 = performance.now();
       d0 = Number(done[0]);
+      slice0 = t0;
       continue;
     }
     if (!stalled) runstate(RUNSTATE_running, 0);
     const reason = c.kvm_run(vm, vcpu, tag);
     stalled = reason === KVM_EXIT_DIRTY_RING_FULL;
+    if (!stalled) slept = false;
     if (!stalled) runstate(RUNSTATE_runnable, 1);
     if (reason === KVM_EXIT_IO) {
+      const pct = Atomics.load(throttle, 1);
+      if (pct > 0) {
+        const ran = performance.now() - slice0;
+        if (ran >= 10) throttleSleep((ran * Math.min(pct, 99)) / (100 - Math.min(pct, 99)));
+      } else slice0 = performance.now();
       if (rate > 0) {
         const ahead = (Number(done[0]) - d0) / rate - (performance.now() - t0) / 1000;
         if (ahead > 0.0002) sleep(ahead * 1000);
@@ -130,6 +169,12 @@ function loop(rate: number, started: () => void): number {
       continue;
     }
     if (reason === KVM_EXIT_DIRTY_RING_FULL) {
+      const us = slept ? 0 : Atomics.load(throttle, 0);
+      if (us > 0) {
+        slept = true;
+        throttleSleep(us / 1000);
+        continue; // re-enter: the ring was likely reset meanwhile; if not, the next exit stalls
+      }
       const t = performance.now();
       sleep(1); // a reset bumps the wake word
       stall[0] += BigInt(Math.round((performance.now() - t) * 1e6)); // this thread is its only writer

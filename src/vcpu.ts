@@ -29,6 +29,8 @@ export interface VcpuStats {
   tlbFlushes: bigint;
   /** Nanoseconds its worker loop waited on a full ring (KVM_EXIT_DIRTY_RING_FULL until a reset). */
   ringFullStallNs: bigint;
+  /** Nanoseconds its worker loop slept for a throttle: dirty-limit at ring-full exits, auto-converge per timeslice. */
+  throttleNs: bigint;
 }
 
 /** The kernel-private ring indices (struct kvm_dirty_ring), for tests and tools. */
@@ -485,6 +487,7 @@ export class Vcpu {
       pmlFullExits: v.getBigUint64(this.addr + L.VCPU_PML_FULL_EXITS, true),
       tlbFlushes: v.getBigUint64(this.addr + L.VCPU_TLB_FLUSHES, true),
       ringFullStallNs: v.getBigUint64(this.addr + L.VCPU_STALL_NS, true),
+      throttleNs: v.getBigUint64(this.addr + L.VCPU_THROTTLE_NS, true),
     };
   }
 

@@ -160,3 +160,69 @@ describe("migrate(): pre-copy with vCPU workers writing, then stop-and-copy", ()
     expect(hashMemory(a)).not.toBe(hashMemory(b));
   });
 });
+
+// Over a modelled link (QEMU's pre-copy: wire time = bytes / bandwidth, the guest running
+// meanwhile): a small guest dirtying faster than the link cannot converge within the round
+// limit on its own (converged false, but the final copy still makes the destination
+// equal), and converges once dirty-limit caps its vCPUs.
+describe("migrate() over a modelled link", () => {
+  const LINK_PAGES = 4096; // 16 MiB backed
+  async function linkGuest(): Promise<Vm> {
+    const vm = await createVm({ maxMemoryBytes: 128 << 20, mmuPoolBytes: 4 << 20 });
+    vm.enableCap(KVM_CAP_DIRTY_LOG_RING, [256 * 16]);
+    vm.setUserMemoryRegion({ slot: 0, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: GPA, memorySize: LINK_PAGES * 4096, backed: true });
+    for (const [i, r] of splitRegion(GPA, LINK_PAGES, 2).entries()) {
+      vm.createVcpu(i).setWorkload({ pattern: "sequential", ...r, batch: 64 });
+    }
+    vm.iteration = 1n;
+    // 2 × 20k pages/s = 156 MB/s of dirtying against a 40 MB/s link
+    await Promise.all(vm.vcpuList.map((v) => v.startLoop({ rate: 20_000 })));
+    return vm;
+  }
+  const link = { bandwidthBytesPerSec: 40 * 2 ** 20, downtimeLimitMs: 300, maxRounds: 8 };
+
+  it("without help the migration does not converge; with dirty-limit it does", async () => {
+    const results = [];
+    for (const convergence of ["none", "dirty-limit"] as const) {
+      const vm = await linkGuest();
+      try {
+        const r = await migrate(vm, {
+          ...link,
+          convergence,
+          ...(convergence === "dirty-limit" ? { dirtyLimitMBps: 1, dirtyLimitPeriodMs: 250 } : {}),
+          onRound: () => (vm.iteration += 1n),
+        });
+        console.log(
+          `${convergence}: converged ${r.converged}, rounds [${r.rounds.map((x) => x.pages).join(", ")}], final ${r.finalRoundPages} pages, ` +
+            `downtime ${r.downtimeMs.toFixed(1)} ms, total ${r.totalMs?.toFixed(0)} ms, equal ${r.equal}`,
+        );
+        expect(r.equal).toBe(true);
+        expect(Buffer.compare(vm.guestMemory(0) as Uint8Array, r.destination.get(0) as Uint8Array)).toBe(0);
+        for (const x of r.rounds) expect(x.wireMs).toBeCloseTo((x.pages * 4096 * 1000) / link.bandwidthBytesPerSec, 6);
+        results.push(r);
+      } finally {
+        await vm.close();
+        vm.dispose();
+      }
+    }
+    const [none, limited] = results;
+    expect(none.converged).toBe(false);
+    expect(none.rounds.length).toBe(link.maxRounds + 1);
+    expect(none.downtimeMs).toBeGreaterThan(link.downtimeLimitMs);
+    expect(limited.converged).toBe(true);
+    expect(limited.convergence?.startedAtRound).not.toBeNull();
+    expect(limited.downtimeMs).toBeLessThanOrEqual(link.downtimeLimitMs + 50);
+  }, 60_000);
+
+  it("rejects options that do not fit together", async () => {
+    const vm = await createVm({ maxMemoryBytes: 128 << 20, mmuPoolBytes: 4 << 20 });
+    try {
+      await expect(migrate(vm, { downtimeLimitMs: 10 })).rejects.toThrow(/needs bandwidthBytesPerSec/);
+      await expect(migrate(vm, { bandwidthBytesPerSec: 1e6, convergence: "dirty-limit" })).rejects.toThrow(/dirty ring/);
+      await expect(migrate(vm, { bandwidthBytesPerSec: 0 })).rejects.toThrow(/bandwidthBytesPerSec/);
+      await expect(migrate(vm, { bandwidthBytesPerSec: 1e6, threshold: 3 })).rejects.toThrow(/threshold/);
+    } finally {
+      vm.dispose();
+    }
+  });
+});
