@@ -4,41 +4,13 @@
 //                               with progress, a table, a verdict and a kernel projection
 // Progress goes to stderr; the table (or, with --json, exactly one JSON document) to
 // stdout. Exit status: 0, 1 when a correctness check failed, 2 for bad usage.
-import { createHash } from "node:crypto";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { cliEnvironment } from "./cli_common.js";
 import { join } from "node:path";
 import cliProgress from "cli-progress";
 import { compare, fitsInOneVm } from "./compare.js";
 import { renderReportHtml } from "./report_html.js";
 import { RATIONALE, HELP, UsageError, loadCosts, parseCompareArgs, renderText } from "./compare_cli.js";
-
-/** Smallest step of process.hrtime.bigint() seen in back-to-back reads, ns. */
-function timerResolutionNs(): number {
-  let min = Number.POSITIVE_INFINITY;
-  for (let k = 0; k < 2000; k++) {
-    const a = process.hrtime.bigint();
-    let b = process.hrtime.bigint();
-    while (b === a) b = process.hrtime.bigint();
-    min = Math.min(min, Number(b - a));
-  }
-  return min;
-}
-
-/** The package, the core actually loaded (its hash), the runtime and the timer. */
-async function environment(version: string): Promise<Record<string, string | number | boolean>> {
-  const debug = process.env.DIRTLOG_CORE === "debug";
-  const wasm = new URL(debug ? "../build/dirtlog.debug.wasm" : "../build/dirtlog.wasm", import.meta.url);
-  return {
-    version,
-    v8: process.versions.v8,
-    platform: `${process.platform} ${process.arch}`,
-    timerResolutionNs: timerResolutionNs(),
-    core: debug ? "debug (asserts on)" : "release",
-    coreWasmSha256: createHash("sha256")
-      .update(await readFile(wasm))
-      .digest("hex"),
-  };
-}
 
 /**
  * The other commands, each in its own module exporting `main(args): Promise<number>` (exit
@@ -87,7 +59,7 @@ async function main(argv: string[]): Promise<number> {
   let lastPhase = "";
   const result = await compare(parsed.scenario, {
     costs,
-    environment: await environment(pkg.version),
+    environment: await cliEnvironment(pkg.version),
     rationale: parsed.defaults ? RATIONALE : undefined,
     onProgress: (p) => {
       if (bars) {

@@ -2,7 +2,7 @@
 // text, and the plain-text table and verdict. A bad option is a UsageError naming the
 // option, the value and the accepted form (the CLI prints it and exits 2).
 import { readFile } from "node:fs/promises";
-import { parseArgs } from "node:util";
+import { type ParseArgsConfig, parseArgs } from "node:util";
 import { KERNEL_COSTS, validateCosts } from "./compare.js";
 import type { CompareResult, CompareScenario, CostTable } from "./compare_types.js";
 import { parseLogMode } from "./log_mode.js";
@@ -93,32 +93,37 @@ function percent(option: string, value: string, text: string): number {
   return v;
 }
 
-export function parseCompareArgs(argv: string[]): Parsed | "help" {
-  let values: Record<string, string | boolean | undefined>;
+/** util.parseArgs (strict, no positionals); its errors become a one-line UsageError (exit 2). */
+export function parseOptions(
+  argv: string[],
+  options: NonNullable<ParseArgsConfig["options"]>,
+): Record<string, string | boolean | undefined> {
   try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        memory: { type: "string" },
-        backed: { type: "boolean" },
-        vcpus: { type: "string" },
-        workload: { type: "string" },
-        "dirty-rate": { type: "string" },
-        modes: { type: "string" },
-        duration: { type: "string" },
-        interval: { type: "string" },
-        seed: { type: "string" },
-        costs: { type: "string" },
-        json: { type: "boolean" },
-        out: { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-    }));
+    return parseArgs({ args: argv, strict: true, allowPositionals: false, options }).values as Record<
+      string,
+      string | boolean | undefined
+    >;
   } catch (e) {
     throw new UsageError((e as Error).message.split("\n")[0]);
   }
+}
+
+export function parseCompareArgs(argv: string[]): Parsed | "help" {
+  const values = parseOptions(argv, {
+    memory: { type: "string" },
+    backed: { type: "boolean" },
+    vcpus: { type: "string" },
+    workload: { type: "string" },
+    "dirty-rate": { type: "string" },
+    modes: { type: "string" },
+    duration: { type: "string" },
+    interval: { type: "string" },
+    seed: { type: "string" },
+    costs: { type: "string" },
+    json: { type: "boolean" },
+    out: { type: "string" },
+    help: { type: "boolean", short: "h" },
+  });
   if (values.help) return "help";
   const get = (k: keyof typeof DEFAULTS) => (values[k] as string | undefined) ?? DEFAULTS[k];
   const defaults = ["memory", "vcpus", "workload", "dirty-rate", "modes", "duration", "interval", "seed"].every(

@@ -4,8 +4,7 @@
 // (--memory, --vcpus, --workload, --dirty-rate, --seed) are parsed by compare's own parser,
 // so they accept the same forms and say the same things about bad values. A bad option is
 // a UsageError naming the option, the value and the accepted form (exit 2).
-import { parseArgs } from "node:util";
-import { UsageError, parseCompareArgs } from "./compare_cli.js";
+import { UsageError, parseCompareArgs, parseOptions } from "./compare_cli.js";
 import {
   DIRTYRATE_DEFAULTS,
   type DirtyRateMethod,
@@ -92,29 +91,19 @@ export interface ParsedDirtyRate {
 }
 
 export function parseDirtyRateArgs(argv: string[]): ParsedDirtyRate | "help" {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        memory: { type: "string" },
-        vcpus: { type: "string" },
-        workload: { type: "string" },
-        "dirty-rate": { type: "string" },
-        window: { type: "string" },
-        "sample-pages": { type: "string" },
-        methods: { type: "string" },
-        "ring-entries": { type: "string" },
-        seed: { type: "string" },
-        json: { type: "boolean" },
-        help: { type: "boolean", short: "h" },
-      },
-    }));
-  } catch (e) {
-    throw new UsageError((e as Error).message.split("\n")[0]);
-  }
+  const values = parseOptions(argv, {
+    memory: { type: "string" },
+    vcpus: { type: "string" },
+    workload: { type: "string" },
+    "dirty-rate": { type: "string" },
+    window: { type: "string" },
+    "sample-pages": { type: "string" },
+    methods: { type: "string" },
+    "ring-entries": { type: "string" },
+    seed: { type: "string" },
+    json: { type: "boolean" },
+    help: { type: "boolean", short: "h" },
+  });
   if (values.help) return "help";
   const get = (k: keyof typeof DEFAULTS) => (values[k] as string | undefined) ?? DEFAULTS[k];
 

@@ -8,8 +8,7 @@
 import { createRequire } from "node:module";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { parseArgs } from "node:util";
-import { UsageError, parseCompareArgs } from "./compare_cli.js";
+import { UsageError, parseCompareArgs, parseOptions } from "./compare_cli.js";
 import { vmSizing } from "./compare.js";
 import type { CompareScenario } from "./compare_types.js";
 import { PAGES_PER_MB } from "./dirtylimit.js";
@@ -138,11 +137,7 @@ export function parseMigrateArgs(argv: string[]): ParsedMigrate | "help" {
     out: { type: "string" },
     help: { type: "boolean", short: "h" },
   } as const;
-  try {
-    ({ values } = parseArgs({ args: argv, strict: true, allowPositionals: false, options }));
-  } catch (e) {
-    throw new UsageError((e as Error).message.split("\n")[0]);
-  }
+  values = parseOptions(argv, options);
   if (values.help) return "help";
   let workingSetBytes: number | undefined;
   const presetName = values.preset as string | undefined;
@@ -150,7 +145,7 @@ export function parseMigrateArgs(argv: string[]): ParsedMigrate | "help" {
     const preset = PRESETS[presetName];
     if (!preset) usage("preset", presetName, `one of ${Object.keys(PRESETS).join(", ")}`);
     // the preset first, the options given after it win
-    ({ values } = parseArgs({ args: [...preset.args, ...argv], strict: true, allowPositionals: false, options }));
+    values = parseOptions([...preset.args, ...argv], options);
     workingSetBytes = preset.workingSetBytes;
   }
   const get = (k: keyof typeof DEFAULTS) => (values[k] as string | undefined) ?? DEFAULTS[k];

@@ -7,13 +7,11 @@
 // sweep.json, sweep.md and a self-contained sweep.html (the map).
 // Exit status: 0; 1 if a cell's correctness check failed (or a cell could not run); 2 for
 // bad usage.
-import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
-import { cpus } from "node:os";
 import { join } from "node:path";
-import { parseArgs } from "node:util";
 import cliProgress from "cli-progress";
-import { loadCosts, parseCompareArgs, UsageError } from "./compare_cli.js";
+import { cliEnvironment } from "./cli_common.js";
+import { loadCosts, parseCompareArgs, UsageError, parseOptions } from "./compare_cli.js";
 import type { CompareScenario } from "./compare_types.js";
 import { parseLogMode } from "./log_mode.js";
 import {
@@ -117,32 +115,22 @@ export interface SweepArgs {
 }
 
 export function parseSweepArgs(argv: string[]): SweepArgs | "help" {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        memory: { type: "string" },
-        "dirty-rate": { type: "string" },
-        vcpus: { type: "string" },
-        ring: { type: "string" },
-        modes: { type: "string" },
-        workload: { type: "string" },
-        duration: { type: "string" },
-        interval: { type: "string" },
-        seed: { type: "string" },
-        costs: { type: "string" },
-        backed: { type: "boolean" },
-        json: { type: "boolean" },
-        out: { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-    }));
-  } catch (e) {
-    throw new UsageError((e as Error).message.split("\n")[0]);
-  }
+  const values = parseOptions(argv, {
+    memory: { type: "string" },
+    "dirty-rate": { type: "string" },
+    vcpus: { type: "string" },
+    ring: { type: "string" },
+    modes: { type: "string" },
+    workload: { type: "string" },
+    duration: { type: "string" },
+    interval: { type: "string" },
+    seed: { type: "string" },
+    costs: { type: "string" },
+    backed: { type: "boolean" },
+    json: { type: "boolean" },
+    out: { type: "string" },
+    help: { type: "boolean", short: "h" },
+  });
   if (values.help) return "help";
   const get = (k: keyof typeof DEFAULTS) => (values[k] as string | undefined) ?? DEFAULTS[k];
   const backed = values.backed === true ? ["--backed"] : [];
@@ -241,32 +229,6 @@ async function checkFits(spec: SweepSpec, memoryText: string, vcpusText: string)
   );
 }
 
-/** The package, the core loaded (its hash), the runtime and the machine (as dirtlog compare's). */
-async function environment(version: string): Promise<Record<string, string | number | boolean>> {
-  const debug = process.env.DIRTLOG_CORE === "debug";
-  const wasm = new URL(debug ? "../build/dirtlog.debug.wasm" : "../build/dirtlog.wasm", import.meta.url);
-  let timer = Number.POSITIVE_INFINITY;
-  for (let k = 0; k < 2000; k++) {
-    const a = process.hrtime.bigint();
-    let b = process.hrtime.bigint();
-    while (b === a) b = process.hrtime.bigint();
-    timer = Math.min(timer, Number(b - a));
-  }
-  const c = cpus();
-  return {
-    cpu: c[0]?.model ?? "unknown",
-    cores: c.length,
-    node: process.version,
-    version,
-    v8: process.versions.v8,
-    platform: `${process.platform} ${process.arch}`,
-    timerResolutionNs: timer,
-    core: debug ? "debug (asserts on)" : "release",
-    coreWasmSha256: createHash("sha256")
-      .update(await readFile(wasm))
-      .digest("hex"),
-  };
-}
 
 /** DIR/cells/<key>.json, each written whole (a temporary file renamed) as its cell finishes. */
 function fileStore(dir: string): CellStore {
@@ -395,7 +357,7 @@ export async function main(args: string[]): Promise<number> {
   try {
     result = await runSweep(parsed.spec, {
       costs,
-      environment: await environment(pkg.version),
+      environment: await cliEnvironment(pkg.version, true),
       store: out ? fileStore(out) : undefined,
       onEvent: p.onEvent,
     });
