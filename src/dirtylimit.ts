@@ -163,8 +163,14 @@ export function startDirtyLimit(vm: Vm, options: DirtyLimitOptions): DirtyLimit 
       return false;
     }
   };
+  let stopped = false;
   const step = () => {
-    if (!alive()) return;
+    if (!alive()) {
+      // the VM was closed or disposed without stop(): the controller ends with it
+      stopped = true;
+      clearInterval(timer);
+      return;
+    }
     const now = performance.now();
     const dt = (now - lastT) / 1000;
     const pushes = limited.map((v) => Number(v.stats.ringPushes));
@@ -201,7 +207,8 @@ export function startDirtyLimit(vm: Vm, options: DirtyLimitOptions): DirtyLimit 
     last = pushes;
   };
   const timer = setInterval(step, periodMs);
-  let stopped = false;
+  // like an idle vCPU worker, the controller alone does not keep Node running
+  (timer as { unref?: () => void }).unref?.();
   return {
     state: () => ({
       periodMs,

@@ -98,6 +98,25 @@ export function hashMemory(bytes: Uint8Array): string {
   return hi.toString(16).padStart(8, "0") + lo.toString(16).padStart(8, "0");
 }
 
+/** Hash each slot's source and destination copy: the hashes, and whether every pair is equal. */
+function compareCopies(
+  slots: readonly MemslotInfo[],
+  source: Map<number, Uint8Array>,
+  destination: Map<number, Uint8Array>,
+): { hashes: Map<number, { source: string; destination: string }>; equal: boolean } {
+  const hashes = new Map<number, { source: string; destination: string }>();
+  let equal = true;
+  for (const s of slots) {
+    const h = {
+      source: hashMemory(source.get(s.slot) as Uint8Array),
+      destination: hashMemory(destination.get(s.slot) as Uint8Array),
+    };
+    hashes.set(s.slot, h);
+    if (h.source !== h.destination) equal = false;
+  }
+  return { hashes, equal };
+}
+
 /**
  * Migrate the backed slots of `vm` to fresh destination buffers while its vCPU loops run.
  * Dirty logging is turned on for those slots if it is off. Leaves the vCPUs paused.
@@ -195,16 +214,7 @@ export async function migrate(vm: Vm, options: MigrateOptions = {}): Promise<Mig
   pagesSent += finalRoundPages;
   const downtimeMs = performance.now() - t0;
 
-  const hashes = new Map<number, { source: string; destination: string }>();
-  let equal = true;
-  for (const s of slots) {
-    const h = {
-      source: hashMemory(source.get(s.slot) as Uint8Array),
-      destination: hashMemory(destination.get(s.slot) as Uint8Array),
-    };
-    hashes.set(s.slot, h);
-    if (h.source !== h.destination) equal = false;
-  }
+  const { hashes, equal } = compareCopies(slots, source, destination);
   return { rounds, pagesSent, finalRoundPages, downtimeMs, destination, hashes, equal };
 }
 
@@ -369,16 +379,7 @@ async function migrateOverLink(vm: Vm, o: MigrateOptions): Promise<MigrationResu
   const downtimeMs = performance.now() - t0 + wireMs(finalRoundPages);
   totalMs += downtimeMs;
 
-  const hashes = new Map<number, { source: string; destination: string }>();
-  let equal = true;
-  for (const s of backed) {
-    const h = {
-      source: hashMemory(source.get(s.slot) as Uint8Array),
-      destination: hashMemory(destination.get(s.slot) as Uint8Array),
-    };
-    hashes.set(s.slot, h);
-    if (h.source !== h.destination) equal = false;
-  }
+  const { hashes, equal } = compareCopies(backed, source, destination);
   return {
     rounds,
     pagesSent,
