@@ -34,7 +34,6 @@ import {
   VM_NR_VCPUS,
   VM_PML,
   VM_VCPU_TABLE,
-  VM_WALK_CACHE,
 } from "./layout";
 import {
   manual_protect,
@@ -46,10 +45,10 @@ import {
   slot_summary_words,
   slot_words,
   use_dirty_bitmap,
-} from "./memslot";
-import { lockdep_assert_held_write, write_lock, write_unlock } from "./mmu_lock";
-import { OP_SPLIT, tdp_clear_dirty_masked, tdp_range, tdp_walk_cache_reset, tdp_write_protect_gfn } from "./tdp";
-import { kvm_vcpu_kick } from "./pml";
+} from "./kvm_host";
+import { write_lock, write_unlock } from "./mmu_lock";
+import { kvm_arch_mmu_enable_log_dirty_pt_masked, kvm_mmu_clear_dirty_pt_masked, kvm_mmu_reprotect_begin } from "./mmu";
+import { kvm_vcpu_kick } from "./vcpu";
 import { flush_remote_tlbs_dirty_log } from "./tlb";
 
 /** set_bit_le(rel, slot->dirty_bitmap), then the summary bit. */
@@ -62,27 +61,6 @@ export function bitmap_set(slot: usize, rel: u64): void {
   const sp = slot_summary(slot) + <usize>((word >> 6) << 3);
   const sbit = (<u64>1) << (word & 63);
   if ((atomic.load<u64>(sp) & sbit) == 0) atomic.or<u64>(sp, sbit);
-}
-
-/**
- * kvm_arch_mmu_enable_log_dirty_pt_masked: re-arm the pages of mask at slot offset
- * `offset` (any offset: ring resets pass unaligned ones). Caller holds mmu_lock for write
- * and flushes TLBs afterwards.
- */
-export function enable_log_dirty_pt_masked(vm: usize, slot: usize, as_id: u32, offset: u64, mask: u64): void {
-  lockdep_assert_held_write(vm);
-  const gfn = load<u64>(slot + SLOT_BASE_GFN) + offset;
-  if (manual_protect_and_init_set(vm)) {
-    // Nothing was protected when logging was enabled, so huge mappings may still be
-    // writable: split them, and write-protect (shadow style) what could not be split.
-    const start = gfn + ctz<u64>(mask);
-    const end = gfn + 63 - clz<u64>(mask);
-    tdp_range(vm, as_id, start, end + 1, OP_SPLIT, 1);
-    tdp_walk_cache_reset(vm + VM_WALK_CACHE); // splits may have built leaf tables
-    tdp_write_protect_gfn(vm, as_id, start, 2);
-    if (start >> 9 != end >> 9) tdp_write_protect_gfn(vm, as_id, end, 2);
-  }
-  tdp_clear_dirty_masked(vm, as_id, gfn, mask, load<u32>(vm + VM_PML) == 0, vm + VM_WALK_CACHE);
 }
 
 /** Common checks of GET and CLEAR (spec §2.3); returns the slot or -errno. */
@@ -122,13 +100,11 @@ export function kvm_get_dirty_log(vm: usize, slot_id: u32, can_block: u32): i32 
   const live = <usize>load<u32>(s + SLOT_BITMAP);
   const second = slot_second(s);
   // what enable_log_dirty_pt_masked decides per call, decided once: without INITIALLY_SET
-  // (nothing huge to split) a word's pages go straight to tdp_clear_dirty_masked
+  // (nothing huge to split) a word's pages go straight to kvm_mmu_clear_dirty_pt_masked
   const init_set = manual_protect_and_init_set(vm);
-  const wrprot = load<u32>(vm + VM_PML) == 0;
   const base_gfn = load<u64>(s + SLOT_BASE_GFN);
-  const cache = vm + VM_WALK_CACHE;
   write_lock(vm);
-  tdp_walk_cache_reset(cache);
+  kvm_mmu_reprotect_begin(vm);
   for (let i: usize = 0; i < nsum; i++) {
     const sp = summary + (i << 3);
     if (load<u64>(sp) == 0) continue; // fast skip of empty regions
@@ -142,8 +118,8 @@ export function kvm_get_dirty_log(vm: usize, slot_id: u32, can_block: u32): i32 
       const mask = atomic.xchg<u64>(wp, 0);
       if (mask == 0) continue;
       store<u64>(second + (w << 3), mask);
-      if (init_set) enable_log_dirty_pt_masked(vm, s, as_id, (<u64>w) << 6, mask);
-      else tdp_clear_dirty_masked(vm, as_id, base_gfn + ((<u64>w) << 6), mask, wrprot, cache);
+      if (init_set) kvm_arch_mmu_enable_log_dirty_pt_masked(vm, s, as_id, (<u64>w) << 6, mask);
+      else kvm_mmu_clear_dirty_pt_masked(vm, as_id, base_gfn + ((<u64>w) << 6), mask);
       took = true;
     }
     if (took) { store<u32>(scratch + ((<usize>count) << 2), <u32>i); count++; }
@@ -199,7 +175,7 @@ export function kvm_clear_dirty_log(vm: usize, slot_id: u32, first: u64, num: u6
   const n = <usize>((num + 63) >> 6);
   let flush = false;
   write_lock(vm);
-  tdp_walk_cache_reset(vm + VM_WALK_CACHE);
+  kvm_mmu_reprotect_begin(vm);
   for (let w = w0; w < w0 + n; w++) {
     const up = second + (w << 3);
     const user = load<u64>(up);
@@ -208,7 +184,7 @@ export function kvm_clear_dirty_log(vm: usize, slot_id: u32, first: u64, num: u6
     const mask = atomic.and<u64>(live + (w << 3), ~user) & user;
     if (mask == 0) continue;
     flush = true;
-    enable_log_dirty_pt_masked(vm, s, as_id, (<u64>w) << 6, mask);
+    kvm_arch_mmu_enable_log_dirty_pt_masked(vm, s, as_id, (<u64>w) << 6, mask);
   }
   write_unlock(vm);
   if (flush) flush_remote_tlbs_dirty_log(vm, can_block != 0);

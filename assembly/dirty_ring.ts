@@ -66,14 +66,12 @@ import {
   VM_RING_SIZE,
   VM_RING_WARN,
   VM_VCPU_TABLE,
-  VM_WALK_CACHE,
   EINVAL,
 } from "./layout";
-import { enable_log_dirty_pt_masked } from "./dirty_bitmap";
-import { slot_ptr } from "./memslot";
+import { slot_ptr } from "./kvm_host";
+import { kvm_arch_mmu_enable_log_dirty_pt_masked, kvm_mmu_reprotect_begin } from "./mmu";
 import { lockdep_assert_held_write, write_lock, write_unlock } from "./mmu_lock";
 import { lockdep_assert_vcpu_held } from "./vcpu";
-import { tdp_walk_cache_reset } from "./tdp";
 import { flush_remote_tlbs_dirty_log } from "./tlb";
 
 const SOFT_FULL_REQ: u32 = 1 << KVM_REQ_DIRTY_RING_SOFT_FULL;
@@ -170,7 +168,7 @@ function reset_gfn(vm: usize, slot: u32, offset: u64, mask: u64): void {
   const npages = load<u64>(s + SLOT_NPAGES);
   const fls = <u64>(63 - clz<u64>(mask));
   if (offset >= npages || fls >= npages - offset) return;
-  enable_log_dirty_pt_masked(vm, s, as_id, offset, mask);
+  kvm_arch_mmu_enable_log_dirty_pt_masked(vm, s, as_id, offset, mask);
 }
 
 /**
@@ -194,7 +192,7 @@ export function dirty_ring_reset(vm: usize, vcpu: usize): u32 {
   // written in random order hardly coalesce, and a lock round trip per entry would cost
   // more than the re-arming itself. The walk cache is valid while the lock is held.
   write_lock(vm);
-  tdp_walk_cache_reset(vm + VM_WALK_CACHE);
+  kvm_mmu_reprotect_begin(vm);
   // at most one lap per call: after a hard-full overwrite dirty_index may be more than a
   // ring ahead, and an entry zeroed earlier in this call must not count a second time
   const entries = size_mask + 1;

@@ -9,6 +9,11 @@
 //                                                          map at the allowed level, mark dirty
 //                                                          if the new SPTE is W and the slot
 //                                                          is logged (make_spte)
+//           write-tracked gfn (page_track.ts) ───────────► slow fault maps it read-only
+//                                                          (1 0 0), then the store is
+//                                                          emulated: bytes written, page
+//                                                          marked, notifier event queued
+//                                                          (queue full: exit, not retired)
 //           no slot / read-only slot ───────────────────► exit KVM_EXIT_MMIO
 //   load:   present leaf ───────────────────────────────► load, no fault
 //           absent ─────────────────────────────────────► slow fault: writable (and reported
@@ -24,6 +29,9 @@ import {
   KVM_EXIT_INTERNAL_ERROR,
   KVM_EXIT_INTR,
   KVM_EXIT_MMIO,
+  KVM_EXIT_PAGE_TRACK_FULL,
+  VM_EMULATED_WRITES,
+  VM_TRACK_FULL_EXITS,
   KVM_MAX_GFN,
   KVM_REQ_EXIT,
   KVM_REQ_KICK,
@@ -51,15 +59,19 @@ import {
 import { dirty_ring_check_request, dirty_ring_publish } from "./dirty_ring";
 import { pml_active, pml_flush, pml_log_write } from "./pml";
 import { mark_page_dirty_in_slot } from "./mark_dirty";
-import { memslot_lookup, slot_host_present, slot_logged, slot_max_mapping_level, slot_ptr } from "./memslot";
+import { memslot_lookup, slot_host_present, slot_logged } from "./kvm_host";
+import { kvm_mmu_max_mapping_level } from "./mmu";
 import { read_lock, read_unlock } from "./mmu_lock";
-import { mmu_invalidate_retry_gfn } from "./mmu_notifier";
+import { host_fault_in, mmu_invalidate_retry_gfn } from "./mmu_notifier";
+import { gfn_is_write_tracked, page_track_reserve, page_track_write } from "./page_track";
 import { SPTE_D, SPTE_M, SPTE_W, is_leaf, is_present, level_pages, make_leaf, spte_hpa } from "./spte";
 import { tdp_get_or_create, tdp_walk } from "./tdp";
 import { tlb_check_request, tlb_fill, tlb_lookup, tlb_on } from "./tlb";
-import { vcpu_load, vcpu_put } from "./vcpu";
+import { vcpu_can_block, vcpu_load, vcpu_put } from "./vcpu";
 
 const EXIT_REQ: u32 = 1 << KVM_REQ_EXIT;
+/** slow_fault's verdict for a write to a write-tracked gfn: emulate it (RET_PF_EMULATE). */
+const RET_PF_EMULATE: u32 = 0xffff_ffff;
 const KICK_REQ: u32 = 1 << KVM_REQ_KICK;
 
 @inline function host_addr(spte: u64, level: u32, gpa: u64): usize {
@@ -114,10 +126,14 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
   const present = slot_host_present(slot);
   // The host pfn lookup returns a writable page on a read fault when the page already
   // exists and is writable, so such a read installs a writable SPTE (and is logged).
-  const writable = !readonly && (write || test_bit(present, gfn - base));
+  const host_writable = !readonly && (write || test_bit(present, gfn - base));
   // a read of a page with no host page maps the shared zero page (pfn 0), 4K, read-only
-  const zero_page = !writable && !readonly;
-  let level = slot_max_mapping_level(slot, gfn);
+  const zero_page = !host_writable && !readonly;
+  // make_spte → mmu_try_to_unsync_pages: a write-tracked gfn is mapped read-only (1 0 0),
+  // and a write to it is emulated (page_fault_handle_page_track)
+  const tracked = gfn_is_write_tracked(slot, gfn);
+  const writable = host_writable && !tracked;
+  let level = kvm_mmu_max_mapping_level(slot, gfn);
   if (zero_page) level = 1;
   const w = tdp_get_or_create(vm, as_id, gfn, level);
   if (w == 0) {
@@ -127,6 +143,10 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
   const p = w & ~7;
   level = <u32>(w & 7);
   const old = atomic.load<u64>(p);
+  if (write && tracked && is_present(old) && is_leaf(old, level)) {
+    read_unlock(vm);
+    return RET_PF_EMULATE; // a write to a present SPTE of a tracked gfn
+  }
   if (is_present(old) && is_leaf(old, level) && (!write || (old & SPTE_W) != 0)) {
     read_unlock(vm); // someone mapped it meanwhile: walk again
     return 0;
@@ -136,15 +156,44 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
   const backing = <u64>load<u32>(slot + SLOT_BACKING);
   const hpa = backing == 0 || zero_page ? 0 : backing + ((frame - base) << 12);
   // the zero page and read-only host pages are never host-writable: (0,0,0)
-  const spte = make_leaf(hpa, level, writable, writable);
+  const spte = make_leaf(hpa, level, writable, host_writable);
   if (atomic.cmpxchg<u64>(p, old, spte) == old) {
-    if (writable) {
-      set_bits(present, frame - base, span); // the host page (THP for huge) now exists
-      if (slot_logged(slot)) mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
-    }
+    if (host_writable) set_bits(present, frame - base, span); // the host page (THP for huge) now exists
+    if (writable && slot_logged(slot)) mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
     atomic.add<u64>(vcpu + VCPU_SLOW_FAULTS, 1);
+  } else {
+    read_unlock(vm);
+    return 0; // another thread changed the entry: walk again
   }
   read_unlock(vm);
+  return write && tracked ? RET_PF_EMULATE : 0;
+}
+
+/**
+ * Emulate the guest's 8-byte store at gpa to a write-tracked page (x86_emulate_insn →
+ * emulator_write_phys): kvm_vcpu_write_guest (the vCPU's address space; the host page is
+ * faulted in; the page is marked dirty at every emulated write, into the vCPU's ring or
+ * the slot's bitmap), then kvm_page_track_write (the notifiers' event). The SPTE stays
+ * read-only. Returns 0 (the store retired) or KVM_EXIT_PAGE_TRACK_FULL (nothing written:
+ * the event queue has no room; the store is retried after the owner thread drained it).
+ * The vCPU is outside guest mode (emulation is a VM exit).
+ */
+function emulate_write(vm: usize, vcpu: usize, as_id: u32, gpa: u64, value: u64): u32 {
+  const gfn = gpa >> 12;
+  const slot = memslot_lookup(vm, as_id, gfn);
+  if (slot == 0 || (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_READONLY) != 0) return exit_mmio(vcpu, gpa);
+  const rel = gfn - load<u64>(slot + SLOT_BASE_GFN);
+  host_fault_in(vm, slot, rel, 1, vcpu_can_block(vm, vcpu)); // before the queue's lock: it may flush
+  const reserved = page_track_reserve(vm);
+  if (reserved < 0) {
+    atomic.add<u32>(vm + VM_TRACK_FULL_EXITS, 1);
+    return KVM_EXIT_PAGE_TRACK_FULL;
+  }
+  const backing = <usize>load<u32>(slot + SLOT_BACKING);
+  if (backing != 0) store<u64>(backing + <usize>((rel << 12) | (gpa & 0xff8)), value);
+  mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
+  page_track_write(vm, reserved, as_id, gpa, value, 8);
+  atomic.add<u64>(vm + VM_EMULATED_WRITES, 1);
   return 0;
 }
 
@@ -301,6 +350,15 @@ export function guest_write_tlb_miss(vm: usize, vcpu: usize, gpa: u64, value: u6
     }
     vcpu_exit_guest(vm, vcpu);
     r = slow_fault(vm, vcpu, as_id, gpa, true);
+    if (r == RET_PF_EMULATE) {
+      r = emulate_write(vm, vcpu, as_id, gpa, value);
+      if (r != 0) return r;
+      // The store retired. Back in guest mode without serving requests here: a request
+      // now would exit with the store done and have it retried; the next store's check
+      // (or the caller's exit) serves them, as after any retired store.
+      atomic.store<u32>(vcpu + VCPU_MODE, IN_GUEST_MODE);
+      return 0;
+    }
     if (r == 0) r = vcpu_enter_guest(vm, vcpu);
     if (r != 0) return r;
   }

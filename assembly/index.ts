@@ -3,13 +3,16 @@
 export { kvm_vm_init, kvm_vcpu_init, kvm_enable_dirty_log_ring, kvm_enable_dirty_ring_with_bitmap } from "./vm";
 export { kvm_reset_dirty_rings } from "./dirty_ring";
 export { dirty_ring_collect, dirty_ring_count } from "./ring_reaper";
+export { memslot_prepare, memslot_commit, memslot_meta_bytes, memslot_host_present_map } from "./memslot";
+export { memslot_lookup } from "./kvm_host";
 export {
-  memslot_prepare,
-  memslot_commit,
-  memslot_meta_bytes,
-  memslot_lookup,
-  memslot_host_present_map,
-} from "./memslot";
+  kvm_page_track_alloc_slot,
+  kvm_page_track_enable,
+  kvm_page_track_set_notifiers,
+  page_track_bytes,
+  gfn_write_track_count,
+} from "./page_track";
+export { kvm_write_track_update_gfn } from "./mmu";
 export {
   kvm_get_dirty_log,
   kvm_dirty_log_done,
@@ -38,8 +41,7 @@ export {
 } from "./pfncache";
 export { kvm_mmu_notifier_invalidate_slot } from "./mmu_notifier";
 export { kvm_xen_set_runstate_area, kvm_xen_update_runstate } from "./xen";
-export { kvm_vcpu_kick } from "./pml";
 export { kvm_run } from "./run";
-export { kvm_vcpu_lock, kvm_vcpu_mutex_wait_prepare, kvm_vcpu_unlock } from "./vcpu";
+export { kvm_vcpu_kick, kvm_vcpu_lock, kvm_vcpu_mutex_wait_prepare, kvm_vcpu_unlock } from "./vcpu";
 export { tdp_count_bits, tdp_walk } from "./tdp";
 export { kvm_flush_remote_tlbs } from "./tlb";

@@ -36,7 +36,7 @@ import {
 } from "./layout";
 import { dirty_ring_publish } from "./dirty_ring";
 import { mark_page_dirty_in_slot } from "./mark_dirty";
-import { memslot_lookup, slot_ptr } from "./memslot";
+import { memslot_lookup, slot_ptr } from "./kvm_host";
 import { host_fault_in } from "./mmu_notifier";
 import { gpc_access } from "./pfncache";
 import { vcpu_load, vcpu_put } from "./vcpu";

@@ -40,6 +40,10 @@ export const KVM_EXIT_SHUTDOWN: u32 = 8;
 export const KVM_EXIT_INTR: u32 = 10;
 export const KVM_EXIT_INTERNAL_ERROR: u32 = 17;
 export const KVM_EXIT_DIRTY_RING_FULL: u32 = 31;
+// dirtlog's own exit, not KVM's: a guest write to a write-tracked page must be emulated
+// but the page-track event queue is full; the write has not retired (retried on re-entry)
+export const KVM_EXIT_PAGE_TRACK_FULL: u32 = 0x10001;
+export const TRACK_EVENT_SIZE: u32 = 32; // u64 gpa, u32 bytes, u32 as_id, 16 bytes written
 
 export const KVM_NR_AS: u32 = 2; // x86 with SMM: 0 = normal, 1 = SMM
 export const KVM_MEM_SLOTS_NUM: u32 = 32767; // SHRT_MAX ids per address space
@@ -102,6 +106,18 @@ export const VM_NR_GPC_INVALIDATED: u32 = 208; // u32: caches invalidated by the
 export const VM_HOST_INVALIDATIONS: u32 = 212; // u32: invalidate_range_start calls (statistics)
 export const VM_KVMCLOCK_BASE: u32 = 216; // u64: host clock (ns since the epoch) when the VM was created: kvmclock 0
 export const VM_GPC_RETRIES: u32 = 224; // u32: pfn-cache resolutions redone because an invalidation raced them (statistics)
+// write tracking (page_track.ts): the external notifier API's state and its event queue
+export const VM_WRITE_TRACKING: u32 = 228; // u32: external write tracking enabled (gfn_write_track allocated for every slot)
+export const VM_TRACK_NOTIFIERS: u32 = 232; // u32: registered page-track notifiers (0 = hlist_empty: no events queued)
+export const VM_TRACK_QUEUE: u32 = 236; // u32: event queue (TRACK_EVENT_SIZE records)
+export const VM_TRACK_ENTRIES: u32 = 240; // u32: queue capacity in records (a power of two)
+export const VM_TRACK_HEAD: u32 = 244; // u32: next record the owner thread consumes (free-running)
+export const VM_TRACK_TAIL: u32 = 248; // u32: records published (free-running; producers bump it under VM_TRACK_LOCK)
+export const VM_TRACK_LOCK: u32 = 252; // u32: spinlock of the producers (vCPUs emulating writes)
+export const VM_TRACK_WARN: u32 = 256; // u32: counter updates refused for overflow/underflow (the kernel's WARN_ON_ONCE)
+export const VM_EMULATED_WRITES: u32 = 264; // u64: guest writes to write-tracked pages emulated (statistics)
+export const VM_TRACK_FULL_EXITS: u32 = 276; // u32: KVM_EXIT_PAGE_TRACK_FULL exits (statistics)
+export const VM_OWNER_CAN_BLOCK: u32 = 272; // u32: the VM owner's thread may block (Atomics.wait); vCPU workers always may
 
 // ---- why a call failed (VM_ERR_REASON; src/errors.ts has the words) ----
 export const ERR_FLAGS: u32 = 1; // unknown memslot flags
@@ -121,6 +137,9 @@ export const ERR_RING_MODE: u32 = 14; // dirty bitmap calls on a ring VM without
 export const ERR_LOG_SLOT: u32 = 15; // no such slot, or logging off
 export const ERR_CLEAR_FIRST: u32 = 16; // first_page not a multiple of 64
 export const ERR_CLEAR_RANGE: u32 = 17; // range outside the slot, or num_pages not a multiple of 64
+export const ERR_MOVE_TRACKED: u32 = 18; // MOVE while an external page-track user is attached
+export const ERR_TRACK_SLOT: u32 = 19; // write tracking: no memslot in address space 0 holds the gfn
+export const ERR_TRACK_DISABLED: u32 = 20; // write tracking: not enabled (no notifier was ever registered)
 
 // ---- memslot (SLOT_SIZE bytes, at slots + ((as << 15) | id) * SLOT_SIZE) ----
 export const SLOT_SIZE: u32 = 64;
@@ -133,6 +152,7 @@ export const SLOT_META: u32 = 28; // u32: metadata region (see memslot.ts)
 export const SLOT_BACKING: u32 = 32; // u32: guest bytes, 0 = unbacked (tracking only)
 export const SLOT_MAX_LEVEL: u32 = 36; // u32: largest mapping level the host backing allows
 export const SLOT_HVA: u32 = 40; // u64: userspace address (alignment decides huge pages)
+export const SLOT_WRITE_TRACK: u32 = 48; // u32: gfn_write_track (u16 per page) then the lpage disallow counters, 0 = none (page_track.ts)
 
 // slot table and sorted-id arrays (sizes the host allocates)
 export const SLOT_TABLE_ENTRIES: u32 = 65536; // KVM_NR_AS × 32768 ids
@@ -228,6 +248,8 @@ export const VCPU_THROTTLE_PCT: u32 = 500; // u32: auto-converge throttle, % of 
 export const VCPU_THROTTLE_NS: u32 = 504; // u64: ns the vCPU's loop slept for either throttle (not in VCPU_STALL_NS)
 
 // vcpu->mode (include/linux/kvm_host.h)
+// vcpu->mutex tag of the VM owner's thread (src/core.ts HOST_TAG); vCPU workers have others
+export const VCPU_HOST_TAG: u32 = 1;
 export const OUTSIDE_GUEST_MODE: u32 = 0;
 export const IN_GUEST_MODE: u32 = 1;
 export const TLB_ENTRIES: u32 = 2048;

@@ -6,7 +6,7 @@
 import { SLOT_BASE_GFN, SLOT_BITMAP, VCPU_AS, VM_NO_VCPU_WARN, VM_RING_SIZE } from "./layout";
 import { bitmap_set } from "./dirty_bitmap";
 import { dirty_ring_push } from "./dirty_ring";
-import { memslot_lookup, slot_id_of, slot_logged } from "./memslot";
+import { memslot_lookup, slot_id_of, slot_logged } from "./kvm_host";
 
 /** Report gfn of `slot` dirty; `vcpu` is the running vCPU's block, or 0 for none. */
 export function mark_page_dirty_in_slot(vm: usize, vcpu: usize, slot: usize, gfn: u64): void {

@@ -1,5 +1,6 @@
 // memslot — KVM_SET_USER_MEMORY_REGION: address spaces, slots, generations
-// (virt/kvm/kvm_main.c kvm_set_memory_region / kvm_set_memslot, x86.c apply_flags).
+// (virt/kvm/kvm_main.c kvm_set_memory_region / kvm_set_memslot, x86.c kvm_arch_prepare_memory_region /
+// kvm_arch_commit_memory_region; the MMU side is mmu.ts).
 //
 // Slot table: one SLOT_SIZE record per (as_id, id), at slots + ((as_id << 15) | id) * 64.
 // Sorted ids: per address space, u16 ids of existing slots ordered by base_gfn, at
@@ -32,6 +33,7 @@ import {
   ERR_FLAGS,
   ERR_INTERNAL,
   ERR_MAX_GFN,
+  ERR_MOVE_TRACKED,
   ERR_NO_SLOT,
   ERR_NPAGES,
   ERR_OVERLAP,
@@ -63,6 +65,7 @@ import {
   SLOT_BITMAP,
   SLOT_FLAGS,
   SLOT_HVA,
+  SLOT_WRITE_TRACK,
   SLOT_MAX_LEVEL,
   SLOT_META,
   SLOT_NPAGES,
@@ -80,39 +83,30 @@ import {
 } from "./layout";
 import { lockdep_assert_held_write, write_lock, write_unlock } from "./mmu_lock";
 import { gfn_to_pfn_cache_invalidate_start } from "./pfncache";
-import { OP_CLEAR_D, OP_SPLIT, OP_WRPROT, tdp_range, tdp_recover_huge, tdp_root, tdp_zap_all } from "./tdp";
-import { flush_remote_tlbs, flush_remote_tlbs_dirty_log } from "./tlb";
+import {
+  bitmap_words,
+  manual_protect_and_init_set,
+  nsorted,
+  slot_host_present,
+  slot_logged,
+  slot_ptr,
+  slot_summary,
+  slot_summary_words,
+  slot_words,
+  sorted_floor,
+  sorted_ptr,
+  summary_words,
+  use_dirty_bitmap,
+} from "./kvm_host";
+import { kvm_mmu_slot_apply_flags, kvm_mmu_zap_all_fast } from "./mmu";
+import { page_track_has_external_user, page_track_bytes } from "./page_track";
+import { flush_remote_tlbs } from "./tlb";
 
-// ---- metadata region geometry ----
-@inline export function bitmap_words(npages: u64): u64 {
-  return (npages + 63) >> 6;
-}
-@inline function summary_words(words: u64): u64 {
-  return (words + 63) >> 6;
-}
 /** Bytes of the metadata region for a slot of npages pages. */
 export function memslot_meta_bytes(npages: u64): u64 {
   const w = bitmap_words(npages);
   const s = summary_words(w);
   return 24 * w + 12 * s;
-}
-@inline export function slot_words(slot: usize): u64 {
-  return bitmap_words(load<u64>(slot + SLOT_NPAGES));
-}
-@inline export function slot_second(slot: usize): usize {
-  return <usize>load<u32>(slot + SLOT_META) + <usize>(slot_words(slot) << 3);
-}
-@inline export function slot_summary(slot: usize): usize {
-  return <usize>load<u32>(slot + SLOT_META) + <usize>(slot_words(slot) << 4);
-}
-@inline export function slot_summary_words(slot: usize): u64 {
-  return summary_words(slot_words(slot));
-}
-@inline export function slot_host_present(slot: usize): usize {
-  return slot_summary(slot) + <usize>(slot_summary_words(slot) << 3);
-}
-@inline export function slot_scratch(slot: usize): usize {
-  return slot_host_present(slot) + <usize>(slot_words(slot) << 3);
 }
 
 /**
@@ -126,75 +120,6 @@ export function memslot_host_present_map(vm: usize, slot_id: u32): usize {
   if (as_id >= KVM_NR_AS || id >= KVM_MEM_SLOTS_NUM) return 0;
   const s = slot_ptr(vm, as_id, id);
   return load<u32>(s + SLOT_ACTIVE) != 0 ? slot_host_present(s) : 0;
-}
-
-// ---- lookup ----
-@inline export function slot_ptr(vm: usize, as_id: u32, id: u32): usize {
-  return <usize>load<u32>(vm + VM_SLOTS) + <usize>((as_id << 15) | id) * SLOT_SIZE;
-}
-/** The `as_id << 16 | id` of a slot record. */
-@inline export function slot_id_of(vm: usize, slot: usize): u32 {
-  const index = <u32>((slot - <usize>load<u32>(vm + VM_SLOTS)) / SLOT_SIZE);
-  return ((index >> 15) << 16) | (index & 0x7fff);
-}
-@inline function sorted_ptr(vm: usize, as_id: u32): usize {
-  return <usize>load<u32>(vm + VM_SORTED) + (<usize>as_id << 16);
-}
-@inline function nsorted(vm: usize, as_id: u32): u32 {
-  return load<u32>(vm + VM_NSORTED + (as_id << 2));
-}
-@inline export function slot_logged(slot: usize): bool {
-  return (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_LOG_DIRTY_PAGES) != 0;
-}
-/** kvm_use_dirty_bitmap: bitmap mode, or a ring VM with KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP. */
-@inline export function use_dirty_bitmap(vm: usize): bool {
-  return load<u32>(vm + VM_RING_SIZE) == 0 || load<u32>(vm + VM_RING_WITH_BITMAP) != 0;
-}
-
-/** Index in the sorted array of the last slot with base_gfn <= gfn, or -1. */
-function sorted_floor(vm: usize, as_id: u32, gfn: u64): i32 {
-  const arr = sorted_ptr(vm, as_id);
-  let lo: i32 = 0;
-  let hi: i32 = <i32>nsorted(vm, as_id) - 1;
-  let found: i32 = -1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >>> 1;
-    const s = slot_ptr(vm, as_id, load<u16>(arr + (<usize>mid << 1)));
-    if (load<u64>(s + SLOT_BASE_GFN) <= gfn) {
-      found = mid;
-      lo = mid + 1;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  return found;
-}
-
-/** __gfn_to_memslot: the slot of address space as_id containing gfn, or 0. */
-export function memslot_lookup(vm: usize, as_id: u32, gfn: u64): usize {
-  const i = sorted_floor(vm, as_id, gfn);
-  if (i < 0) return 0;
-  const s = slot_ptr(vm, as_id, load<u16>(sorted_ptr(vm, as_id) + (<usize>i << 1)));
-  return gfn - load<u64>(s + SLOT_BASE_GFN) < load<u64>(s + SLOT_NPAGES) ? s : 0;
-}
-
-/**
- * The slot whose host range [hva, hva + npages × 4096) contains `hva` (any address space),
- * or 0: the VMM's mapping behind a host address (hva_to_pfn's view of guest memory).
- * Unbacked slots use their gpa as hva, so an hva may name one in each address space; the
- * first found wins. Lock-free, like memslot_lookup.
- */
-export function memslot_by_hva(vm: usize, hva: u64): usize {
-  for (let as_id: u32 = 0; as_id < KVM_NR_AS; as_id++) {
-    const arr = sorted_ptr(vm, as_id);
-    const n = nsorted(vm, as_id);
-    for (let i: u32 = 0; i < n; i++) {
-      const s = slot_ptr(vm, as_id, load<u16>(arr + (<usize>i << 1)));
-      const start = load<u64>(s + SLOT_HVA);
-      if (hva >= start && hva - start < load<u64>(s + SLOT_NPAGES) << 12) return s;
-    }
-  }
-  return 0;
 }
 
 /** kvm_check_memslot_overlap: does [base, base+npages) meet a slot other than `id`? */
@@ -266,12 +191,6 @@ function bitmap_alloc(vm: usize, slot: usize): void {
   if (wtail != 0) store<u64>(summary + <usize>((sw - 1) << 3), ((<u64>1) << wtail) - 1);
 }
 
-@inline export function manual_protect_and_init_set(vm: usize): bool {
-  return (load<u32>(vm + VM_MANUAL_PROTECT) & KVM_DIRTY_LOG_INITIALLY_SET) != 0;
-}
-@inline export function manual_protect(vm: usize): bool {
-  return (load<u32>(vm + VM_MANUAL_PROTECT) & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE) != 0;
-}
 
 function publish(vm: usize, as_id: u32, swaps: u32): void {
   const g = vm + VM_GEN + (as_id << 3);
@@ -326,6 +245,12 @@ export function memslot_prepare(
     else return KVM_MR_NONE;
   }
   if (overlaps(vm, as_id, id, base, npages)) return fail(vm, EEXIST, ERR_OVERLAP);
+  // kvm_arch_prepare_memory_region: KVM does not support moving memslots while an external
+  // page-track user (KVMGT) is attached; like the next check, it fails after the invalidation
+  if (change == KVM_MR_MOVE && page_track_has_external_user(vm)) {
+    store<u32>(vm + VM_ERR_REASON, ERR_MOVE_TRACKED);
+    return KVM_MR_MOVE_REJECTED;
+  }
   if (base + npages - 1 > KVM_MAX_GFN) {
     if (change == KVM_MR_MOVE) {
       store<u32>(vm + VM_ERR_REASON, ERR_MAX_GFN); // for the EINVAL after the commit
@@ -339,7 +264,8 @@ export function memslot_prepare(
 /**
  * Carry out a change that memslot_prepare accepted. For CREATE the host passes the zeroed
  * metadata region, the backing (0 = unbacked), the hva used for huge-page alignment and the
- * largest mapping level the backing allows. Returns the change kind.
+ * largest mapping level the backing allows, and its zeroed write-tracking region
+ * (page_track_bytes; 0 while write tracking is off). Returns the change kind.
  */
 export function memslot_commit(
   vm: usize,
@@ -352,6 +278,7 @@ export function memslot_commit(
   backing: usize,
   hva: u64,
   max_level: u32,
+  track: usize,
   can_block: u32,
 ): i32 {
   const as_id = slot >> 16;
@@ -378,7 +305,7 @@ export function memslot_commit(
     // kvm_invalidate_memslot: publish an INVALID copy, then zap every mapping (x86's
     // default zap-all on a memslot flush; other slots lose their mappings too).
     publish(vm, as_id, 1);
-    tdp_zap_all(vm, KVM_NR_AS);
+    kvm_mmu_zap_all_fast(vm, KVM_NR_AS);
     atomic.add<u64>(vm + VM_ZAPS, 1);
     // never skipped (not even by VM_DEBUG_SKIP_TLB_FLUSH): the zap freed page-table pages
     // that the vCPUs' paging-structure caches and TLBs may still use, and the write lock
@@ -401,7 +328,13 @@ export function memslot_commit(
       store<u32>(s + SLOT_BACKING, <u32>backing);
       store<u64>(s + SLOT_HVA, hva);
       store<u32>(s + SLOT_MAX_LEVEL, max_level);
+      store<u32>(s + SLOT_WRITE_TRACK, <u32>track);
       store<u32>(s + SLOT_ACTIVE, 1);
+    } else if (change == KVM_MR_MOVE) {
+      // x86 allocates fresh metadata for a MOVE (kvm_alloc_memslot_metadata): the write
+      // tracking counts start again from zero
+      const t = <usize>load<u32>(s + SLOT_WRITE_TRACK);
+      if (t != 0) memory.fill(t, 0, <usize>page_track_bytes(load<u64>(s + SLOT_NPAGES)));
     }
     store<u64>(s + SLOT_BASE_GFN, base);
     store<u32>(s + SLOT_FLAGS, flags);
@@ -421,7 +354,7 @@ export function memslot_commit(
   // kvm_mmu_slot_apply_flags: nothing to do unless FLAGS_ONLY on a writable slot (CREATE has
   // no mappings yet, MOVE/DELETE zapped them; read-only slots never have writable SPTEs)
   if (change == KVM_MR_FLAGS_ONLY && old_logged != new_logged && (flags & KVM_MEM_READONLY) == 0) {
-    apply_flags(vm, s, as_id, new_logged, can_block != 0);
+    kvm_mmu_slot_apply_flags(vm, s, as_id, new_logged, can_block != 0);
   }
   if (remap) atomic.add<u64>(vm + VM_MMU_INVALIDATE_SEQ, 1);
   write_unlock(vm);
@@ -429,51 +362,5 @@ export function memslot_commit(
   return change;
 }
 
-/** kvm_mmu_slot_apply_flags for a FLAGS_ONLY change that toggled dirty logging. */
-function apply_flags(vm: usize, s: usize, as_id: u32, logging: bool, can_block: bool): void {
-  lockdep_assert_held_write(vm);
-  const start = load<u64>(s + SLOT_BASE_GFN);
-  const end = start + load<u64>(s + SLOT_NPAGES);
-  if (!logging) {
-    // Recover huge pages in place (kvm_mmu_recover_huge_pages): no zap, mappings stay.
-    const hva_gfn = load<u64>(s + SLOT_HVA) >> 12;
-    let congruent: u32 = 0;
-    if (((start ^ hva_gfn) & 511) == 0) congruent |= 1;
-    if (((start ^ hva_gfn) & 262143) == 0) congruent |= 2;
-    const max_level = load<u32>(s + SLOT_MAX_LEVEL);
-    if (max_level >= 2 && congruent != 0) {
-      const root = tdp_root(vm, as_id);
-      const backing = <usize>load<u32>(s + SLOT_BACKING);
-      const n = tdp_recover_huge(vm, root, 4, 0, start, end, max_level, congruent, start, backing, slot_host_present(s));
-      if (n != 0) flush_remote_tlbs(vm, can_block); // freed page tables: never skipped
-    }
-    return;
-  }
-  if (manual_protect_and_init_set(vm)) return; // all pages already count as dirty
-  tdp_range(vm, as_id, start, end, OP_SPLIT, 1); // eager_page_split
-  // PML: clear D on 4K leaves (W on huge ones); otherwise write-protect every level.
-  tdp_range(vm, as_id, start, end, load<u32>(vm + VM_PML) != 0 ? OP_CLEAR_D : OP_WRPROT, 1);
-  flush_remote_tlbs_dirty_log(vm, can_block); // unconditional kvm_flush_remote_tlbs_memslot
-}
 
-/**
- * Huge-page rule (lpage_info disallow + host mapping level): a mapping of `level` at the
- * frame containing gfn is allowed iff the frame lies inside the slot, the slot's gfn and
- * hva are congruent at that size, and the backing allows that level.
- */
-export function slot_level_allowed(s: usize, gfn: u64, level: u32): bool {
-  if (level > load<u32>(s + SLOT_MAX_LEVEL)) return false;
-  const span: u64 = (<u64>1) << (9 * (level - 1));
-  const frame = gfn & ~(span - 1);
-  const base = load<u64>(s + SLOT_BASE_GFN);
-  if (frame < base || frame + span > base + load<u64>(s + SLOT_NPAGES)) return false;
-  return ((base ^ (load<u64>(s + SLOT_HVA) >> 12)) & (span - 1)) == 0;
-}
 
-/** kvm_mmu_hugepage_adjust: never huge in a dirty-logged slot. */
-export function slot_max_mapping_level(s: usize, gfn: u64): u32 {
-  if (slot_logged(s)) return 1;
-  if (slot_level_allowed(s, gfn, 3)) return 3;
-  if (slot_level_allowed(s, gfn, 2)) return 2;
-  return 1;
-}

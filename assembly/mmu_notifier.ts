@@ -33,7 +33,7 @@ import {
   VM_MMU_INVALIDATE_START,
   VM_MN_ACTIVE_INVALIDATE,
 } from "./layout";
-import { slot_host_present, slot_id_of, slot_ptr } from "./memslot";
+import { slot_host_present, slot_id_of, slot_ptr } from "./kvm_host";
 import { write_lock, write_unlock } from "./mmu_lock";
 import { gfn_to_pfn_cache_invalidate_start } from "./pfncache";
 import { OP_ZAP, tdp_range } from "./tdp";

@@ -58,7 +58,7 @@ import {
   VM_NR_GPC_INVALIDATED,
 } from "./layout";
 import { mark_page_dirty_in_slot } from "./mark_dirty";
-import { memslot_by_hva, memslot_lookup } from "./memslot";
+import { memslot_by_hva, memslot_lookup } from "./kvm_host";
 import { host_fault_in } from "./mmu_notifier";
 import { rw_read_lock, rw_read_trylock, rw_read_unlock, rw_write_lock, rw_write_unlock, spin_lock, spin_unlock } from "./rwlock";
 

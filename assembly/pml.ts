@@ -14,9 +14,7 @@
 // (KVM_REQ_KICK) that makes the vCPU exit and drain. Every return to userspace is an exit,
 // so a vCPU outside KVM_RUN always has an empty buffer.
 import {
-  KVM_REQ_KICK,
   PML_LOG_NR_ENTRIES,
-  VCPU_REQUESTS,
   VCPU_PML_BUF,
   VCPU_PML_FULL_EXITS,
   VCPU_PML_INDEX,
@@ -71,12 +69,4 @@ export function pml_flush(vm: usize, vcpu: usize): void {
     kvm_vcpu_mark_page_dirty(vm, vcpu, load<u64>(buf + (<usize>i << 3)) >> 12);
   }
   store<u32>(vcpu + VCPU_PML_INDEX, PML_HEAD_INDEX);
-}
-
-/**
- * kvm_vcpu_kick: make a vCPU in guest mode exit (draining its PML buffer) and re-enter.
- * Does not wait. A vCPU outside KVM_RUN has nothing to drain (every exit drains).
- */
-export function kvm_vcpu_kick(vcpu: usize): void {
-  atomic.or<u32>(vcpu + VCPU_REQUESTS, 1 << KVM_REQ_KICK);
 }

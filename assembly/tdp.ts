@@ -14,6 +14,7 @@
 //   - Walk results are packed as `sptep | level`: SPTE pointers are 8-aligned.
 import { PT_LEVELS, VM_ROOT, VM_SPLITS } from "./layout";
 import { lockdep_assert_held_write } from "./mmu_lock";
+import { lpage_disallowed } from "./page_track";
 import { pool_alloc, pool_free } from "./pt_pool";
 import {
   SPTE_D,
@@ -307,7 +308,8 @@ function first_leaf(table: usize, level: u32): u64 {
  * with the permissions of the first present leaf below it (make_huge_spte). Nothing is
  * zapped, so mapped pages stay mapped. Returns the number of huge leaves installed. The
  * slot (base gfn, backing) gives each frame's host address; each recovered frame's pages
- * are marked in the slot's `host_present` bitmap (a huge host page exists).
+ * are marked in the slot's `host_present` bitmap (a huge host page exists). A frame
+ * holding a write-tracked gfn stays split (its lpage disallow counter is non-zero).
  */
 export function tdp_recover_huge(
   vm: usize,
@@ -321,6 +323,7 @@ export function tdp_recover_huge(
   slot_base: u64,
   backing: usize,
   host_present: usize,
+  slot: usize,
 ): u32 {
   const span = level_pages(level);
   const range = entry_range(base, span, start, end);
@@ -346,6 +349,7 @@ export function tdp_recover_huge(
         const c = atomic.load<u64>(q);
         const fbase = gbase + (<u64>j) * child_span;
         if (!is_present(c) || is_leaf(c, child_level) || fbase < start || fbase + child_span > end) continue;
+        if (lpage_disallowed(slot, fbase, child_level)) continue; // a tracked gfn keeps its frame split
         const leaf = first_leaf(<usize>(c & SPTE_PFN_MASK), child_level - 1);
         if (leaf == 0) continue;
         const hpa: u64 = backing == 0 ? 0 : <u64>backing + ((fbase - slot_base) << 12);
@@ -357,7 +361,7 @@ export function tdp_recover_huge(
         n++;
       }
     }
-    n += tdp_recover_huge(vm, child, child_level, gbase, start, end, max_level, congruent, slot_base, backing, host_present);
+    n += tdp_recover_huge(vm, child, child_level, gbase, start, end, max_level, congruent, slot_base, backing, host_present, slot);
   }
   return n;
 }

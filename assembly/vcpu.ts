@@ -1,5 +1,6 @@
 // vcpu — vcpu->mutex: a vCPU is driven by one thread at a time (virt/kvm/kvm_main.c
-// kvm_vcpu_ioctl takes vcpu->mutex around every vCPU ioctl, KVM_RUN included).
+// kvm_vcpu_ioctl takes vcpu->mutex around every vCPU ioctl, KVM_RUN included), and the
+// kick (kvm_vcpu_kick: a request that makes a vCPU in guest mode exit and re-enter).
 //
 //   VCPU_MUTEX (u32)   0 = free, else the tag of the thread that holds it, with bit 31
 //                      (MUTEX_WAITER) set while another thread sleeps until it is free
@@ -20,7 +21,7 @@
 // PML index, the TLB and paging-structure cache, the workload state, exit_reason and the
 // statistics of the vCPU block. The debug build asserts the mutex is held where the
 // single-writer ones are written (lockdep_assert_vcpu_held).
-import { EBUSY, EINVAL, EPERM, VCPU_MUTEX } from "./layout";
+import { EBUSY, EINVAL, EPERM, KVM_REQ_KICK, VCPU_HOST_TAG, VCPU_MUTEX, VCPU_REQUESTS, VM_OWNER_CAN_BLOCK } from "./layout";
 
 /** Bit of VCPU_MUTEX set by a thread sleeping until the mutex is free (the holder notifies). */
 export const MUTEX_WAITER: u32 = 0x8000_0000;
@@ -78,4 +79,22 @@ export function kvm_vcpu_mutex_wait_prepare(vcpu: usize): u32 {
 /** The thread driving the vCPU holds vcpu->mutex (debug builds only). */
 @inline export function lockdep_assert_vcpu_held(vcpu: usize): void {
   if (!ASC_NO_ASSERT) assert(atomic.load<u32>(vcpu + VCPU_MUTEX) != 0, "vcpu->mutex is not held");
+}
+
+/**
+ * kvm_vcpu_kick: make a vCPU in guest mode exit (draining its PML buffer) and re-enter.
+ * Does not wait. A vCPU outside KVM_RUN has nothing to drain (every exit drains).
+ */
+export function kvm_vcpu_kick(vcpu: usize): void {
+  atomic.or<u32>(vcpu + VCPU_REQUESTS, 1 << KVM_REQ_KICK);
+}
+
+/**
+ * May the thread driving this vCPU sleep (Atomics.wait) while it waits for a remote TLB
+ * flush? vCPU workers always may; the VM owner's thread may unless it is a browser's main
+ * thread (the host records which in VM_OWNER_CAN_BLOCK).
+ */
+export function vcpu_can_block(vm: usize, vcpu: usize): bool {
+  const tag = atomic.load<u32>(vcpu + VCPU_MUTEX) & ~MUTEX_WAITER;
+  return tag != VCPU_HOST_TAG || load<u32>(vm + VM_OWNER_CAN_BLOCK) != 0;
 }

@@ -26,6 +26,8 @@ export const KVM_EXIT_SHUTDOWN = 8;
 export const KVM_EXIT_INTR = 10;
 export const KVM_EXIT_INTERNAL_ERROR = 17;
 export const KVM_EXIT_DIRTY_RING_FULL = 31;
+/** dirtlog's own exit (not KVM's): a write to a write-tracked page found the page-track event queue full. */
+export const KVM_EXIT_PAGE_TRACK_FULL = 0x10001;
 
 export const KVM_USER_MEM_SLOTS = 32764;
 export const KVM_MEM_SLOTS_NUM = 32767;

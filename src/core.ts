@@ -3,6 +3,7 @@
 // read (disk or fetch) is platform code, chosen by the package's "imports" map (platform.ts).
 import { compileWasmAt, defaultCoreUrl } from "#platform";
 import { KvmError } from "./errors.js";
+import * as L from "./layout.js";
 import { WasmLoadError } from "./platform.js";
 
 // The public types name WebAssembly.Module and WebAssembly.Memory. TypeScript declares the
@@ -76,8 +77,18 @@ export interface CoreExports {
     backing: number,
     hva: bigint,
     maxLevel: number,
+    track: number,
     canBlock: number,
   ): number;
+  // write tracking (assembly/page_track.ts, assembly/mmu.ts)
+  page_track_bytes(npages: bigint): bigint;
+  kvm_page_track_alloc_slot(slot: number, region: number): void;
+  kvm_page_track_enable(vm: number, queue: number, entries: number): void;
+  kvm_page_track_set_notifiers(vm: number, count: number): void;
+  /** add (delta 1) or remove (delta -1): 0 or -errno (EINVAL no slot, ENXIO tracking off). */
+  kvm_write_track_update_gfn(vm: number, gfn: bigint, delta: number, canBlock: number): number;
+  /** -1 without a slot in address space 0. */
+  gfn_write_track_count(vm: number, gfn: bigint): number;
   memslot_meta_bytes(npages: bigint): bigint;
   memslot_lookup(vm: number, asId: number, gfn: bigint): number;
   memslot_host_present_map(vm: number, slot: number): number;
@@ -125,7 +136,7 @@ export const CAN_BLOCK: number = (() => {
  * The vcpu->mutex tag of the thread that owns the VM objects (assembly/vcpu.ts): every
  * thread that drives vCPUs has its own; vCPU workers get theirs from VcpuThread.
  */
-export const HOST_TAG = 1;
+export const HOST_TAG = L.VCPU_HOST_TAG;
 
 /**
  * What `createVm({ wasm })` accepts for the core: the compiled module, its bytes (an

@@ -70,4 +70,7 @@ export const CORE_REASONS: Readonly<Record<number, string>> = {
   15: "no such memslot, or it does not log dirty pages",
   16: "firstPage must be a multiple of 64",
   17: "the range must lie in the slot and numPages be a multiple of 64 unless it reaches the end",
+  18: "KVM does not move memslots while an external page-track user (a registered notifier) is attached",
+  19: "no memslot in address space 0 holds the gfn",
+  20: "write tracking is not enabled: register a page-track notifier first (the kernel would KVM_BUG_ON here)",
 };

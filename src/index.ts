@@ -4,6 +4,7 @@ export { KvmError, ERRNO, type ErrnoName } from "./errors.js";
 export { createVm, Vm, type VmOptions, type UserMemoryRegion, type VmStats, type MemslotInfo } from "./vm.js";
 export { Vcpu, type VcpuStats, type DirtyRingState } from "./vcpu.js";
 export { GfnToHvaCache, GfnToPfnCache } from "./pfncache.js";
+export type { PageTrackNotifier } from "./page_track.js";
 export {
   RUNSTATE_running,
   RUNSTATE_runnable,

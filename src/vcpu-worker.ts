@@ -62,6 +62,7 @@ function leave(): void {
 /**
  * Run KVM_RUN until told to quit or until an exit the loop cannot handle. IO (a batch) and
  * INTR (a pause request) re-enter; RING_FULL sleeps until a reset wakes it (or 1 ms);
+ * PAGE_TRACK_FULL until the owner thread delivered page-track events (or 1 ms);
  * `rate` (stores/s, 0 = unlimited) paces the guest between batches.
  *
  * Two throttles, set by the host in the vCPU block (src/dirtylimit.ts), their sleeps
@@ -82,6 +83,7 @@ function loop(rate: number, started: () => void): number {
   const stall = new BigUint64Array(memory.buffer, vcpu + L.VCPU_STALL_NS, 1);
   const throttle = new Uint32Array(memory.buffer, vcpu + L.VCPU_THROTTLE_US, 2); // [µs per full, pct]
   const throttled = new BigUint64Array(memory.buffer, vcpu + L.VCPU_THROTTLE_NS, 1);
+  const trackHead = new Int32Array(memory.buffer, vm + L.VM_TRACK_HEAD, 1);
   /** Take vcpu->mutex; false if told to quit first. */
   const acquire = (): boolean => {
     while (c.kvm_vcpu_lock(vcpu, tag) !== 0) {
@@ -178,6 +180,12 @@ function loop(rate: number, started: () => void): number {
       const t = performance.now();
       sleep(1); // a reset bumps the wake word
       stall[0] += BigInt(Math.round((performance.now() - t) * 1e6)); // this thread is its only writer
+      continue;
+    }
+    if (reason === L.KVM_EXIT_PAGE_TRACK_FULL) {
+      // the page-track event queue is full: the VM owner's thread drains it and notifies
+      // its head; the timeout re-checks for a pause or quit (the store is retried)
+      Atomics.wait(trackHead, 0, Atomics.load(trackHead, 0), 1);
       continue;
     }
     if (reason === KVM_EXIT_INTR) continue;

@@ -119,7 +119,20 @@ export class Vcpu {
     this.vm.checkAlive(call);
     const g = gpaArg(gpa, call);
     const v = u64(value, "value", call);
-    return this.owned(this.core.kvm_vcpu_write(this.vm.addr, this.addr, HOST_TAG, g, v), call);
+    return this.delivering(() => this.owned(this.core.kvm_vcpu_write(this.vm.addr, this.addr, HOST_TAG, g, v), call));
+  }
+
+  /**
+   * A vCPU call on the VM owner's thread: deliver the page-track events it queued before
+   * returning (the kernel calls notifiers synchronously), and when the event queue was full
+   * (KVM_EXIT_PAGE_TRACK_FULL: the store did not retire) deliver and run it again.
+   */
+  private delivering(fn: () => number, full: (r: number) => boolean = (r) => r === L.KVM_EXIT_PAGE_TRACK_FULL): number {
+    while (true) {
+      const r = fn();
+      this.vm.deliverPageTrackEvents();
+      if (!full(r)) return r;
+    }
   }
 
   /** One 8-byte guest load at gpa; `exitReason` tells whether it exited (MMIO → 0n). */
@@ -142,7 +155,15 @@ export class Vcpu {
     if (s % 8n !== 0n) throw new KvmError("EINVAL", call, `stride ${stride} is not a multiple of 8`);
     const n = int(count, "count", call, 0, 0x7fff_ffff);
     const v = u64(value, "value", call);
-    return this.owned(this.core.kvm_vcpu_write_strided(this.vm.addr, this.addr, HOST_TAG, g, s, n, v), call);
+    let done = 0;
+    return this.delivering(
+      () => {
+        const at = g + BigInt(done) * s;
+        done += this.owned(this.core.kvm_vcpu_write_strided(this.vm.addr, this.addr, HOST_TAG, at, s, n - done, v), call);
+        return done;
+      },
+      () => done < n && this.exitReason === L.KVM_EXIT_PAGE_TRACK_FULL,
+    );
   }
 
   /**
@@ -315,6 +336,8 @@ export class Vcpu {
   /**
    * KVM_RUN: execute the guest workload until an exit; resolves with the exit reason
    * (KVM_EXIT_IO when a batch is done, KVM_EXIT_DIRTY_RING_FULL, KVM_EXIT_MMIO,
+   * KVM_EXIT_PAGE_TRACK_FULL when page-track events filled their queue: they are delivered
+   * before this resolves, and the store is retried by the next KVM_RUN,
    * KVM_EXIT_SHUTDOWN at the workload's limit, KVM_EXIT_INTR after requestExit()). Runs on
    * the vCPU's thread when it has one, else on the calling thread. EBUSY during a loop.
    */
@@ -333,7 +356,12 @@ export class Vcpu {
   runSync(): number {
     const call = "KVM_RUN";
     this.vm.checkAlive(call);
-    return this.owned(this.core.kvm_run(this.vm.addr, this.addr, HOST_TAG), call);
+    // a full page-track queue ends this KVM_RUN (KVM_EXIT_PAGE_TRACK_FULL, the store
+    // pending); its events are delivered here, so the next KVM_RUN goes on
+    return this.delivering(
+      () => this.owned(this.core.kvm_run(this.vm.addr, this.addr, HOST_TAG), call),
+      () => false,
+    );
   }
 
   /**

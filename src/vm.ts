@@ -50,6 +50,7 @@ import {
 import { CORE_REASONS, KvmError, check } from "./errors.js";
 import * as L from "./layout.js";
 import { capabilities } from "./capabilities.js";
+import { PAGE_TRACK_QUEUE_ENTRIES, PageTrack, type PageTrackNotifier, checkNotifier } from "./page_track.js";
 import { GfnToHvaCache, GfnToPfnCache } from "./pfncache.js";
 import { clockNs } from "./xen.js";
 import { RegionAllocator, RegionBatch } from "./region.js";
@@ -127,11 +128,20 @@ export interface VmStats {
   pfnCachesInvalidated: number;
   /** pfn-cache resolutions redone because an invalidation began or ended meanwhile (hva_to_pfn_retry). */
   pfnCacheRetries: number;
+  /** Guest writes to write-tracked pages that KVM emulated. */
+  emulatedWrites: bigint;
+  /** Write-track counter updates refused at 0 or 65535 (the kernel's WARN_ON_ONCE, counted). */
+  pageTrackWarnings: number;
+  /** Emulated writes stopped because the page-track event queue was full (KVM_EXIT_PAGE_TRACK_FULL). */
+  pageTrackFullExits: number;
 }
 
 interface SlotRegions {
   meta: number;
   metaBytes: number;
+  /** Write-tracking counters (gfn_write_track + lpage disallow), 0 while tracking is off. */
+  track?: number;
+  trackBytes?: number;
   backing: number;
   backingBytes: number;
   /** guestMemory() handed out a view: the backing may hold bytes the core never saw. */
@@ -243,6 +253,8 @@ export class Vm {
   /** @internal where vCPU workers load from (VmOptions.workerUrl). */
   readonly workerUrl: string | URL | undefined;
   private disposed = false;
+  /** @internal Write tracking's notifiers and event queue (src/page_track.ts). */
+  readonly pageTrack: PageTrack;
   /** Why the VM is dead (a vCPU thread trapped in the core), or undefined. */
   private bugged: string | undefined;
 
@@ -277,6 +289,8 @@ export class Vm {
     this.fixed = { slots, sorted, pool, vcpuTable };
     // kvmclock starts with the VM (the Xen runstate times' clock)
     new DataView(this.memory.buffer).setBigUint64(vm + L.VM_KVMCLOCK_BASE, clockNs(), true);
+    new DataView(this.memory.buffer).setUint32(vm + L.VM_OWNER_CAN_BLOCK, CAN_BLOCK, true);
+    this.pageTrack = new PageTrack(memory, core, vm);
   }
 
   // ---- views ----
@@ -460,8 +474,16 @@ export class Vm {
     const backingBytes = backed ? Number(size) : 0;
     const meta = b.alloc(metaBytes, 8, "memslot metadata");
     const backing = backed ? b.alloc(backingBytes, backingBytes >= HUGE_2M ? HUGE_2M : L.PAGE_SIZE, "guest memory") : 0;
+    const track = this.allocTrackRegion(size >> 12n, b);
     if (!batch) b.keep();
-    return { meta, metaBytes, backing, backingBytes };
+    return { meta, metaBytes, backing, backingBytes, ...track };
+  }
+
+  /** kvm_page_track_create_memslot: a new slot's counters, when write tracking is on. */
+  private allocTrackRegion(npages: bigint, batch: RegionBatch): { track?: number; trackBytes?: number } {
+    if (!this.pageTrack.enabled) return {};
+    const trackBytes = Number(this.core.page_track_bytes(npages));
+    return { track: batch.alloc(trackBytes, 8, "write-tracking counters"), trackBytes };
   }
 
   private enomem(call: string, what: string, bytes: number): never {
@@ -483,14 +505,20 @@ export class Vm {
     // (congruent at every size, like a hugetlbfs mapping).
     const hva = backing ? BigInt(backing) : gpa;
     const maxLevel = backing ? 2 : 3;
-    this.core.memslot_commit(this.addr, slot, flags, gpa, size, change, meta, backing, hva, maxLevel, CAN_BLOCK);
+    const track = regions?.track ?? 0;
+    // kvm_page_track_delete_slot is told of the slot as it was
+    const deleted = change === KVM_MR_DELETE && this.pageTrack.count > 0 ? this.memslots().find((m) => m.slot === slot) : undefined;
+    this.core.memslot_commit(this.addr, slot, flags, gpa, size, change, meta, backing, hva, maxLevel, track, CAN_BLOCK);
     if (change === KVM_MR_DELETE) {
       const r = this.slots.get(slot);
       this.slots.delete(slot);
       if (r) {
         this.regions.release(r.meta, r.metaBytes);
         if (r.backingBytes) this.regions.release(r.backing, r.backingBytes);
+        if (r.track) this.regions.release(r.track, r.trackBytes ?? 0);
       }
+      // x86's commit of a DELETE: the notifiers hear of it (after the slot's write events)
+      if (deleted) this.pageTrack.removeRegion(deleted.guestPhysAddr >> 12n, deleted.npages);
     }
   }
 
@@ -514,7 +542,7 @@ export class Vm {
     const backing = batch.alloc(backingBytes, L.PAGE_SIZE, "internal memslot");
     const metas = Array.from({ length: L.KVM_NR_AS }, () => {
       const metaBytes = Number(this.core.memslot_meta_bytes(size >> 12n));
-      return { meta: batch.alloc(metaBytes, 8, "memslot metadata"), metaBytes };
+      return { meta: batch.alloc(metaBytes, 8, "memslot metadata"), metaBytes, ...this.allocTrackRegion(size >> 12n, batch) };
     });
     return () => {
       for (let as = 0; as < L.KVM_NR_AS; as++) {
@@ -823,6 +851,9 @@ export class Vm {
       hostInvalidations: v.getUint32(this.addr + L.VM_HOST_INVALIDATIONS, true),
       pfnCachesInvalidated: v.getUint32(this.addr + L.VM_NR_GPC_INVALIDATED, true),
       pfnCacheRetries: v.getUint32(this.addr + L.VM_GPC_RETRIES, true),
+      emulatedWrites: v.getBigUint64(this.addr + L.VM_EMULATED_WRITES, true),
+      pageTrackWarnings: v.getUint32(this.addr + L.VM_TRACK_WARN, true),
+      pageTrackFullExits: v.getUint32(this.addr + L.VM_TRACK_FULL_EXITS, true),
     };
   }
 
@@ -877,6 +908,97 @@ export class Vm {
       call,
       "the range reaches beyond the slot",
     );
+  }
+
+  // ---- write tracking (page track), the kernel's API for KVMGT-like users ----
+
+  /**
+   * kvm_page_track_register_notifier: from now on, every guest write to a write-tracked
+   * page (writeTrackAddGfn) is emulated and reported to `notifier.trackWrite(gpa, bytes)`,
+   * and deleting a memslot calls `notifier.trackRemoveRegion(gfn, nrPages)`. Notifiers run
+   * on this thread (see src/page_track.ts for when). The first registration enables write
+   * tracking: every memslot gets its u16 counters (ENOMEM, with nothing changed, if they
+   * do not fit). While a notifier is registered, memslots cannot be moved (EINVAL, as
+   * the kernel has it since KVMGT's MOVE fix). EEXIST if `notifier` is registered already.
+   */
+  registerPageTrackNotifier(notifier: PageTrackNotifier): void {
+    const call = "kvm_page_track_register_notifier";
+    this.checkAlive(call);
+    const n = checkNotifier(notifier, call);
+    if (this.pageTrack.has(n)) throw new KvmError("EEXIST", call, "this notifier is registered already");
+    if (!this.pageTrack.enabled) this.enableWriteTracking(call);
+    this.pageTrack.add(n);
+  }
+
+  /**
+   * kvm_page_track_unregister_notifier: after the events already queued were delivered (to
+   * it too), `notifier` hears nothing more. Write tracking stays enabled. EINVAL if it is
+   * not registered.
+   */
+  unregisterPageTrackNotifier(notifier: PageTrackNotifier): void {
+    const call = "kvm_page_track_unregister_notifier";
+    this.checkAlive(call);
+    if (!this.pageTrack.has(notifier)) throw new KvmError("EINVAL", call, "this notifier is not registered");
+    this.pageTrack.remove(notifier);
+  }
+
+  /** Give every slot its counters and the VM its event queue, all or nothing, then enable. */
+  private enableWriteTracking(call: string): void {
+    const batch = new RegionBatch(this.regions, (what, bytes) => this.enomem(call, what, bytes));
+    const queue = batch.alloc(PAGE_TRACK_QUEUE_ENTRIES * L.TRACK_EVENT_SIZE, 64, "the page-track event queue");
+    const v = this.view();
+    const given = [...this.slots].map(([slot, r]) => {
+      const trackBytes = Number(this.core.page_track_bytes(v.getBigUint64(this.slotAddr(slot) + L.SLOT_NPAGES, true)));
+      return { slot, r, track: batch.alloc(trackBytes, 8, "write-tracking counters"), trackBytes };
+    });
+    batch.keep();
+    for (const { slot, r, track, trackBytes } of given) {
+      r.track = track;
+      r.trackBytes = trackBytes;
+      this.core.kvm_page_track_alloc_slot(this.slotAddr(slot), track);
+    }
+    this.core.kvm_page_track_enable(this.addr, queue, PAGE_TRACK_QUEUE_ENTRIES);
+  }
+
+  /**
+   * kvm_write_track_add_gfn: write-track gfn (its counter + 1). Its mappings lose W and
+   * MMU-writable at once (with a TLB flush), it is mapped read-only from now on, and no huge
+   * mapping covers it; guest writes to it are emulated. EINVAL when no memslot of address
+   * space 0 holds gfn; ENXIO before any notifier was registered (tracking off). A counter
+   * at 65535 stays there (counted in stats.pageTrackWarnings), as the kernel's WARN does.
+   */
+  writeTrackAddGfn(gfn: number | bigint): void {
+    this.writeTrackUpdate(gfn, 1, "kvm_write_track_add_gfn");
+  }
+
+  /**
+   * kvm_write_track_remove_gfn: the counter − 1 (at 0 it stays, with a warning). The
+   * mappings stay read-only until the next fault, which maps the page writable again once
+   * the counter is 0. Errors as writeTrackAddGfn.
+   */
+  writeTrackRemoveGfn(gfn: number | bigint): void {
+    this.writeTrackUpdate(gfn, -1, "kvm_write_track_remove_gfn");
+  }
+
+  private writeTrackUpdate(gfn: number | bigint, delta: number, call: string): void {
+    this.checkAlive(call);
+    const g = u64(gfn, "gfn", call);
+    check(this.core.kvm_write_track_update_gfn(this.addr, g, delta, CAN_BLOCK), call, () => this.coreReason());
+  }
+
+  /** How many times gfn is write-tracked (0 with tracking off). EINVAL without a slot in address space 0. */
+  writeTrackCount(gfn: number | bigint): number {
+    const call = "writeTrackCount";
+    this.checkAlive(call);
+    const g = u64(gfn, "gfn", call);
+    const n = this.core.gfn_write_track_count(this.addr, g);
+    if (n < 0) throw new KvmError("EINVAL", call, CORE_REASONS[L.ERR_TRACK_SLOT]);
+    return n;
+  }
+
+  /** @internal Deliver queued page-track events now (this thread); a no-op without notifiers. */
+  deliverPageTrackEvents(): void {
+    if (this.pageTrack.count > 0) this.pageTrack.drain();
   }
 
   /**
@@ -965,6 +1087,7 @@ export class Vm {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    this.pageTrack.stop();
     const vcpus = [...this.vcpus.values()];
     const slots = [...this.slots];
     const joined = vcpus.every((v) => v.joined);

@@ -25,7 +25,7 @@ async function ringRound(wasm: WebAssembly.Module): Promise<number> {
 }
 
 const noMmuLockInReset: Plant[] = [
-  { file: "dirty_ring.ts", from: "  write_lock(vm);\n  tdp_walk_cache_reset", to: "  tdp_walk_cache_reset" },
+  { file: "dirty_ring.ts", from: "  write_lock(vm);\n  kvm_mmu_reprotect_begin", to: "  kvm_mmu_reprotect_begin" },
   { file: "dirty_ring.ts", from: "  write_unlock(vm);\n  return count;", to: "  return count;" },
 ];
 const noVcpuMutexInWrite: Plant[] = [
