@@ -12,7 +12,7 @@ export {
   page_track_bytes,
   gfn_write_track_count,
 } from "./page_track";
-export { kvm_write_track_update_gfn } from "./mmu";
+export { kvm_write_track_update_gfn, spte_has_volatile_bits } from "./mmu";
 export {
   kvm_get_dirty_log,
   kvm_dirty_log_done,
@@ -45,3 +45,4 @@ export { kvm_run } from "./run";
 export { kvm_vcpu_kick, kvm_vcpu_lock, kvm_vcpu_mutex_wait_prepare, kvm_vcpu_unlock } from "./vcpu";
 export { tdp_count_bits, tdp_walk } from "./tdp";
 export { kvm_flush_remote_tlbs } from "./tlb";
+export { measure_plain_pass, measure_atomic_pass } from "./measure";

@@ -5,8 +5,9 @@
 //
 // One root per address space (VM_ROOT[as]); roots live as long as the VM.
 // Invariants kept here:
-//   - SPTEs change only by compare-and-swap or atomic and/or: the lockless fast path may
-//     set W at any time, so a plain store could lose its update.
+//   - SPTEs change by compare-and-swap or atomic and/or, since the lockless fast path may
+//     set W at any time; the one exception is re-protection under the write side of
+//     mmu_lock, which stores plainly to SPTEs without volatile bits (mmu.ts).
 //   - A table is linked into its parent by compare-and-swap (two faults may race to
 //     create it; the loser returns its page to the pool).
 //   - A split replaces a huge leaf by a table of children with the same permissions, so
@@ -232,39 +233,24 @@ export function tdp_write_protect_gfn(vm: usize, as_id: u32, gfn: u64, min_level
 }
 
 /**
- * clear_dirty_pt_masked: for each set bit b of mask, clear W (wrprot) or D (PML) on the
- * 4K leaf of gfn + b. Huge leaves are skipped. The caller holds mmu_lock for write and
- * flushes TLBs afterwards (dirty-log protection keeps MMU-writable).
- * `cache` (16 bytes: u64 (gfn >> 9) + 1, u32 leaf table) remembers the last leaf table
- * walked, across calls of one GET/CLEAR/reset: the table structure cannot change while the
- * write lock is held (callers empty the cache when they take the lock, and after splits).
- * Inlined into its callers: GET calls it once per dirty bitmap word, and at a sparse log
- * (one page per word) a call would cost as much as the work.
+ * The 4K leaf table holding gfn's SPTE in address space as_id, or 0 when gfn is not mapped
+ * at 4K (absent, or inside a huge leaf), through `cache` (16 bytes: u64 tag
+ * ((gfn >> 9) << 1 | as_id) + 1, u32 table): re-protection visits the pages of a harvest in
+ * gfn order, so one walk serves a whole 512-page table. The table structure cannot change
+ * while mmu_lock is held for write (callers empty the cache when they take the lock, and
+ * after splits). Inlined: GET calls it once per dirty page.
  */
-@inline export function tdp_clear_dirty_masked(vm: usize, as_id: u32, gfn: u64, mask: u64, wrprot: bool, cache: usize): void {
-  lockdep_assert_held_write(vm);
-  const bit = wrprot ? SPTE_W : SPTE_D;
-  let table_tag = load<u64>(cache);
-  let table = <usize>load<u32>(cache + 8);
-  while (mask != 0) {
-    const g = gfn + ctz<u64>(mask);
-    mask &= mask - 1;
-    const tag = ((g >> 9) << 1 | <u64>as_id) + 1;
-    if (tag != table_tag) {
-      // one walk per 512-page leaf table
-      table_tag = tag;
-      const w = tdp_walk(vm, as_id, g);
-      table = (w & 7) == 1 ? (w & ~(<usize>0xfff)) : 0;
-      store<u64>(cache, table_tag);
-      store<u32>(cache + 8, <u32>table);
-    }
-    if (table == 0) continue;
-    const p = table + ((<usize>(g & 511)) << 3);
-    if ((atomic.load<u64>(p) & bit) != 0) atomic.and<u64>(p, ~bit);
-  }
+@inline export function tdp_leaf_table_cached(vm: usize, as_id: u32, gfn: u64, cache: usize): usize {
+  const tag = ((gfn >> 9) << 1 | <u64>as_id) + 1;
+  if (tag == load<u64>(cache)) return <usize>load<u32>(cache + 8);
+  const w = tdp_walk(vm, as_id, gfn);
+  const table = (w & 7) == 1 ? (w & ~(<usize>0xfff)) : 0;
+  store<u64>(cache, tag);
+  store<u32>(cache + 8, <u32>table);
+  return table;
 }
 
-/** Empty a walk cache (see tdp_clear_dirty_masked). */
+/** Empty a walk cache (see tdp_leaf_table_cached). */
 @inline export function tdp_walk_cache_reset(cache: usize): void {
   store<u64>(cache, 0);
 }

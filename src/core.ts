@@ -89,6 +89,11 @@ export interface CoreExports {
   kvm_write_track_update_gfn(vm: number, gfn: bigint, delta: number, canBlock: number): number;
   /** -1 without a slot in address space 0. */
   gfn_write_track_count(vm: number, gfn: bigint): number;
+  /** 1 if an SPTE may be changed by a thread without mmu_lock (assembly/mmu.ts). */
+  spte_has_volatile_bits(spte: bigint): number;
+  // memory floors for bench/ (assembly/measure.ts)
+  measure_plain_pass(addr: number, n: number, bits: bigint): bigint;
+  measure_atomic_pass(addr: number, n: number, bits: bigint): bigint;
   memslot_meta_bytes(npages: bigint): bigint;
   memslot_lookup(vm: number, asId: number, gfn: bigint): number;
   memslot_host_present_map(vm: number, slot: number): number;
