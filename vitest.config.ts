@@ -53,6 +53,7 @@ export default defineConfig({
             "test/dirty_ring.test.ts",
             "test/pfncache.test.ts",
             "test/xen-runstate.test.ts",
+            "test/shadow.test.ts",
           ],
           browser: {
             enabled: true,

@@ -119,7 +119,7 @@ export function kvm_get_dirty_log(vm: usize, slot_id: u32, can_block: u32): i32 
       if (mask == 0) continue;
       store<u64>(second + (w << 3), mask);
       if (init_set) kvm_arch_mmu_enable_log_dirty_pt_masked(vm, s, as_id, (<u64>w) << 6, mask);
-      else kvm_mmu_clear_dirty_pt_masked(vm, as_id, base_gfn + ((<u64>w) << 6), mask);
+      else kvm_mmu_clear_dirty_pt_masked(vm, s, as_id, base_gfn + ((<u64>w) << 6), mask);
       took = true;
     }
     if (took) { store<u32>(scratch + ((<usize>count) << 2), <u32>i); count++; }

@@ -60,12 +60,13 @@ import { dirty_ring_check_request, dirty_ring_publish } from "./dirty_ring";
 import { pml_active, pml_flush, pml_log_write } from "./pml";
 import { mark_page_dirty_in_slot } from "./mark_dirty";
 import { memslot_lookup, slot_host_present, slot_logged } from "./kvm_host";
-import { kvm_mmu_max_mapping_level } from "./mmu";
-import { read_lock, read_unlock } from "./mmu_lock";
+import { kvm_mmu_leaf_installed, kvm_mmu_map, kvm_mmu_max_mapping_level } from "./mmu";
+import { is_shadow_mmu } from "./shadow";
+import { read_lock, read_unlock, write_lock, write_unlock } from "./mmu_lock";
 import { host_fault_in, mmu_invalidate_retry_gfn } from "./mmu_notifier";
 import { gfn_is_write_tracked, page_track_reserve, page_track_write } from "./page_track";
 import { SPTE_D, SPTE_M, SPTE_W, is_leaf, is_present, level_pages, make_leaf, spte_hpa } from "./spte";
-import { tdp_get_or_create, tdp_walk } from "./tdp";
+import { tdp_walk } from "./tdp";
 import { tlb_check_request, tlb_fill, tlb_lookup, tlb_on } from "./tlb";
 import { vcpu_can_block, vcpu_load, vcpu_put } from "./vcpu";
 
@@ -107,19 +108,31 @@ function exit_mmio(vcpu: usize, gpa: u64): u32 {
  * Slow page fault for gpa. Returns 0 when the caller should walk again (a mapping was
  * installed, or another thread changed the entry first), or an exit reason.
  */
+@inline function fault_lock(vm: usize, shadow: bool): void {
+  if (shadow) write_lock(vm);
+  else read_lock(vm);
+}
+
+@inline function fault_unlock(vm: usize, shadow: bool): void {
+  if (shadow) write_unlock(vm);
+  else read_unlock(vm);
+}
+
 function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): u32 {
   const gfn = gpa >> 12;
-  // Under the read side of mmu_lock: memslot updates take the write side, so the slot
-  // found here stays valid until the new SPTE is installed.
-  read_lock(vm);
+  // Under mmu_lock, the read side for the TDP MMU (SPTEs change by compare-and-swap), the
+  // write side for the shadow MMU (its rmaps and shadow pages are lists): memslot updates
+  // take the write side, so the slot found here stays valid until the SPTE is installed.
+  const shadow = is_shadow_mmu(vm);
+  fault_lock(vm, shadow);
   if (mmu_invalidate_retry_gfn(vm, gfn)) {
-    read_unlock(vm); // the host page is being invalidated: fault again after the end
+    fault_unlock(vm, shadow); // the host page is being invalidated: fault again after the end
     return 0;
   }
   const slot = memslot_lookup(vm, as_id, gfn);
   const readonly = slot != 0 && (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_READONLY) != 0;
   if (slot == 0 || (write && readonly)) {
-    read_unlock(vm);
+    fault_unlock(vm, shadow);
     return exit_mmio(vcpu, gpa);
   }
   const base = load<u64>(slot + SLOT_BASE_GFN);
@@ -133,22 +146,23 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
   // and a write to it is emulated (page_fault_handle_page_track)
   const tracked = gfn_is_write_tracked(slot, gfn);
   const writable = host_writable && !tracked;
-  let level = kvm_mmu_max_mapping_level(slot, gfn);
-  if (zero_page) level = 1;
-  const w = tdp_get_or_create(vm, as_id, gfn, level);
+  // (the shadow MMU maps 4K only; dirtlog's host page is as large as the mapping, so its
+  // host pages are 4K too: no THP)
+  let level = shadow || zero_page ? 1 : kvm_mmu_max_mapping_level(slot, gfn);
+  const w = kvm_mmu_map(vm, as_id, gfn, level);
   if (w == 0) {
-    read_unlock(vm);
+    fault_unlock(vm, shadow);
     return KVM_EXIT_INTERNAL_ERROR;
   }
   const p = w & ~7;
   level = <u32>(w & 7);
   const old = atomic.load<u64>(p);
   if (write && tracked && is_present(old) && is_leaf(old, level)) {
-    read_unlock(vm);
+    fault_unlock(vm, shadow);
     return RET_PF_EMULATE; // a write to a present SPTE of a tracked gfn
   }
   if (is_present(old) && is_leaf(old, level) && (!write || (old & SPTE_W) != 0)) {
-    read_unlock(vm); // someone mapped it meanwhile: walk again
+    fault_unlock(vm, shadow); // someone mapped it meanwhile: walk again
     return 0;
   }
   const span = level_pages(level);
@@ -158,14 +172,15 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
   // the zero page and read-only host pages are never host-writable: (0,0,0)
   const spte = make_leaf(hpa, level, writable, host_writable);
   if (atomic.cmpxchg<u64>(p, old, spte) == old) {
+    if (!is_present(old)) kvm_mmu_leaf_installed(vm, slot, gfn, p, vcpu_can_block(vm, vcpu)); // rmap_add
     if (host_writable) set_bits(present, frame - base, span); // the host page (THP for huge) now exists
     if (writable && slot_logged(slot)) mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
     atomic.add<u64>(vcpu + VCPU_SLOW_FAULTS, 1);
   } else {
-    read_unlock(vm);
+    fault_unlock(vm, shadow);
     return 0; // another thread changed the entry: walk again
   }
-  read_unlock(vm);
+  fault_unlock(vm, shadow);
   return write && tracked ? RET_PF_EMULATE : 0;
 }
 

@@ -46,3 +46,15 @@ export { kvm_vcpu_kick, kvm_vcpu_lock, kvm_vcpu_mutex_wait_prepare, kvm_vcpu_unl
 export { tdp_count_bits, tdp_walk } from "./tdp";
 export { kvm_flush_remote_tlbs } from "./tlb";
 export { measure_plain_pass, measure_atomic_pass } from "./measure";
+export { shadow_init, shadow_pte_pool_bytes } from "./shadow";
+export { kvm_rmap_count } from "./mmu";
+// the pte_list over raw addresses (test/rmap.test.ts, bench/rmap.js)
+export {
+  pte_list_pool_init,
+  pte_list_pool_used,
+  pte_list_add,
+  pte_list_remove,
+  pte_list_count,
+  rmap_get_first,
+  rmap_get_next,
+} from "./rmap";

@@ -117,7 +117,15 @@ export const VM_TRACK_LOCK: u32 = 252; // u32: spinlock of the producers (vCPUs 
 export const VM_TRACK_WARN: u32 = 256; // u32: counter updates refused for overflow/underflow (the kernel's WARN_ON_ONCE)
 export const VM_EMULATED_WRITES: u32 = 264; // u64: guest writes to write-tracked pages emulated (statistics)
 export const VM_TRACK_FULL_EXITS: u32 = 276; // u32: KVM_EXIT_PAGE_TRACK_FULL exits (statistics)
-export const VM_OWNER_CAN_BLOCK: u32 = 272; // u32: the VM owner's thread may block (Atomics.wait); vCPU workers always may
+export const VM_OWNER_CAN_BLOCK: u32 = 272;
+// the MMU in use (mmu.ts): the TDP MMU, or the shadow MMU with its rmaps (shadow.ts, rmap.ts)
+export const VM_MMU: u32 = 280; // u32: MMU_TDP or MMU_SHADOW, fixed at creation
+export const VM_PTE_POOL: u32 = 284; // u32: the pte_list_desc pool (rmap.ts PTE_POOL_SIZE header), shadow only
+export const VM_SP_TABLE: u32 = 288; // u32: one kvm_mmu_page (SP_SIZE) per page-table pool page, shadow only
+export const VM_RMAP_ITER: u32 = 296; // 8 bytes: the rmap iterator of the mmu_lock writer (rmap.ts)
+export const VM_SHADOW_PAGES: u32 = 304; // u32: shadow pages in use (kvm->arch.n_used_mmu_pages)
+export const MMU_TDP: u32 = 0;
+export const MMU_SHADOW: u32 = 1; // u32: the VM owner's thread may block (Atomics.wait); vCPU workers always may
 
 // ---- why a call failed (VM_ERR_REASON; src/errors.ts has the words) ----
 export const ERR_FLAGS: u32 = 1; // unknown memslot flags
@@ -152,6 +160,7 @@ export const SLOT_META: u32 = 28; // u32: metadata region (see memslot.ts)
 export const SLOT_BACKING: u32 = 32; // u32: guest bytes, 0 = unbacked (tracking only)
 export const SLOT_MAX_LEVEL: u32 = 36; // u32: largest mapping level the host backing allows
 export const SLOT_HVA: u32 = 40; // u64: userspace address (alignment decides huge pages)
+export const SLOT_RMAP: u32 = 52; // u32: 4K-level rmap heads, one u64 per page (shadow MMU), 0 = none
 export const SLOT_WRITE_TRACK: u32 = 48; // u32: gfn_write_track (u16 per page) then the lpage disallow counters, 0 = none (page_track.ts)
 
 // slot table and sorted-id arrays (sizes the host allocates)
@@ -181,6 +190,18 @@ export const GPC_VALID: u32 = 44; // u32
 export const GPC_NEXT: u32 = 48; // u32: next cache on kvm->gpc_list
 export const GPC_VM: u32 = 52; // u32: the VM
 export const GPC_PFN_OK: u32 = 56; // u32: pfn resolved (a KVM_PFN_ERR_* otherwise)
+
+// ---- kvm_mmu_page (shadow.ts), SP_SIZE bytes per page-table page of a shadow-MMU VM ----
+export const SP_SIZE: u32 = 128;
+export const SP_GFN: u32 = 0; // u64: first gfn the page maps (direct) or the guest table's gfn
+export const SP_ROLE: u32 = 8; // u32: union kvm_mmu_page_role (level 0-3, direct 7, smm 24-31, ...)
+export const SP_IN_USE: u32 = 12; // u32: 1 while the page is a live shadow page
+export const SP_PARENT_PTES: u32 = 16; // u64: pte_list of the SPTEs pointing at this page (rmap.ts)
+export const SP_MMU_VALID_GEN: u32 = 24; // u32
+export const SP_UNSYNC: u32 = 28; // u32
+export const SP_UNSYNC_CHILDREN: u32 = 32; // u32
+export const SP_WRITE_FLOODING: u32 = 36; // u32
+export const SP_UNSYNC_BITMAP: u32 = 64; // 512 bits
 
 // ---- vCPU block ----
 export const VCPU_SIZE: u32 = 512;

@@ -66,6 +66,7 @@ import {
   SLOT_FLAGS,
   SLOT_HVA,
   SLOT_WRITE_TRACK,
+  SLOT_RMAP,
   SLOT_MAX_LEVEL,
   SLOT_META,
   SLOT_NPAGES,
@@ -265,7 +266,8 @@ export function memslot_prepare(
  * Carry out a change that memslot_prepare accepted. For CREATE the host passes the zeroed
  * metadata region, the backing (0 = unbacked), the hva used for huge-page alignment and the
  * largest mapping level the backing allows, and its zeroed write-tracking region
- * (page_track_bytes; 0 while write tracking is off). Returns the change kind.
+ * (page_track_bytes; 0 while write tracking is off), and on a shadow-MMU VM its zeroed
+ * 4K rmap heads (8 bytes per page; 0 otherwise). Returns the change kind.
  */
 export function memslot_commit(
   vm: usize,
@@ -279,6 +281,7 @@ export function memslot_commit(
   hva: u64,
   max_level: u32,
   track: usize,
+  rmap: usize,
   can_block: u32,
 ): i32 {
   const as_id = slot >> 16;
@@ -329,6 +332,7 @@ export function memslot_commit(
       store<u64>(s + SLOT_HVA, hva);
       store<u32>(s + SLOT_MAX_LEVEL, max_level);
       store<u32>(s + SLOT_WRITE_TRACK, <u32>track);
+      store<u32>(s + SLOT_RMAP, <u32>rmap);
       store<u32>(s + SLOT_ACTIVE, 1);
     } else if (change == KVM_MR_MOVE) {
       // x86 allocates fresh metadata for a MOVE (kvm_alloc_memslot_metadata): the write

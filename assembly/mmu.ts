@@ -33,16 +33,21 @@ import {
   SLOT_MAX_LEVEL,
   SLOT_NPAGES,
   VM_PML,
+  VM_RMAP_ITER,
   VM_WALK_CACHE,
 } from "./layout";
 import { fail } from "./errno";
 import { manual_protect_and_init_set, memslot_lookup, slot_host_present, slot_level_allowed, slot_logged } from "./kvm_host";
 import { lockdep_assert_held_write, write_lock, write_unlock } from "./mmu_lock";
 import { lpage_disallowed, update_gfn_disallow_lpage, update_gfn_write_track, write_tracking_enabled } from "./page_track";
+import { RMAP_RECYCLE_THRESHOLD, pte_list_count, rmap_get_first, rmap_get_next, rmap_write_protect, rmap_zap_all } from "./rmap";
+import { gfn_to_rmap, is_shadow_mmu, shadow_get_or_create, shadow_pte_pool, shadow_rmap_add, shadow_zap_all_done } from "./shadow";
 import {
   OP_CLEAR_D,
   OP_SPLIT,
   OP_WRPROT,
+  OP_ZAP,
+  tdp_get_or_create,
   tdp_leaf_table_cached,
   tdp_range,
   tdp_recover_huge,
@@ -62,7 +67,8 @@ import { SPTE_A, SPTE_D, SPTE_M, SPTE_W } from "./spte";
 export function kvm_arch_mmu_enable_log_dirty_pt_masked(vm: usize, slot: usize, as_id: u32, offset: u64, mask: u64): void {
   lockdep_assert_held_write(vm);
   const gfn = load<u64>(slot + SLOT_BASE_GFN) + offset;
-  if (manual_protect_and_init_set(vm)) {
+  // (the shadow MMU maps no huge pages: its 2M and 1G rmaps are empty)
+  if (manual_protect_and_init_set(vm) && !is_shadow_mmu(vm)) {
     // Nothing was protected when logging was enabled, so huge mappings may still be
     // writable: split them, and write-protect (shadow style) what could not be split.
     const start = gfn + ctz<u64>(mask);
@@ -72,7 +78,7 @@ export function kvm_arch_mmu_enable_log_dirty_pt_masked(vm: usize, slot: usize, 
     tdp_write_protect_gfn(vm, as_id, start, 2);
     if (start >> 9 != end >> 9) tdp_write_protect_gfn(vm, as_id, end, 2);
   }
-  kvm_mmu_clear_dirty_pt_masked(vm, as_id, gfn, mask);
+  kvm_mmu_clear_dirty_pt_masked(vm, slot, as_id, gfn, mask);
 }
 
 /**
@@ -112,13 +118,19 @@ export function kvm_arch_mmu_enable_log_dirty_pt_masked(vm: usize, slot: usize, 
 
 /**
  * kvm_mmu_write_protect_pt_masked (no PML: clear W) or kvm_mmu_clear_dirty_pt_masked (PML:
- * clear D) on the 4K leaves of mask (clear_dirty_pt_masked: huge leaves are skipped), one
- * walk per 512-page leaf table through the re-protection walk cache (callers empty it when
- * they take mmu_lock). The caller holds mmu_lock for write and flushes TLBs afterwards
- * (dirty-log protection keeps MMU-writable). Inlined: GET calls it once per bitmap word.
+ * clear D) on the 4K leaves of mask, gfns from `gfn` of `slot`. The TDP MMU: one walk per
+ * 512-page leaf table through the re-protection walk cache (callers empty it when they take
+ * mmu_lock), huge leaves skipped (clear_dirty_pt_masked). The shadow MMU: every SPTE on
+ * each page's 4K rmap (rmap_write_protect with pt_protect = false: W only). The caller
+ * holds mmu_lock for write and flushes TLBs afterwards (dirty-log protection keeps
+ * MMU-writable). Inlined: GET calls it once per bitmap word.
  */
-@inline export function kvm_mmu_clear_dirty_pt_masked(vm: usize, as_id: u32, gfn: u64, mask: u64): void {
+@inline export function kvm_mmu_clear_dirty_pt_masked(vm: usize, slot: usize, as_id: u32, gfn: u64, mask: u64): void {
   lockdep_assert_held_write(vm);
+  if (is_shadow_mmu(vm)) {
+    rmap_clear_masked(vm, slot, gfn, mask, SPTE_W);
+    return;
+  }
   const bit = load<u32>(vm + VM_PML) == 0 ? SPTE_W : SPTE_D;
   const cache = vm + VM_WALK_CACHE;
   if (mask == 0xffff_ffff_ffff_ffff && (gfn & 63) == 0) {
@@ -137,6 +149,19 @@ export function kvm_arch_mmu_enable_log_dirty_pt_masked(vm: usize, slot: usize, 
   }
 }
 
+/** Clear `bit` on every SPTE of the 4K rmaps of the pages of mask (the shadow MMU). */
+function rmap_clear_masked(vm: usize, slot: usize, gfn: u64, mask: u64, bit: u64): void {
+  const iter = vm + VM_RMAP_ITER;
+  const heads = gfn_to_rmap(slot, gfn);
+  while (mask != 0) {
+    const head = heads + (<usize>ctz<u64>(mask) << 3);
+    mask &= mask - 1;
+    for (let sptep = rmap_get_first(head, iter); sptep != 0; sptep = rmap_get_next(iter)) {
+      mmu_spte_clear_bits(vm, sptep, bit);
+    }
+  }
+}
+
 /** Empty the re-protection walk cache: every GET/CLEAR/reset does so after write_lock. */
 @inline export function kvm_mmu_reprotect_begin(vm: usize): void {
   tdp_walk_cache_reset(vm + VM_WALK_CACHE);
@@ -147,6 +172,17 @@ export function kvm_mmu_slot_apply_flags(vm: usize, s: usize, as_id: u32, loggin
   lockdep_assert_held_write(vm);
   const start = load<u64>(s + SLOT_BASE_GFN);
   const end = start + load<u64>(s + SLOT_NPAGES);
+  if (is_shadow_mmu(vm)) {
+    // no huge pages to recover or split; enabling logging write-protects every 4K rmap
+    // (kvm_mmu_slot_remove_write_access → walk_slot_rmaps → rmap_write_protect, W only)
+    if (!logging || manual_protect_and_init_set(vm)) return;
+    for (let g = start; g < end; g += 64) {
+      const n = end - g < 64 ? end - g : 64;
+      rmap_clear_masked(vm, s, g, n == 64 ? 0xffff_ffff_ffff_ffff : ((<u64>1) << n) - 1, SPTE_W);
+    }
+    flush_remote_tlbs_dirty_log(vm, can_block);
+    return;
+  }
   if (!logging) {
     // Recover huge pages in place (kvm_mmu_recover_huge_pages): no zap, mappings stay.
     const hva_gfn = load<u64>(s + SLOT_HVA) >> 12;
@@ -172,7 +208,8 @@ export function kvm_mmu_slot_apply_flags(vm: usize, s: usize, as_id: u32, loggin
 /**
  * kvm_mmu_max_mapping_level + kvm_mmu_hugepage_adjust: never huge in a dirty-logged slot;
  * otherwise the largest level the slot's alignment and backing allow (slot_level_allowed)
- * and whose frame no tracked gfn disallows (lpage_info.disallow_lpage).
+ * and whose frame no tracked gfn disallows (lpage_info.disallow_lpage). The TDP MMU maps
+ * at this level; the shadow MMU maps 4K only, but the host page behind it is the same.
  */
 export function kvm_mmu_max_mapping_level(s: usize, gfn: u64): u32 {
   if (slot_logged(s)) return 1;
@@ -184,16 +221,59 @@ export function kvm_mmu_max_mapping_level(s: usize, gfn: u64): u32 {
 
 /**
  * kvm_mmu_slot_gfn_write_protect: clear W and MMU-writable (shadow style) on every leaf
- * mapping gfn at a level ≥ min_level. True if a TLB flush is due before mmu_lock drops.
+ * mapping gfn at a level ≥ min_level: through the rmaps (rmap_write_protect with
+ * pt_protect = true) and the TDP MMU's write_protect_gfn. True if a TLB flush is due
+ * before mmu_lock drops.
  */
-export function kvm_mmu_slot_gfn_write_protect(vm: usize, as_id: u32, gfn: u64, min_level: u32): bool {
+export function kvm_mmu_slot_gfn_write_protect(vm: usize, slot: usize, as_id: u32, gfn: u64, min_level: u32): bool {
   lockdep_assert_held_write(vm);
+  if (is_shadow_mmu(vm)) return min_level == 1 && rmap_write_protect(vm, gfn_to_rmap(slot, gfn), true, vm + VM_RMAP_ITER);
   return tdp_write_protect_gfn(vm, as_id, gfn, min_level);
 }
 
 /** kvm_mmu_zap_all_fast: every mapping of the VM goes (a memslot flush on DELETE/MOVE). */
 export function kvm_mmu_zap_all_fast(vm: usize, nr_as: u32): void {
   tdp_zap_all(vm, nr_as);
+  if (is_shadow_mmu(vm)) shadow_zap_all_done(vm);
+}
+
+/**
+ * The fault's walk to gfn's entry at `level` (kvm_tdp_mmu_map / the direct map of the
+ * shadow MMU), creating what is missing: `sptep | level`, or 0 when a pool is exhausted.
+ * The shadow MMU maps 4K only and needs mmu_lock for write; the TDP MMU, the read side.
+ */
+export function kvm_mmu_map(vm: usize, as_id: u32, gfn: u64, level: u32): usize {
+  if (is_shadow_mmu(vm)) return shadow_get_or_create(vm, as_id, gfn);
+  return tdp_get_or_create(vm, as_id, gfn, level);
+}
+
+/**
+ * A leaf SPTE at `sptep` became present for gfn of `slot` (the shadow MMU's rmap_add,
+ * with the recycle rule: an rmap that held more than RMAP_RECYCLE_THRESHOLD SPTEs is
+ * zapped whole and the TLBs flushed). Caller holds mmu_lock for write in shadow mode.
+ */
+export function kvm_mmu_leaf_installed(vm: usize, slot: usize, gfn: u64, sptep: usize, can_block: bool): void {
+  if (!is_shadow_mmu(vm)) return;
+  const count = shadow_rmap_add(vm, slot, gfn, sptep);
+  if (count > <i32>RMAP_RECYCLE_THRESHOLD) {
+    rmap_zap_all(vm, shadow_pte_pool(vm), gfn_to_rmap(slot, gfn), vm + VM_RMAP_ITER);
+    flush_remote_tlbs(vm, can_block);
+  }
+}
+
+/**
+ * kvm_unmap_gfn_range for [start, end) of `slot` (the mmu notifier): every leaf mapping
+ * those gfns goes — through the rmaps (the shadow MMU) or the TDP walk. Tables stay.
+ * Caller holds mmu_lock for write and flushes. True if anything was zapped.
+ */
+export function kvm_mmu_unmap_gfn_range(vm: usize, slot: usize, as_id: u32, start: u64, end: u64): bool {
+  lockdep_assert_held_write(vm);
+  if (!is_shadow_mmu(vm)) return tdp_range(vm, as_id, start, end, OP_ZAP, 1) != 0;
+  let zapped = false;
+  for (let g = start; g < end; g++) {
+    zapped |= rmap_zap_all(vm, shadow_pte_pool(vm), gfn_to_rmap(slot, g), vm + VM_RMAP_ITER);
+  }
+  return zapped;
 }
 
 /**
@@ -211,7 +291,18 @@ export function kvm_write_track_update_gfn(vm: usize, gfn: u64, delta: i32, can_
   write_lock(vm);
   update_gfn_write_track(vm, slot, gfn, delta);
   update_gfn_disallow_lpage(vm, slot, gfn, delta);
-  if (delta > 0 && kvm_mmu_slot_gfn_write_protect(vm, 0, gfn, 1)) flush_remote_tlbs(vm, can_block != 0);
+  if (delta > 0 && kvm_mmu_slot_gfn_write_protect(vm, slot, 0, gfn, 1)) flush_remote_tlbs(vm, can_block != 0);
   write_unlock(vm);
   return 0;
+}
+
+/**
+ * The length of gfn's 4K rmap in address space as_id (a test tool): -1 without a slot
+ * there or on a TDP-MMU VM (it keeps no rmaps).
+ */
+export function kvm_rmap_count(vm: usize, as_id: u32, gfn: u64): i32 {
+  if (!is_shadow_mmu(vm)) return -1;
+  const slot = memslot_lookup(vm, as_id, gfn);
+  if (slot == 0) return -1;
+  return <i32>pte_list_count(gfn_to_rmap(slot, gfn));
 }

@@ -36,7 +36,7 @@ import {
 import { slot_host_present, slot_id_of, slot_ptr } from "./kvm_host";
 import { write_lock, write_unlock } from "./mmu_lock";
 import { gfn_to_pfn_cache_invalidate_start } from "./pfncache";
-import { OP_ZAP, tdp_range } from "./tdp";
+import { kvm_mmu_unmap_gfn_range } from "./mmu";
 import { flush_remote_tlbs } from "./tlb";
 
 /** kvm_mmu_invalidate_begin (mmu_lock held for write): widen the range in progress. */
@@ -80,15 +80,15 @@ function invalidate_range(vm: usize, slot: usize, rel: u64, count: u64, fault_in
   const gfn = load<u64>(slot + SLOT_BASE_GFN) + rel;
   write_lock(vm);
   invalidate_begin(vm, gfn, gfn + count);
-  const zapped = tdp_range(vm, slot_id_of(vm, slot) >> 16, gfn, gfn + count, OP_ZAP, 1);
-  if (zapped != 0) flush_remote_tlbs(vm, can_block);
+  const zapped = kvm_mmu_unmap_gfn_range(vm, slot, slot_id_of(vm, slot) >> 16, gfn, gfn + count);
+  if (zapped) flush_remote_tlbs(vm, can_block);
   write_unlock(vm);
   if (fault_in) set_present(slot_host_present(slot), rel, count);
   write_lock(vm);
   invalidate_end(vm);
   write_unlock(vm);
   atomic.sub<u32>(vm + VM_MN_ACTIVE_INVALIDATE, 1);
-  return zapped;
+  return zapped ? 1 : 0;
 }
 
 function set_present(bitmap: usize, from: u64, count: u64): void {

@@ -78,8 +78,20 @@ export interface CoreExports {
     hva: bigint,
     maxLevel: number,
     track: number,
+    rmap: number,
     canBlock: number,
   ): number;
+  // the shadow MMU (assembly/shadow.ts, assembly/rmap.ts)
+  shadow_init(vm: number, ptePool: number, descs: number, spTable: number): void;
+  shadow_pte_pool_bytes(descs: number): number;
+  kvm_rmap_count(vm: number, asId: number, gfn: bigint): number;
+  pte_list_pool_init(pool: number, base: number, capacity: number): void;
+  pte_list_pool_used(pool: number): number;
+  pte_list_add(pool: number, head: number, sptep: number): number;
+  pte_list_remove(pool: number, head: number, sptep: number): number;
+  pte_list_count(head: number): number;
+  rmap_get_first(head: number, iter: number): number;
+  rmap_get_next(iter: number): number;
   // write tracking (assembly/page_track.ts, assembly/mmu.ts)
   page_track_bytes(npages: bigint): bigint;
   kvm_page_track_alloc_slot(slot: number, region: number): void;

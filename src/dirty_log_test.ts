@@ -18,6 +18,8 @@ export interface DirtyLogTestOptions {
   ringEntries?: number;
   /** Model Intel PML. */
   pml?: boolean;
+  /** The MMU (VmOptions.mmu, default "tdp"). */
+  mmu?: "tdp" | "shadow";
   /** The vCPU TLB model (default on). */
   tlb?: boolean;
   vcpus?: number;
@@ -79,6 +81,7 @@ const OPTIONS = [
   "mode",
   "ringEntries",
   "pml",
+  "mmu",
   "tlb",
   "vcpus",
   "iterations",
@@ -133,6 +136,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     mmuPoolBytes: 8 << 20,
     pml: options.pml,
     tlb: options.tlb,
+    ...(o.mmu !== undefined ? { mmu: o.mmu } : {}),
     ...(o.wasm ? { wasm: o.wasm } : {}),
   });
   try {
@@ -177,7 +181,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     const bytes = Math.ceil(pages / 64) * 8;
     const bmap = [new Uint8Array(bytes), new Uint8Array(bytes)];
     const result: DirtyLogTestResult = {
-      mode: `${mode}${mode === "dirty-ring" ? `-${entries}` : ""}${options.pml ? "+pml" : ""}${options.tlb === false ? "-notlb" : ""}`,
+      mode: `${mode}${mode === "dirty-ring" ? `-${entries}` : ""}${options.pml ? "+pml" : ""}${options.tlb === false ? "-notlb" : ""}${options.mmu === "shadow" ? "+shadow" : ""}`,
       iterations,
       pagesChecked: 0,
       dirtyPages: 0,

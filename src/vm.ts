@@ -35,7 +35,7 @@ import {
   KVM_USER_MEM_SLOTS,
   TSS_PRIVATE_MEMSLOT,
 } from "./constants.js";
-import { bool, int, known, object, u32, u64 } from "./args.js";
+import { bool, int, known, object, oneOf, u32, u64 } from "./args.js";
 import {
   CAN_BLOCK,
   CORE_MAX_PAGES,
@@ -65,6 +65,13 @@ export interface VmOptions {
   irqchip?: boolean;
   /** Model Intel PML (page-modification logging): ring reserve 576, minimum ring 1024 entries. */
   pml?: boolean;
+  /**
+   * The MMU (default "tdp"): "tdp", KVM's TDP MMU over EPT; or "shadow", KVM's shadow MMU
+   * (tdp_mmu=N, no EPT), which keeps rmaps from each gfn to its SPTEs and re-protects
+   * through them. For now the shadow MMU runs guests unpaged (KVM's nonpaging mode: direct
+   * shadow pages, 4K mappings). PML needs EPT: {mmu: "shadow", pml: true} is EINVAL.
+   */
+  mmu?: "tdp" | "shadow";
   /**
    * vCPUs cache writable translations (default true): a store through a cached entry
    * skips the SPTE walk until the vCPU handles a TLB flush request, as on hardware.
@@ -134,6 +141,8 @@ export interface VmStats {
   pageTrackWarnings: number;
   /** Emulated writes stopped because the page-track event queue was full (KVM_EXIT_PAGE_TRACK_FULL). */
   pageTrackFullExits: number;
+  /** Shadow pages in use (kvm->arch.n_used_mmu_pages; 0 with the TDP MMU). */
+  shadowPages: number;
 }
 
 interface SlotRegions {
@@ -142,6 +151,9 @@ interface SlotRegions {
   /** Write-tracking counters (gfn_write_track + lpage disallow), 0 while tracking is off. */
   track?: number;
   trackBytes?: number;
+  /** The shadow MMU's 4K rmap heads (8 bytes per page); none with the TDP MMU. */
+  rmap?: number;
+  rmapBytes?: number;
   backing: number;
   backingBytes: number;
   /** guestMemory() handed out a view: the backing may hold bytes the core never saw. */
@@ -161,7 +173,10 @@ const MIB = 1 << 20;
 const GUARD = 65536;
 const HUGE_2M = 2 * MIB;
 const MAX_BYTES = CORE_MAX_PAGES * 65536;
-const VM_OPTIONS = ["maxMemoryBytes", "mmuPoolBytes", "irqchip", "pml", "tlb", "workerUrl", "wasm"];
+const VM_OPTIONS = ["maxMemoryBytes", "mmuPoolBytes", "irqchip", "pml", "tlb", "mmu", "workerUrl", "wasm"];
+const MMUS = { tdp: 0, shadow: 1 } as const;
+/** pte_list descriptors of a shadow-MMU VM (rmaps of aliased gfns, parent_ptes of shared pages). */
+const PTE_LIST_DESCS = 4096;
 /** Idle memories kept per (core module, maximum size); more are left to the garbage collector. */
 const MAX_IDLE = 4;
 
@@ -212,6 +227,10 @@ export async function createVm(options: VmOptions = {}): Promise<Vm> {
   const maxBytes = o.maxMemoryBytes === undefined ? MAX_BYTES : int(o.maxMemoryBytes, "maxMemoryBytes", call, MIB, MAX_BYTES);
   if (o.mmuPoolBytes !== undefined) int(o.mmuPoolBytes, "mmuPoolBytes", call, 0, MAX_BYTES);
   for (const k of ["irqchip", "pml", "tlb"] as const) bool(o[k], k, call);
+  if (o.mmu !== undefined) oneOf(o.mmu, MMUS, "mmu", call);
+  if (o.mmu === "shadow" && o.pml) {
+    throw new KvmError("EINVAL", call, "PML needs EPT: the shadow MMU (mmu: \"shadow\") cannot log with it");
+  }
   if (o.workerUrl !== undefined && typeof o.workerUrl !== "string" && !(o.workerUrl instanceof URL)) {
     throw new KvmError("EINVAL", call, "workerUrl must be a string or a URL");
   }
@@ -250,6 +269,8 @@ export class Vm {
   private identityMapAddr: bigint | undefined;
   /** The VM models Intel PML. */
   readonly pml: boolean;
+  /** The MMU in use: "tdp" (the default) or "shadow" (VmOptions.mmu). */
+  readonly mmu: "tdp" | "shadow";
   /** @internal where vCPU workers load from (VmOptions.workerUrl). */
   readonly workerUrl: string | URL | undefined;
   private disposed = false;
@@ -264,6 +285,7 @@ export class Vm {
     this.core = core;
     this.irqchip = options.irqchip ?? false;
     this.pml = options.pml ?? false;
+    this.mmu = options.mmu ?? "tdp";
     this.workerUrl = options.workerUrl;
     const limit = Math.min(options.maxMemoryBytes ?? 4096 * MIB, CORE_MAX_PAGES * 65536);
     this.regions = new RegionAllocator(memory, GUARD, limit);
@@ -284,6 +306,16 @@ export class Vm {
       core.kvm_vm_init(vm, slots, sorted, pool, poolPages, vcpuTable, pml, tlb) < 0
     ) {
       throw new KvmError("ENOMEM", "KVM_CREATE_VM", "maxMemoryBytes cannot hold the VM's tables and page-table pool");
+    }
+    if (this.mmu === "shadow") {
+      // the shadow MMU's pte_list descriptors and one kvm_mmu_page per page-table page
+      const pteBytes = core.shadow_pte_pool_bytes(PTE_LIST_DESCS);
+      const ptePool = this.regions.alloc(pteBytes, 64);
+      const spTable = this.regions.alloc(poolPages * L.SP_SIZE, 64);
+      if (!ptePool || !spTable) {
+        throw new KvmError("ENOMEM", "KVM_CREATE_VM", "maxMemoryBytes cannot hold the shadow MMU's page descriptors");
+      }
+      core.shadow_init(vm, ptePool, PTE_LIST_DESCS, spTable);
     }
     this.addr = vm;
     this.fixed = { slots, sorted, pool, vcpuTable };
@@ -475,8 +507,16 @@ export class Vm {
     const meta = b.alloc(metaBytes, 8, "memslot metadata");
     const backing = backed ? b.alloc(backingBytes, backingBytes >= HUGE_2M ? HUGE_2M : L.PAGE_SIZE, "guest memory") : 0;
     const track = this.allocTrackRegion(size >> 12n, b);
+    const rmap = this.allocRmapRegion(size >> 12n, b);
     if (!batch) b.keep();
-    return { meta, metaBytes, backing, backingBytes, ...track };
+    return { meta, metaBytes, backing, backingBytes, ...track, ...rmap };
+  }
+
+  /** kvm_alloc_memslot_metadata's rmaps: a new slot's 4K rmap heads, on a shadow-MMU VM. */
+  private allocRmapRegion(npages: bigint, batch: RegionBatch): { rmap?: number; rmapBytes?: number } {
+    if (this.mmu !== "shadow") return {};
+    const rmapBytes = Number(npages) * 8;
+    return { rmap: batch.alloc(rmapBytes, 8, "rmaps"), rmapBytes };
   }
 
   /** kvm_page_track_create_memslot: a new slot's counters, when write tracking is on. */
@@ -506,9 +546,10 @@ export class Vm {
     const hva = backing ? BigInt(backing) : gpa;
     const maxLevel = backing ? 2 : 3;
     const track = regions?.track ?? 0;
+    const rmap = regions?.rmap ?? 0;
     // kvm_page_track_delete_slot is told of the slot as it was
     const deleted = change === KVM_MR_DELETE && this.pageTrack.count > 0 ? this.memslots().find((m) => m.slot === slot) : undefined;
-    this.core.memslot_commit(this.addr, slot, flags, gpa, size, change, meta, backing, hva, maxLevel, track, CAN_BLOCK);
+    this.core.memslot_commit(this.addr, slot, flags, gpa, size, change, meta, backing, hva, maxLevel, track, rmap, CAN_BLOCK);
     if (change === KVM_MR_DELETE) {
       const r = this.slots.get(slot);
       this.slots.delete(slot);
@@ -516,6 +557,7 @@ export class Vm {
         this.regions.release(r.meta, r.metaBytes);
         if (r.backingBytes) this.regions.release(r.backing, r.backingBytes);
         if (r.track) this.regions.release(r.track, r.trackBytes ?? 0);
+        if (r.rmap) this.regions.release(r.rmap, r.rmapBytes ?? 0);
       }
       // x86's commit of a DELETE: the notifiers hear of it (after the slot's write events)
       if (deleted) this.pageTrack.removeRegion(deleted.guestPhysAddr >> 12n, deleted.npages);
@@ -542,7 +584,12 @@ export class Vm {
     const backing = batch.alloc(backingBytes, L.PAGE_SIZE, "internal memslot");
     const metas = Array.from({ length: L.KVM_NR_AS }, () => {
       const metaBytes = Number(this.core.memslot_meta_bytes(size >> 12n));
-      return { meta: batch.alloc(metaBytes, 8, "memslot metadata"), metaBytes, ...this.allocTrackRegion(size >> 12n, batch) };
+      return {
+        meta: batch.alloc(metaBytes, 8, "memslot metadata"),
+        metaBytes,
+        ...this.allocTrackRegion(size >> 12n, batch),
+        ...this.allocRmapRegion(size >> 12n, batch),
+      };
     });
     return () => {
       for (let as = 0; as < L.KVM_NR_AS; as++) {
@@ -854,6 +901,7 @@ export class Vm {
       emulatedWrites: v.getBigUint64(this.addr + L.VM_EMULATED_WRITES, true),
       pageTrackWarnings: v.getUint32(this.addr + L.VM_TRACK_WARN, true),
       pageTrackFullExits: v.getUint32(this.addr + L.VM_TRACK_FULL_EXITS, true),
+      shadowPages: v.getUint32(this.addr + L.VM_SHADOW_PAGES, true),
     };
   }
 
@@ -984,6 +1032,21 @@ export class Vm {
     this.checkAlive(call);
     const g = u64(gfn, "gfn", call);
     check(this.core.kvm_write_track_update_gfn(this.addr, g, delta, CAN_BLOCK), call, () => this.coreReason());
+  }
+
+  /**
+   * The length of gfn's 4K rmap in address space asId: how many SPTEs map it (the shadow
+   * MMU). EINVAL on a TDP-MMU VM (no rmaps) or without a slot holding gfn.
+   */
+  rmapCount(asId: number, gfn: number | bigint): number {
+    const call = "rmapCount";
+    this.checkAlive(call);
+    const as = int(asId, "asId", call, 0, L.KVM_NR_AS - 1);
+    const g = u64(gfn, "gfn", call);
+    if (this.mmu !== "shadow") throw new KvmError("EINVAL", call, "the TDP MMU keeps no rmaps");
+    const n = this.core.kvm_rmap_count(this.addr, as, g);
+    if (n < 0) throw new KvmError("EINVAL", call, `no memslot of address space ${as} holds gfn 0x${g.toString(16)}`);
+    return n;
   }
 
   /** How many times gfn is write-tracked (0 with tracking off). EINVAL without a slot in address space 0. */

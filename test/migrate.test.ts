@@ -24,6 +24,7 @@ interface Mode {
   manual?: boolean;
   pml?: boolean;
   logFromStart?: boolean;
+  shadow?: boolean;
 }
 
 const modes: Mode[] = [
@@ -33,10 +34,17 @@ const modes: Mode[] = [
   { name: "dirty-ring 4096", ring: 4096 },
   { name: "dirty-log with PML", pml: true },
   { name: "dirty-ring 2048 with PML", ring: 2048, pml: true },
+  { name: "dirty-log, shadow MMU", shadow: true },
+  { name: "dirty-ring 1024, shadow MMU", ring: 1024, shadow: true },
 ];
 
 async function setup(mode: Mode): Promise<Vm> {
-  const vm = await createVm({ maxMemoryBytes: 256 << 20, mmuPoolBytes: 4 << 20, pml: mode.pml });
+  const vm = await createVm({
+    maxMemoryBytes: 256 << 20,
+    mmuPoolBytes: 4 << 20,
+    pml: mode.pml,
+    mmu: mode.shadow ? "shadow" : "tdp",
+  });
   if (mode.manual) {
     vm.enableCap(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, [KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET]);
   }

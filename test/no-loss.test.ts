@@ -15,6 +15,11 @@ const modes: Array<[string, DirtyLogTestOptions]> = [
   ["clear-log with PML", { mode: "clear-log", pml: true }],
   ["dirty-ring 1024 with PML", { mode: "dirty-ring", ringEntries: 1024, pml: true }],
   ["dirty-log without the TLB model", { mode: "dirty-log", tlb: false }],
+  // the shadow MMU: re-protection through the rmaps, faults under the write side of mmu_lock
+  ["dirty-log, shadow MMU", { mode: "dirty-log", mmu: "shadow" }],
+  ["clear-log, shadow MMU", { mode: "clear-log", mmu: "shadow" }],
+  ["dirty-ring 256, shadow MMU", { mode: "dirty-ring", ringEntries: 256, mmu: "shadow" }],
+  ["dirty-ring 4096, shadow MMU", { mode: "dirty-ring", ringEntries: 4096, mmu: "shadow" }],
 ];
 
 describe("no lost dirty page (dirty_log_test, 2 vCPU workers, 32 iterations)", () => {

@@ -327,7 +327,8 @@ async function threadedRun(wasm?: WebAssembly.Module) {
   for (let g = 0; g < 512; g += 2) vm.writeTrackAddGfn(g);
   const vcpus = [0, 1].map((id) => vm.createVcpu(id));
   const limit = 6000;
-  for (const [i, v] of vcpus.entries()) v.setWorkload({ pattern: "sequential", gpa: i * MIB, pages: 256, batch: 500, limit });
+  for (const [i, v] of vcpus.entries())
+    v.setWorkload({ pattern: "sequential", gpa: i * MIB, pages: 256, batch: 500, limit });
   await Promise.all(vcpus.map((v) => v.startLoop()));
   const until = Date.now() + 10_000;
   const finished = () => vcpus.every((v) => v.workloadStores >= BigInt(limit));
@@ -363,20 +364,29 @@ describe("vCPU threads (no event lost)", () => {
     for (const gpa of seen.keys()) expect(Number(gpa / BigInt(PAGE)) % 2).toBe(0);
   });
 
-  it.skipIf(process.env.DIRTLOG_CORE === "debug")("negative controls (planted cores): no room check loses events; tracked pages mapped writable are emulated once, then written unseen", async () => {
-    const noRoom = plantedCore(
-      [{ file: "page_track.ts", from: "load<u32>(vm + VM_TRACK_ENTRIES)) {", to: "0xffff_ffff) {" }],
-      "release",
-    );
-    const a = await stridedRun(noRoom);
-    expect(a.vm.stats.pageTrackFullExits).toBe(0);
-    expect(a.exact).toBe(false); // 3000 records in 1024 places: the first ones overwritten
-    const writable = plantedCore(
-      [{ file: "fault.ts", from: "const writable = host_writable && !tracked;", to: "const writable = host_writable;" }],
-      "release",
-    );
-    const b = await stridedRun(writable);
-    expect(b.exact).toBe(false);
-    expect(b.n.writes.length).toBe(6); // pages 0..5: only each page's first write (the fault's own verdict) is emulated
-  });
+  it.skipIf(process.env.DIRTLOG_CORE === "debug")(
+    "negative controls (planted cores): no room check loses events; tracked pages mapped writable are emulated once, then written unseen",
+    async () => {
+      const noRoom = plantedCore(
+        [{ file: "page_track.ts", from: "load<u32>(vm + VM_TRACK_ENTRIES)) {", to: "0xffff_ffff) {" }],
+        "release",
+      );
+      const a = await stridedRun(noRoom);
+      expect(a.vm.stats.pageTrackFullExits).toBe(0);
+      expect(a.exact).toBe(false); // 3000 records in 1024 places: the first ones overwritten
+      const writable = plantedCore(
+        [
+          {
+            file: "fault.ts",
+            from: "const writable = host_writable && !tracked;",
+            to: "const writable = host_writable;",
+          },
+        ],
+        "release",
+      );
+      const b = await stridedRun(writable);
+      expect(b.exact).toBe(false);
+      expect(b.n.writes.length).toBe(6); // pages 0..5: only each page's first write (the fault's own verdict) is emulated
+    },
+  );
 });

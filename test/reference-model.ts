@@ -121,6 +121,11 @@ export type PlantedBug =
 
 export interface ModelOptions {
   plant?: PlantedBug;
+  /**
+   * false: the MMU maps 4K only, so no host page is ever a THP (dirtlog's shadow MMU; the
+   * host page is as large as the mapping that faulted it in). Default true (the TDP MMU).
+   */
+  hugePages?: boolean;
 }
 
 // ---- page table ----
@@ -215,8 +220,11 @@ export class RefModel {
     this.events.set(name, (this.events.get(name) ?? 0) + 1);
   }
 
+  private readonly hugePages: boolean;
+
   constructor(opts: ModelOptions = {}) {
     this.plant = opts.plant;
+    this.hugePages = opts.hugePages ?? true;
   }
 
   // ------------------------------------------------------------------ helpers
@@ -703,7 +711,7 @@ export class RefModel {
         backed: r.backed,
         // dirtlog's backing is 2 MiB aligned; an unbacked slot's hva is its gpa at CREATE
         hvaPfn: r.backed ? 0 : base,
-        maxLevel: r.backed ? 2 : 3,
+        maxLevel: !this.hugePages ? 1 : r.backed ? 2 : 3,
         bitmap: null,
         present: new Uint8Array(npages),
         mem: r.backed ? new Map() : null,
