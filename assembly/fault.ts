@@ -60,7 +60,7 @@ import { dirty_ring_check_request, dirty_ring_publish } from "./dirty_ring";
 import { pml_active, pml_flush, pml_log_write } from "./pml";
 import { mark_page_dirty_in_slot } from "./mark_dirty";
 import { memslot_lookup, slot_host_present, slot_logged } from "./kvm_host";
-import { kvm_mmu_leaf_installed, kvm_mmu_map, kvm_mmu_max_mapping_level } from "./mmu";
+import { kvm_mmu_leaf_has_room, kvm_mmu_leaf_installed, kvm_mmu_map, kvm_mmu_max_mapping_level } from "./mmu";
 import { is_shadow_mmu } from "./shadow";
 import { read_lock, read_unlock, write_lock, write_unlock } from "./mmu_lock";
 import { host_fault_in, mmu_invalidate_retry_gfn } from "./mmu_notifier";
@@ -149,7 +149,7 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
   // (the shadow MMU maps 4K only; dirtlog's host page is as large as the mapping, so its
   // host pages are 4K too: no THP)
   let level = shadow || zero_page ? 1 : kvm_mmu_max_mapping_level(slot, gfn);
-  const w = kvm_mmu_map(vm, as_id, gfn, level);
+  const w = kvm_mmu_leaf_has_room(vm) ? kvm_mmu_map(vm, as_id, gfn, level) : 0;
   if (w == 0) {
     fault_unlock(vm, shadow);
     return KVM_EXIT_INTERNAL_ERROR;

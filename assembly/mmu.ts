@@ -40,7 +40,15 @@ import { fail } from "./errno";
 import { manual_protect_and_init_set, memslot_lookup, slot_host_present, slot_level_allowed, slot_logged } from "./kvm_host";
 import { lockdep_assert_held_write, write_lock, write_unlock } from "./mmu_lock";
 import { lpage_disallowed, update_gfn_disallow_lpage, update_gfn_write_track, write_tracking_enabled } from "./page_track";
-import { RMAP_RECYCLE_THRESHOLD, pte_list_count, rmap_get_first, rmap_get_next, rmap_write_protect, rmap_zap_all } from "./rmap";
+import {
+  RMAP_RECYCLE_THRESHOLD,
+  pte_list_count,
+  pte_list_pool_has_room,
+  rmap_get_first,
+  rmap_get_next,
+  rmap_write_protect,
+  rmap_zap_all,
+} from "./rmap";
 import { gfn_to_rmap, is_shadow_mmu, shadow_get_or_create, shadow_pte_pool, shadow_rmap_add, shadow_zap_all_done } from "./shadow";
 import {
   OP_CLEAR_D,
@@ -149,13 +157,23 @@ export function kvm_arch_mmu_enable_log_dirty_pt_masked(vm: usize, slot: usize, 
   }
 }
 
-/** Clear `bit` on every SPTE of the 4K rmaps of the pages of mask (the shadow MMU). */
+/**
+ * Clear `bit` on every SPTE of the 4K rmaps of the pages of mask (the shadow MMU). An rmap
+ * of one SPTE (the head is the bare pointer: every gfn of an unpaged guest) needs no
+ * iterator; longer ones take for_each_rmap_spte.
+ */
 function rmap_clear_masked(vm: usize, slot: usize, gfn: u64, mask: u64, bit: u64): void {
   const iter = vm + VM_RMAP_ITER;
   const heads = gfn_to_rmap(slot, gfn);
   while (mask != 0) {
     const head = heads + (<usize>ctz<u64>(mask) << 3);
     mask &= mask - 1;
+    const val = load<u64>(head);
+    if (val == 0) continue;
+    if ((val & 1) == 0) {
+      mmu_spte_clear_bits(vm, <usize>val, bit);
+      continue;
+    }
     for (let sptep = rmap_get_first(head, iter); sptep != 0; sptep = rmap_get_next(iter)) {
       mmu_spte_clear_bits(vm, sptep, bit);
     }
@@ -255,10 +273,20 @@ export function kvm_mmu_map(vm: usize, as_id: u32, gfn: u64, level: u32): usize 
 export function kvm_mmu_leaf_installed(vm: usize, slot: usize, gfn: u64, sptep: usize, can_block: bool): void {
   if (!is_shadow_mmu(vm)) return;
   const count = shadow_rmap_add(vm, slot, gfn, sptep);
+  // the fault checked for room before installing the SPTE (kvm_mmu_leaf_has_room)
+  if (!ASC_NO_ASSERT) assert(count >= 0, "rmap_add found no free pte_list_desc");
   if (count > <i32>RMAP_RECYCLE_THRESHOLD) {
     rmap_zap_all(vm, shadow_pte_pool(vm), gfn_to_rmap(slot, gfn), vm + VM_RMAP_ITER);
     flush_remote_tlbs(vm, can_block);
   }
+}
+
+/**
+ * mmu_topup_memory_caches before a fault installs a leaf: the shadow MMU needs a free
+ * pte_list_desc for the rmap_add (the TDP MMU keeps no rmaps).
+ */
+export function kvm_mmu_leaf_has_room(vm: usize): bool {
+  return !is_shadow_mmu(vm) || pte_list_pool_has_room(shadow_pte_pool(vm));
 }
 
 /**

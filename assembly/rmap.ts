@@ -91,9 +91,12 @@ function desc_free(pool: usize, d: usize): void {
   atomic.store<u32>(pool + POOL_LOCK, 0);
 }
 
-/** Are two descriptors free for an add (mmu_topup_memory_caches: checked before acting)? */
+/**
+ * Are at least two descriptors free (mmu_topup_memory_caches: checked before acting, so an
+ * add under mmu_lock cannot fail; an add needs one, a new head plus a parent_ptes list two)?
+ */
 export function pte_list_pool_has_room(pool: usize): bool {
-  return load<u32>(pool + POOL_FREE) != 0 || load<u32>(pool + POOL_NEXT) + 1 < load<u32>(pool + POOL_CAPACITY);
+  return load<u32>(pool + POOL_CAPACITY) - atomic.load<u32>(pool + POOL_USED) >= 2;
 }
 
 @inline function desc_of(head_val: u64): usize {

@@ -152,7 +152,8 @@ export function shadow_get_or_create(vm: usize, as_id: u32, gfn: u64): usize {
 /**
  * rmap_add for a leaf SPTE just made present for gfn of `slot`. Returns the rmap's length
  * before the add (the caller zaps it past RMAP_RECYCLE_THRESHOLD), or -1 if no descriptor
- * was free (checked before the SPTE was installed, so this does not happen).
+ * was free (the fault checks kvm_mmu_leaf_has_room before it installs the SPTE, under the
+ * same write lock, so this does not happen).
  */
 export function shadow_rmap_add(vm: usize, slot: usize, gfn: u64, sptep: usize): i32 {
   lockdep_assert_held_write(vm);
