@@ -124,6 +124,7 @@ export const VM_PTE_POOL: u32 = 284; // u32: the pte_list_desc pool (rmap.ts PTE
 export const VM_SP_TABLE: u32 = 288; // u32: one kvm_mmu_page (SP_SIZE) per page-table pool page, shadow only
 export const VM_RMAP_ITER: u32 = 296; // 8 bytes: the rmap iterator of the mmu_lock writer (rmap.ts)
 export const VM_SHADOW_PAGES: u32 = 304; // u32: shadow pages in use (kvm->arch.n_used_mmu_pages)
+export const VM_TDP_ITER: u32 = 320; // 64 bytes: the tdp_iter of the mmu_lock writer (tdp_iter.ts)
 export const MMU_TDP: u32 = 0;
 export const MMU_SHADOW: u32 = 1; // u32: the VM owner's thread may block (Atomics.wait); vCPU workers always may
 

@@ -27,7 +27,6 @@ import {
   ERR_TRACK_SLOT,
   EINVAL,
   ENXIO,
-  SLOT_BACKING,
   SLOT_BASE_GFN,
   SLOT_HVA,
   SLOT_MAX_LEVEL,
@@ -51,18 +50,16 @@ import {
 } from "./rmap";
 import { gfn_to_rmap, is_shadow_mmu, shadow_get_or_create, shadow_pte_pool, shadow_rmap_add, shadow_zap_all_done } from "./shadow";
 import {
-  OP_CLEAR_D,
-  OP_SPLIT,
-  OP_WRPROT,
-  OP_ZAP,
+  tdp_clear_dirty_range,
   tdp_get_or_create,
   tdp_leaf_table_cached,
-  tdp_range,
-  tdp_recover_huge,
-  tdp_root,
+  tdp_recover_huge_range,
+  tdp_split_range,
   tdp_walk_cache_reset,
   tdp_write_protect_gfn,
+  tdp_wrprot_range,
   tdp_zap_all,
+  tdp_zap_range,
 } from "./tdp";
 import { flush_remote_tlbs, flush_remote_tlbs_dirty_log } from "./tlb";
 import { SPTE_A, SPTE_D, SPTE_M, SPTE_W } from "./spte";
@@ -81,7 +78,7 @@ export function kvm_arch_mmu_enable_log_dirty_pt_masked(vm: usize, slot: usize, 
     // writable: split them, and write-protect (shadow style) what could not be split.
     const start = gfn + ctz<u64>(mask);
     const end = gfn + 63 - clz<u64>(mask);
-    tdp_range(vm, as_id, start, end + 1, OP_SPLIT, 1);
+    tdp_split_range(vm, as_id, start, end + 1);
     tdp_walk_cache_reset(vm + VM_WALK_CACHE); // splits may have built leaf tables
     tdp_write_protect_gfn(vm, as_id, start, 2);
     if (start >> 9 != end >> 9) tdp_write_protect_gfn(vm, as_id, end, 2);
@@ -209,17 +206,16 @@ export function kvm_mmu_slot_apply_flags(vm: usize, s: usize, as_id: u32, loggin
     if (((start ^ hva_gfn) & 262143) == 0) congruent |= 2;
     const max_level = load<u32>(s + SLOT_MAX_LEVEL);
     if (max_level >= 2 && congruent != 0) {
-      const root = tdp_root(vm, as_id);
-      const backing = <usize>load<u32>(s + SLOT_BACKING);
-      const n = tdp_recover_huge(vm, root, 4, 0, start, end, max_level, congruent, start, backing, slot_host_present(s), s);
+      const n = tdp_recover_huge_range(vm, as_id, start, end, max_level, congruent, s, slot_host_present(s));
       if (n != 0) flush_remote_tlbs(vm, can_block); // freed page tables: never skipped
     }
     return;
   }
   if (manual_protect_and_init_set(vm)) return; // all pages already count as dirty
-  tdp_range(vm, as_id, start, end, OP_SPLIT, 1); // eager_page_split
+  tdp_split_range(vm, as_id, start, end); // eager_page_split
   // PML: clear D on 4K leaves (W on huge ones); otherwise write-protect every level.
-  tdp_range(vm, as_id, start, end, load<u32>(vm + VM_PML) != 0 ? OP_CLEAR_D : OP_WRPROT, 1);
+  if (load<u32>(vm + VM_PML) != 0) tdp_clear_dirty_range(vm, as_id, start, end);
+  else tdp_wrprot_range(vm, as_id, start, end, 1);
   flush_remote_tlbs_dirty_log(vm, can_block); // unconditional kvm_flush_remote_tlbs_memslot
 }
 
@@ -296,7 +292,7 @@ export function kvm_mmu_leaf_has_room(vm: usize): bool {
  */
 export function kvm_mmu_unmap_gfn_range(vm: usize, slot: usize, as_id: u32, start: u64, end: u64): bool {
   lockdep_assert_held_write(vm);
-  if (!is_shadow_mmu(vm)) return tdp_range(vm, as_id, start, end, OP_ZAP, 1) != 0;
+  if (!is_shadow_mmu(vm)) return tdp_zap_range(vm, as_id, start, end);
   let zapped = false;
   for (let g = start; g < end; g++) {
     zapped |= rmap_zap_all(vm, shadow_pte_pool(vm), gfn_to_rmap(slot, g), vm + VM_RMAP_ITER);

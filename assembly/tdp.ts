@@ -13,10 +13,20 @@
 //   - A split replaces a huge leaf by a table of children with the same permissions, so
 //     a split never makes anything writable that was not (tdp_mmu_split_huge_page).
 //   - Walk results are packed as `sptep | level`: SPTE pointers are 8-aligned.
-import { PT_LEVELS, VM_ROOT, VM_SPLITS } from "./layout";
+import { PT_LEVELS, SLOT_BACKING, SLOT_BASE_GFN, VM_ROOT, VM_SPLITS, VM_TDP_ITER } from "./layout";
 import { lockdep_assert_held_write } from "./mmu_lock";
 import { lpage_disallowed } from "./page_track";
 import { pool_alloc, pool_free } from "./pt_pool";
+import {
+  tdp_iter_gfn,
+  tdp_iter_level,
+  tdp_iter_next,
+  tdp_iter_old,
+  tdp_iter_set_old,
+  tdp_iter_sptep,
+  tdp_iter_start,
+  tdp_iter_valid,
+} from "./tdp_iter";
 import {
   SPTE_D,
   SPTE_M,
@@ -29,12 +39,6 @@ import {
   level_pages,
   make_nonleaf,
 } from "./spte";
-
-// range operations of tdp_range_op
-export const OP_WRPROT: u32 = 0; // clear W on leaves >= min_level (dirty-log protection)
-export const OP_SPLIT: u32 = 1; // eager split of huge leaves down to 4K
-export const OP_CLEAR_D: u32 = 3; // PML: clear D on 4K leaves, W on huge ones
-export const OP_ZAP: u32 = 4; // unmap leaves (kvm_tdp_mmu_unmap_gfn_range): tables stay
 
 @inline export function tdp_root(vm: usize, as_id: u32): usize {
   return <usize>load<u32>(vm + VM_ROOT + (as_id << 2));
@@ -144,78 +148,85 @@ export function tdp_get_or_create(vm: usize, as_id: u32, gfn: u64, target: u32):
   return 0;
 }
 
-/**
- * The entries of a table (covering gfns from `base`, `span` pages each) that meet
- * [start, end), as first | last << 16. The range must meet the table.
- */
-@inline function entry_range(base: u64, span: u64, start: u64, end: u64): u32 {
-  const first: u32 = start > base ? <u32>((start - base) / span) : 0;
-  const last = (end - 1 - base) / span;
-  return first | ((last >= 511 ? 511 : <u32>last) << 16);
+/** The iterator of the mmu_lock writer (range operations run under the write side). */
+@inline function writer_iter(vm: usize): usize {
+  return vm + VM_TDP_ITER;
 }
 
 /**
- * Apply `op` to every present entry of [start, end) under `table` (at `level`, covering
- * gfns from `base`). Returns 2 if W/D bits were cleared (these never clear MMU-writable,
- * so the flush may be deferred), 1 if leaves were zapped (flush before relying on it), 0 if
- * nothing changed.
+ * wrprot_gfn_range (logging turned on without PML): clear W on every leaf at a level
+ * ≥ min_level meeting [start, end); MMU-writable stays (dirty-log protection, 1 1 0).
+ * Returns whether anything changed (the caller flushes).
  */
-export function tdp_range_op(
-  vm: usize,
-  table: usize,
-  level: u32,
-  base: u64,
-  start: u64,
-  end: u64,
-  op: u32,
-  min_level: u32,
-): u32 {
-  const span = level_pages(level);
-  const range = entry_range(base, span, start, end);
-  const i0 = range & 0xffff;
-  const i1 = range >> 16;
-  let result: u32 = 0;
-  for (let i = i0; i <= i1; i++) {
-    const p = table + (<usize>i << 3);
-    let spte = atomic.load<u64>(p);
-    if (!is_present(spte)) continue;
-    const gbase = base + (<u64>i) * span;
-    if (is_leaf(spte, level)) {
-      if (op == OP_WRPROT) {
-        if (level >= min_level && (spte & SPTE_W) != 0) {
-          atomic.and<u64>(p, ~SPTE_W);
-          result |= 2;
-        }
-      } else if (op == OP_CLEAR_D) {
-        const bit = level > 1 ? SPTE_W : SPTE_D;
-        if ((spte & bit) != 0) {
-          atomic.and<u64>(p, ~bit);
-          result |= 2;
-        }
-      } else if (op == OP_ZAP) {
-        // exchange, not store: a lockless fast fault may be setting W on this entry; its
-        // cmpxchg then fails and it walks again into the slow path
-        atomic.xchg<u64>(p, 0);
-        result |= 1;
-      } else if (op == OP_SPLIT && level > 1) {
-        // pre-order: split this leaf, then split its children if they are still huge
-        if (tdp_split_huge(vm, p, spte, level)) {
-          spte = atomic.load<u64>(p);
-          result |= tdp_range_op(vm, <usize>(spte & SPTE_PFN_MASK), level - 1, gbase, start, end, op, min_level);
-        }
-      }
-      continue;
-    }
-    const child = <usize>(spte & SPTE_PFN_MASK);
-    result |= tdp_range_op(vm, child, level - 1, gbase, start, end, op, min_level);
+export function tdp_wrprot_range(vm: usize, as_id: u32, start: u64, end: u64, min_level: u32): bool {
+  lockdep_assert_held_write(vm);
+  const it = writer_iter(vm);
+  let changed = false;
+  for (tdp_iter_start(it, tdp_root(vm, as_id), min_level, start, end); tdp_iter_valid(it); tdp_iter_next(it)) {
+    const spte = tdp_iter_old(it);
+    if (!is_present(spte) || !is_leaf(spte, tdp_iter_level(it)) || (spte & SPTE_W) == 0) continue;
+    atomic.and<u64>(tdp_iter_sptep(it), ~SPTE_W);
+    changed = true;
   }
-  return result;
+  return changed;
 }
 
-/** tdp_range_op over the root of an address space. */
-export function tdp_range(vm: usize, as_id: u32, start: u64, end: u64, op: u32, min_level: u32): u32 {
-  if (end <= start) return 0;
-  return tdp_range_op(vm, tdp_root(vm, as_id), PT_LEVELS, 0, start, end, op, min_level);
+/**
+ * clear_dirty_gfn_range (logging turned on with PML): clear D on 4K leaves (the CPU logs
+ * their next write) and W on huge ones (they must fault, to be split). Returns whether
+ * anything changed.
+ */
+export function tdp_clear_dirty_range(vm: usize, as_id: u32, start: u64, end: u64): bool {
+  lockdep_assert_held_write(vm);
+  const it = writer_iter(vm);
+  let changed = false;
+  for (tdp_iter_start(it, tdp_root(vm, as_id), 1, start, end); tdp_iter_valid(it); tdp_iter_next(it)) {
+    const spte = tdp_iter_old(it);
+    const level = tdp_iter_level(it);
+    if (!is_present(spte) || !is_leaf(spte, level)) continue;
+    const bit = level > 1 ? SPTE_W : SPTE_D;
+    if ((spte & bit) == 0) continue;
+    atomic.and<u64>(tdp_iter_sptep(it), ~bit);
+    changed = true;
+  }
+  return changed;
+}
+
+/**
+ * kvm_tdp_mmu_unmap_gfn_range: make every leaf meeting [start, end) non-present; tables
+ * stay. An exchange, not a store: a lockless fast fault may be setting W on the entry, and
+ * its cmpxchg then fails and it walks again into the slow path. Returns whether anything
+ * was zapped (the caller flushes before relying on it).
+ */
+export function tdp_zap_range(vm: usize, as_id: u32, start: u64, end: u64): bool {
+  lockdep_assert_held_write(vm);
+  const it = writer_iter(vm);
+  let zapped = false;
+  for (tdp_iter_start(it, tdp_root(vm, as_id), 1, start, end); tdp_iter_valid(it); tdp_iter_next(it)) {
+    const spte = tdp_iter_old(it);
+    if (!is_present(spte) || !is_leaf(spte, tdp_iter_level(it))) continue;
+    atomic.xchg<u64>(tdp_iter_sptep(it), 0);
+    tdp_iter_set_old(it, 0);
+    zapped = true;
+  }
+  return zapped;
+}
+
+/**
+ * kvm_tdp_mmu_try_split_huge_pages (eager split): every huge leaf meeting [start, end)
+ * becomes a table of children with its permissions, pre-order, so a 1G leaf's 2M children
+ * are split in turn, down to 4K.
+ */
+export function tdp_split_range(vm: usize, as_id: u32, start: u64, end: u64): void {
+  lockdep_assert_held_write(vm);
+  const it = writer_iter(vm);
+  for (tdp_iter_start(it, tdp_root(vm, as_id), 2, start, end); tdp_iter_valid(it); tdp_iter_next(it)) {
+    const spte = tdp_iter_old(it);
+    const level = tdp_iter_level(it);
+    if (!is_present(spte) || !is_leaf(spte, level) || level == 1) continue;
+    const p = tdp_iter_sptep(it);
+    if (tdp_split_huge(vm, p, spte, level)) tdp_iter_set_old(it, atomic.load<u64>(p)); // walk into the new table
+  }
 }
 
 /**
@@ -289,65 +300,50 @@ function first_leaf(table: usize, level: u32): u64 {
 
 /**
  * kvm_mmu_recover_huge_pages (6.12+, TDP MMU), when dirty logging is turned off: every
- * table at a level in 2..max_level whose frame lies in [start, end) and whose frame is
- * congruent (bit L-2 of `congruent` set for level L) is replaced in place by a huge leaf
- * with the permissions of the first present leaf below it (make_huge_spte). Nothing is
- * zapped, so mapped pages stay mapped. Returns the number of huge leaves installed. The
- * slot (base gfn, backing) gives each frame's host address; each recovered frame's pages
- * are marked in the slot's `host_present` bitmap (a huge host page exists). A frame
- * holding a write-tracked gfn stays split (its lpage disallow counter is non-zero).
+ * table at a level in 2..max_level whose frame lies in [start, end), whose frame is
+ * congruent (bit L-2 of `congruent` set for level L) and holds no write-tracked gfn (its
+ * lpage disallow counter is zero) is replaced in place by a huge leaf with the
+ * permissions of the first present leaf below it (make_huge_spte). Nothing is zapped, so
+ * mapped pages stay mapped. Pre-order: a 1G frame is recovered before its 2M frames are
+ * looked at. Returns the number of huge leaves installed. The slot (base gfn, backing)
+ * gives each frame's host address; each recovered frame's pages are marked in the slot's
+ * `host_present` bitmap (a huge host page exists).
  */
-export function tdp_recover_huge(
+export function tdp_recover_huge_range(
   vm: usize,
-  table: usize,
-  level: u32,
-  base: u64,
+  as_id: u32,
   start: u64,
   end: u64,
   max_level: u32,
   congruent: u32,
-  slot_base: u64,
-  backing: usize,
-  host_present: usize,
   slot: usize,
+  host_present: usize,
 ): u32 {
-  const span = level_pages(level);
-  const range = entry_range(base, span, start, end);
-  const i0 = range & 0xffff;
-  const i1 = range >> 16;
+  lockdep_assert_held_write(vm);
+  const slot_base = load<u64>(slot + SLOT_BASE_GFN);
+  const backing = <usize>load<u32>(slot + SLOT_BACKING);
+  const it = writer_iter(vm);
   let n: u32 = 0;
-  for (let i = i0; i <= i1; i++) {
-    const p = table + (<usize>i << 3);
-    const spte = atomic.load<u64>(p);
-    if (!is_present(spte) || is_leaf(spte, level)) continue;
-    const gbase = base + (<u64>i) * span;
-    const child = <usize>(spte & SPTE_PFN_MASK);
-    const child_level = level - 1;
-    const child_span = level_pages(child_level);
-    if (
-      child_level >= 2 &&
-      child_level <= max_level &&
-      (congruent & (1 << (child_level - 2))) != 0
-    ) {
-      // entries of `child` are candidates for huge leaves of child_level
-      for (let j: u32 = 0; j < 512; j++) {
-        const q = child + (<usize>j << 3);
-        const c = atomic.load<u64>(q);
-        const fbase = gbase + (<u64>j) * child_span;
-        if (!is_present(c) || is_leaf(c, child_level) || fbase < start || fbase + child_span > end) continue;
-        if (lpage_disallowed(slot, fbase, child_level)) continue; // a tracked gfn keeps its frame split
-        const leaf = first_leaf(<usize>(c & SPTE_PFN_MASK), child_level - 1);
-        if (leaf == 0) continue;
-        const hpa: u64 = backing == 0 ? 0 : <u64>backing + ((fbase - slot_base) << 12);
-        const huge = (leaf & ~SPTE_PFN_MASK) | SPTE_PS | hpa;
-        if (atomic.cmpxchg<u64>(q, c, huge) != c) continue;
-        free_subtree(vm, <usize>(c & SPTE_PFN_MASK), child_level - 1);
-        pool_free(vm, <usize>(c & SPTE_PFN_MASK));
-        set_range(host_present, fbase - slot_base, child_span);
-        n++;
-      }
-    }
-    n += tdp_recover_huge(vm, child, child_level, gbase, start, end, max_level, congruent, slot_base, backing, host_present, slot);
+  for (tdp_iter_start(it, tdp_root(vm, as_id), 2, start, end); tdp_iter_valid(it); tdp_iter_next(it)) {
+    const level = tdp_iter_level(it);
+    const spte = tdp_iter_old(it);
+    const fbase = tdp_iter_gfn(it);
+    const span = level_pages(level);
+    if (level > max_level || (congruent & (1 << (level - 2))) == 0) continue;
+    if (!is_present(spte) || is_leaf(spte, level) || fbase < start || fbase + span > end) continue;
+    if (lpage_disallowed(slot, fbase, level)) continue; // a tracked gfn keeps its frame split
+    const table = <usize>(spte & SPTE_PFN_MASK);
+    const leaf = first_leaf(table, level - 1);
+    if (leaf == 0) continue;
+    const hpa: u64 = backing == 0 ? 0 : <u64>backing + ((fbase - slot_base) << 12);
+    const huge = (leaf & ~SPTE_PFN_MASK) | SPTE_PS | hpa;
+    const p = tdp_iter_sptep(it);
+    if (atomic.cmpxchg<u64>(p, spte, huge) != spte) continue;
+    tdp_iter_set_old(it, huge); // a leaf now: the walk does not step into the freed table
+    free_subtree(vm, table, level - 1);
+    pool_free(vm, table);
+    set_range(host_present, fbase - slot_base, span);
+    n++;
   }
   return n;
 }
