@@ -31,9 +31,7 @@ import {
   SLOT_BASE_GFN,
   SLOT_BITMAP,
   SLOT_NPAGES,
-  VM_NR_VCPUS,
   VM_PML,
-  VM_VCPU_TABLE,
 } from "./layout";
 import {
   manual_protect,
@@ -48,7 +46,7 @@ import {
 } from "./kvm_host";
 import { write_lock, write_unlock } from "./mmu_lock";
 import { kvm_arch_mmu_enable_log_dirty_pt_masked, kvm_mmu_clear_dirty_pt_masked, kvm_mmu_reprotect_begin } from "./mmu";
-import { kvm_vcpu_kick } from "./vcpu";
+import { kvm_get_vcpu, kvm_nr_vcpus, kvm_vcpu_kick } from "./vcpu";
 import { flush_remote_tlbs_dirty_log } from "./tlb";
 
 /** set_bit_le(rel, slot->dirty_bitmap), then the summary bit. */
@@ -213,7 +211,6 @@ export function kvm_dirty_log_second(vm: usize, slot_id: u32): usize {
  */
 export function kvm_arch_sync_dirty_log(vm: usize): void {
   if (load<u32>(vm + VM_PML) == 0) return;
-  const table = <usize>load<u32>(vm + VM_VCPU_TABLE);
-  const n = load<u32>(vm + VM_NR_VCPUS);
-  for (let i: u32 = 0; i < n; i++) kvm_vcpu_kick(<usize>load<u32>(table + (<usize>i << 2)));
+  const n = kvm_nr_vcpus(vm);
+  for (let i: u32 = 0; i < n; i++) kvm_vcpu_kick(kvm_get_vcpu(vm, i));
 }

@@ -62,16 +62,14 @@ import {
   VCPU_RING_PRIV,
   VCPU_RING_PUSHES,
   VCPU_RING_SOFT_LIMIT,
-  VM_NR_VCPUS,
   VM_RING_SIZE,
   VM_RING_WARN,
-  VM_VCPU_TABLE,
   EINVAL,
 } from "./layout";
 import { slot_ptr } from "./kvm_host";
 import { kvm_arch_mmu_enable_log_dirty_pt_masked, kvm_mmu_reprotect_begin } from "./mmu";
 import { lockdep_assert_held_write, write_lock, write_unlock } from "./mmu_lock";
-import { lockdep_assert_vcpu_held } from "./vcpu";
+import { kvm_get_vcpu, kvm_nr_vcpus, lockdep_assert_vcpu_held } from "./vcpu";
 import { flush_remote_tlbs_dirty_log } from "./tlb";
 
 const SOFT_FULL_REQ: u32 = 1 << KVM_REQ_DIRTY_RING_SOFT_FULL;
@@ -243,10 +241,9 @@ export function dirty_ring_reset(vm: usize, vcpu: usize): u32 {
  */
 export function kvm_reset_dirty_rings(vm: usize, can_block: u32): i32 {
   if (load<u32>(vm + VM_RING_SIZE) == 0) return -EINVAL;
-  const table = <usize>load<u32>(vm + VM_VCPU_TABLE);
-  const n = load<u32>(vm + VM_NR_VCPUS);
+  const n = kvm_nr_vcpus(vm);
   let total: u32 = 0;
-  for (let i: u32 = 0; i < n; i++) total += dirty_ring_reset(vm, <usize>load<u32>(table + (<usize>i << 2)));
+  for (let i: u32 = 0; i < n; i++) total += dirty_ring_reset(vm, kvm_get_vcpu(vm, i));
   if (total != 0) flush_remote_tlbs_dirty_log(vm, can_block != 0);
   return <i32>total;
 }

@@ -27,15 +27,11 @@ import {
   EINVAL,
   IN_GUEST_MODE,
   KVM_EXIT_INTERNAL_ERROR,
-  KVM_EXIT_INTR,
   KVM_EXIT_MMIO,
   KVM_EXIT_PAGE_TRACK_FULL,
   VM_EMULATED_WRITES,
   VM_TRACK_FULL_EXITS,
   KVM_MAX_GFN,
-  KVM_REQ_EXIT,
-  KVM_REQ_KICK,
-  OUTSIDE_GUEST_MODE,
   VCPU_LAST_GPA,
   VCPU_LAST_SLOT,
   VCPU_READ_VALUE,
@@ -56,8 +52,8 @@ import {
   VCPU_SLOW_FAULTS,
   VCPU_STORES,
 } from "./layout";
-import { dirty_ring_check_request, dirty_ring_publish } from "./dirty_ring";
 import { pml_active, pml_flush, pml_log_write } from "./pml";
+import { vcpu_check_exit_request, vcpu_enter_guest, vcpu_exit_guest } from "./x86";
 import { mark_page_dirty_in_slot } from "./mark_dirty";
 import { memslot_lookup, slot_host_present, slot_logged } from "./kvm_host";
 import { kvm_mmu_leaf_has_room, kvm_mmu_leaf_installed, kvm_mmu_map, kvm_mmu_max_mapping_level } from "./mmu";
@@ -67,13 +63,11 @@ import { host_fault_in, mmu_invalidate_retry_gfn } from "./mmu_notifier";
 import { gfn_is_write_tracked, page_track_reserve, page_track_write } from "./page_track";
 import { SPTE_D, SPTE_M, SPTE_W, is_leaf, is_present, level_pages, make_leaf, spte_hpa } from "./spte";
 import { tdp_walk } from "./tdp";
-import { tlb_check_request, tlb_fill, tlb_lookup, tlb_on } from "./tlb";
+import { tlb_fill, tlb_lookup, tlb_on } from "./tlb";
 import { vcpu_can_block, vcpu_load, vcpu_put } from "./vcpu";
 
-const EXIT_REQ: u32 = 1 << KVM_REQ_EXIT;
 /** slow_fault's verdict for a write to a write-tracked gfn: emulate it (RET_PF_EMULATE). */
 const RET_PF_EMULATE: u32 = 0xffff_ffff;
-const KICK_REQ: u32 = 1 << KVM_REQ_KICK;
 
 @inline function host_addr(spte: u64, level: u32, gpa: u64): usize {
   const hpa = spte_hpa(spte);
@@ -227,52 +221,6 @@ function emulate_write(vm: usize, vcpu: usize, as_id: u32, gpa: u64, value: u64)
   const found = memslot_lookup(vm, as_id, gfn);
   store<u32>(cache, <u32>found);
   return found;
-}
-
-/**
- * Guest entry (vcpu_enter_guest): publish IN_GUEST_MODE, then handle requests — a TLB
- * flush is done and acknowledged, a kick drains PML, a soft-full ring exits. Returns the
- * exit reason, or 0 when the vCPU is in guest mode. (Stop requests wait for an instruction
- * boundary: vcpu_check_exit_request.)
- */
-export function vcpu_enter_guest(vm: usize, vcpu: usize): u32 {
-  while (true) {
-    // mode first, then requests (both seq-cst): a flusher that saw us outside guest mode
-    // made its request before this load, so we serve it here
-    atomic.store<u32>(vcpu + VCPU_MODE, IN_GUEST_MODE);
-    const req = atomic.load<u32>(vcpu + VCPU_REQUESTS);
-    if ((req & ~EXIT_REQ) == 0) return 0;
-    atomic.store<u32>(vcpu + VCPU_MODE, OUTSIDE_GUEST_MODE);
-    tlb_check_request(vcpu);
-    if ((req & KICK_REQ) != 0) {
-      atomic.and<u32>(vcpu + VCPU_REQUESTS, ~KICK_REQ);
-      pml_flush(vm, vcpu);
-    }
-    const r = dirty_ring_check_request(vcpu);
-    if (r != 0) return r;
-  }
-  return 0;
-}
-
-/**
- * At an instruction boundary (no store half-done): a stop request (KVM_REQ_EXIT) makes
- * KVM_RUN return KVM_EXIT_INTR. Checked only between guest stores, never between a fault
- * and the retry of its store, so a stop cannot leave a reported page unwritten.
- */
-export function vcpu_check_exit_request(vcpu: usize): u32 {
-  if ((atomic.load<u32>(vcpu + VCPU_REQUESTS) & EXIT_REQ) == 0) return 0;
-  atomic.and<u32>(vcpu + VCPU_REQUESTS, ~EXIT_REQ);
-  return KVM_EXIT_INTR;
-}
-
-/**
- * Leave guest mode (a VM exit): from here on a flusher no longer waits for this vCPU. The
- * PML buffer drains, and the ring's dirty_index is published to the resetter.
- */
-@inline export function vcpu_exit_guest(vm: usize, vcpu: usize): void {
-  atomic.store<u32>(vcpu + VCPU_MODE, OUTSIDE_GUEST_MODE);
-  pml_flush(vm, vcpu); // every VM exit drains the PML buffer
-  dirty_ring_publish(vcpu);
 }
 
 /**

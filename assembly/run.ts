@@ -28,7 +28,8 @@ import {
   VCPU_WL_PENDING,
   VM_ITERATION,
 } from "./layout";
-import { guest_write_tlb_miss, vcpu_check_exit_request, vcpu_enter_guest, vcpu_exit_guest } from "./fault";
+import { guest_write_tlb_miss } from "./fault";
+import { vcpu_check_exit_request, vcpu_enter_guest, vcpu_exit_guest } from "./x86";
 import { tlb_on } from "./tlb";
 import { rng_next, workload_gpa, workload_next_page } from "./workload";
 import { vcpu_load, vcpu_put } from "./vcpu";

@@ -39,13 +39,12 @@ import {
   VCPU_REQUESTS,
   VCPU_TLB,
   VCPU_TLB_FLUSHES,
-  VM_NR_VCPUS,
   VM_TLB_FLUSHES,
   VM_TLB_MODEL,
   VM_DEBUG,
   VM_DEBUG_SKIP_TLB_FLUSH,
-  VM_VCPU_TABLE,
 } from "./layout";
+import { kvm_get_vcpu, kvm_nr_vcpus } from "./vcpu";
 
 /** kvm_flush_remote_tlbs for the host (`can_block` as in flush_remote_tlbs). */
 export function kvm_flush_remote_tlbs(vm: usize, can_block: u32): void {
@@ -117,13 +116,10 @@ export function flush_remote_tlbs_dirty_log(vm: usize, can_block: bool): void {
  */
 export function flush_remote_tlbs(vm: usize, can_block: bool): void {
   atomic.add<u64>(vm + VM_TLB_FLUSHES, 1);
-  const table = <usize>load<u32>(vm + VM_VCPU_TABLE);
-  const n = atomic.load<u32>(vm + VM_NR_VCPUS);
+  const n = kvm_nr_vcpus(vm);
+  for (let i: u32 = 0; i < n; i++) atomic.or<u32>(kvm_get_vcpu(vm, i) + VCPU_REQUESTS, TLB_FLUSH_REQ);
   for (let i: u32 = 0; i < n; i++) {
-    atomic.or<u32>(<usize>load<u32>(table + (<usize>i << 2)) + VCPU_REQUESTS, TLB_FLUSH_REQ);
-  }
-  for (let i: u32 = 0; i < n; i++) {
-    const vcpu = <usize>load<u32>(table + (<usize>i << 2));
+    const vcpu = kvm_get_vcpu(vm, i);
     for (let spins: u32 = 0; ; spins++) {
       const mode = atomic.load<u32>(vcpu + VCPU_MODE);
       if (mode == OUTSIDE_GUEST_MODE) break;

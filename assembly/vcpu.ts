@@ -21,7 +21,18 @@
 // PML index, the TLB and paging-structure cache, the workload state, exit_reason and the
 // statistics of the vCPU block. The debug build asserts the mutex is held where the
 // single-writer ones are written (lockdep_assert_vcpu_held).
-import { EBUSY, EINVAL, EPERM, KVM_REQ_KICK, VCPU_HOST_TAG, VCPU_MUTEX, VCPU_REQUESTS, VM_OWNER_CAN_BLOCK } from "./layout";
+import {
+  EBUSY,
+  EINVAL,
+  EPERM,
+  KVM_REQ_KICK,
+  VCPU_HOST_TAG,
+  VCPU_MUTEX,
+  VCPU_REQUESTS,
+  VM_NR_VCPUS,
+  VM_OWNER_CAN_BLOCK,
+  VM_VCPU_TABLE,
+} from "./layout";
 
 /** Bit of VCPU_MUTEX set by a thread sleeping until the mutex is free (the holder notifies). */
 export const MUTEX_WAITER: u32 = 0x8000_0000;
@@ -97,4 +108,16 @@ export function kvm_vcpu_kick(vcpu: usize): void {
 export function vcpu_can_block(vm: usize, vcpu: usize): bool {
   const tag = atomic.load<u32>(vcpu + VCPU_MUTEX) & ~MUTEX_WAITER;
   return tag != VCPU_HOST_TAG || load<u32>(vm + VM_OWNER_CAN_BLOCK) != 0;
+}
+
+// ---- kvm_for_each_vcpu: for (let i: u32 = 0; i < kvm_nr_vcpus(vm); i++) kvm_get_vcpu(vm, i) ----
+
+/** online_vcpus (acquire: a vCPU counted here is fully initialised). */
+@inline export function kvm_nr_vcpus(vm: usize): u32 {
+  return atomic.load<u32>(vm + VM_NR_VCPUS);
+}
+
+/** kvm_get_vcpu: the i-th vCPU block, in creation order. */
+@inline export function kvm_get_vcpu(vm: usize, i: u32): usize {
+  return <usize>load<u32>(<usize>load<u32>(vm + VM_VCPU_TABLE) + (<usize>i << 2));
 }

@@ -215,4 +215,39 @@ describe("vCPU threads in a browser: start, failures", () => {
       await vm.close();
     }
   });
+
+  it("page-track notifiers run on the page's thread while Web Worker vCPUs emulate writes; the queue fills and nothing is lost", async () => {
+    const vm = await createVm({ maxMemoryBytes: 64 << 20, mmuPoolBytes: 1 << 20 });
+    try {
+      vm.setUserMemoryRegion({ slot: 0, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: 0, memorySize: 512 * 4096, backed: true });
+      const seen = new Map<bigint, number>();
+      vm.registerPageTrackNotifier({
+        trackWrite(gpa) {
+          seen.set(gpa, (seen.get(gpa) ?? 0) + 1);
+        },
+      });
+      for (let g = 0; g < 512; g += 2) vm.writeTrackAddGfn(g);
+      const vcpus = [0, 1].map((id) => vm.createVcpu(id));
+      const limit = 3000;
+      for (const [i, v] of vcpus.entries()) v.setWorkload({ pattern: "sequential", gpa: i * 256 * 4096, pages: 256, batch: 500, limit });
+      await Promise.all(vcpus.map((v) => v.startLoop()));
+      await Promise.all(vcpus.map((v) => v.loopEnd));
+      let total = 0;
+      for (const c of seen.values()) total += c;
+      // each vCPU's tracked (even) pages, written in order: 3000 stores over 256 pages
+      const perVcpu = 128 * Math.floor(limit / 256) + Math.ceil((limit % 256) / 2);
+      expect(total).toBe(2 * perVcpu);
+      expect(Number(vm.stats.emulatedWrites)).toBe(2 * perVcpu);
+      for (const gpa of seen.keys()) expect(Number(gpa / 4096n) % 2).toBe(0);
+    } finally {
+      await vm.close();
+    }
+  });
+
+  it("the no-loss test with the shadow MMU (rmaps) and Web Workers", async () => {
+    const r = await runDirtyLogTest({ mode: "dirty-ring", ringEntries: 1024, vcpus: 2, iterations: 8, mmu: "shadow" });
+    expect(r.firstError).toBeUndefined();
+    expect(r.lost).toBe(0);
+    expect(r.wrongValue).toBe(0);
+  });
 });
