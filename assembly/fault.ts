@@ -28,6 +28,10 @@ import {
   IN_GUEST_MODE,
   KVM_EXIT_INTERNAL_ERROR,
   KVM_EXIT_MMIO,
+  PAGING_LONG,
+  PAGING_OFF,
+  VCPU_CR3,
+  VCPU_PAGING,
   KVM_EXIT_PAGE_TRACK_FULL,
   VM_EMULATED_WRITES,
   VM_TRACK_FULL_EXITS,
@@ -63,7 +67,8 @@ import { host_fault_in, mmu_invalidate_retry_gfn } from "./mmu_notifier";
 import { gfn_is_write_tracked, page_track_reserve, page_track_write } from "./page_track";
 import { SPTE_D, SPTE_M, SPTE_W, is_leaf, is_present, level_pages, make_leaf, spte_hpa } from "./spte";
 import { tdp_walk } from "./tdp";
-import { tlb_fill, tlb_lookup, tlb_on } from "./tlb";
+import { tlb_fill, tlb_flush_local, tlb_lookup, tlb_on } from "./tlb";
+import { guest_page_fault_exit, guest_walk, guest_walk_gpa } from "./guest_walk";
 import { vcpu_can_block, vcpu_load, vcpu_put } from "./vcpu";
 
 /** slow_fault's verdict for a write to a write-tracked gfn: emulate it (RET_PF_EMULATE). */
@@ -242,7 +247,18 @@ export function guest_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
 }
 
 /** guest_write after the TLB missed (kvm_run looks the TLB up inline, then calls this). */
-export function guest_write_tlb_miss(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
+export function guest_write_tlb_miss(vm: usize, vcpu: usize, addr: u64, value: u64): u32 {
+  // a paged guest's address is a gva: the CPU walks the guest's tables first (with the TDP
+  // MMU; the TLB caches gva → host page, as a TLB does)
+  let gpa = addr;
+  if (load<u32>(vcpu + VCPU_PAGING) != PAGING_OFF) {
+    if (!guest_walk(vm, vcpu, addr, true)) {
+      vcpu_exit_guest(vm, vcpu);
+      return guest_page_fault_exit();
+    }
+    gpa = guest_walk_gpa(vcpu);
+  }
+  const tlb_gfn = addr >> 12;
   const gfn = gpa >> 12;
   // beyond the 48-bit guest physical space no slot exists, and the 4-level walk would
   // alias a low address: an access there is MMIO (KVM emulates it)
@@ -272,7 +288,7 @@ export function guest_write_tlb_miss(vm: usize, vcpu: usize, gpa: u64, value: u6
         }
         const host = host_addr(spte, level, gpa);
         if (tlb) {
-          tlb_fill(vcpu, as_id, gfn, host & ~(<usize>0xfff));
+          tlb_fill(vcpu, as_id, tlb_gfn, host & ~(<usize>0xfff));
           if (level == 1) {
             store<u64>(vcpu + VCPU_PSC_TAG, psc_tag);
             store<u32>(vcpu + VCPU_PSC_TABLE, <u32>(p & ~(<usize>0xfff)));
@@ -301,7 +317,7 @@ export function guest_write_tlb_miss(vm: usize, vcpu: usize, gpa: u64, value: u6
           // fixed; otherwise serve them (a full ring exits before the store retires)
           if (won && atomic.load<u32>(vcpu + VCPU_REQUESTS) == 0) {
             const host = host_addr(fixed, level, gpa);
-            if (tlb) tlb_fill(vcpu, as_id, gfn, host & ~(<usize>0xfff));
+            if (tlb) tlb_fill(vcpu, as_id, tlb_gfn, host & ~(<usize>0xfff));
             if (host != 0) store<u64>(host, value);
             return 0;
           }
@@ -329,7 +345,15 @@ export function guest_write_tlb_miss(vm: usize, vcpu: usize, gpa: u64, value: u6
 }
 
 /** The guest executes one 8-byte load; like guest_write (no TLB: loads always walk). */
-function guest_read(vm: usize, vcpu: usize, gpa: u64, out: usize): u32 {
+function guest_read(vm: usize, vcpu: usize, addr: u64, out: usize): u32 {
+  let gpa = addr;
+  if (load<u32>(vcpu + VCPU_PAGING) != PAGING_OFF) {
+    if (!guest_walk(vm, vcpu, addr, false)) {
+      vcpu_exit_guest(vm, vcpu);
+      return guest_page_fault_exit();
+    }
+    gpa = guest_walk_gpa(vcpu);
+  }
   if (gpa >> 12 > KVM_MAX_GFN) return exit_mmio(vcpu, gpa); // see guest_write
   const as_id = load<u32>(vcpu + VCPU_AS);
   while (true) {
@@ -413,4 +437,30 @@ export function kvm_vcpu_write_strided(vm: usize, vcpu: usize, tag: u32, gpa: u6
   exit_with(vcpu, r);
   vcpu_put(vcpu, loaded);
   return <i32>i;
+}
+
+/**
+ * kvm_set_cr3 + the paging mode (vCPU context): `mode` PAGING_OFF (gva = gpa) or
+ * PAGING_LONG with the 4-level tables at `cr3`. Loading CR3 flushes the vCPU's TLB (no
+ * global pages are modelled). -EBUSY when another thread holds vcpu->mutex; -EINVAL for
+ * a mode or CR3 the core does not take (the shadow MMU runs unpaged guests only, for now).
+ */
+export function kvm_set_cr3(vm: usize, vcpu: usize, tag: u32, cr3: u64, mode: u32): i32 {
+  if (mode > PAGING_LONG || (cr3 & 0xfff) != 0 || (mode != PAGING_OFF && is_shadow_mmu(vm))) return -EINVAL;
+  const loaded = vcpu_load(vcpu, tag);
+  if (loaded < 0) return loaded;
+  store<u64>(vcpu + VCPU_CR3, cr3);
+  store<u32>(vcpu + VCPU_PAGING, mode);
+  tlb_flush_local(vcpu);
+  vcpu_put(vcpu, loaded);
+  return 0;
+}
+
+/** INVLPG (vCPU context): the vCPU's cached translation of gva goes. */
+export function kvm_mmu_invlpg(vm: usize, vcpu: usize, tag: u32, gva: u64): i32 {
+  const loaded = vcpu_load(vcpu, tag);
+  if (loaded < 0) return loaded;
+  tlb_flush_local(vcpu); // (the model's TLB has no per-address invalidation)
+  vcpu_put(vcpu, loaded);
+  return 0;
 }

@@ -22,7 +22,7 @@ export {
   kvm_dirty_log_scratch,
   kvm_dirty_log_second,
 } from "./dirty_bitmap";
-export { kvm_vcpu_write, kvm_vcpu_read, kvm_vcpu_write_strided } from "./fault";
+export { kvm_vcpu_write, kvm_vcpu_read, kvm_vcpu_write_strided, kvm_set_cr3, kvm_mmu_invlpg } from "./fault";
 export {
   kvm_write_guest,
   memslot_host_touch,

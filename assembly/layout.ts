@@ -34,6 +34,7 @@ export const KVM_MEM_LOG_DIRTY_PAGES: u32 = 1;
 export const KVM_MEM_READONLY: u32 = 2;
 export const KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE: u32 = 1;
 export const KVM_DIRTY_LOG_INITIALLY_SET: u32 = 2;
+export const KVM_EXIT_EXCEPTION: u32 = 1; // the guest took a page fault dirtlog's guest cannot handle
 export const KVM_EXIT_IO: u32 = 2;
 export const KVM_EXIT_MMIO: u32 = 6;
 export const KVM_EXIT_SHUTDOWN: u32 = 8;
@@ -205,7 +206,7 @@ export const SP_WRITE_FLOODING: u32 = 36; // u32
 export const SP_UNSYNC_BITMAP: u32 = 64; // 512 bits
 
 // ---- vCPU block ----
-export const VCPU_SIZE: u32 = 512;
+export const VCPU_SIZE: u32 = 640;
 export const VCPU_ID: u32 = 0; // u32
 export const VCPU_AS: u32 = 4; // u32: address space in use (1 while in SMM)
 export const VCPU_EXIT_REASON: u32 = 8; // u32: run->exit_reason of the last call
@@ -268,6 +269,17 @@ export const VCPU_XEN_RS_BUF: u32 = 448; // 48 bytes: the structure as it is cop
 export const VCPU_THROTTLE_US: u32 = 496; // u32: dirty-limit sleep at each ring-full exit, µs (QEMU's throttle_us_per_full)
 export const VCPU_THROTTLE_PCT: u32 = 500; // u32: auto-converge throttle, % of each 10 ms timeslice slept (cpu-throttle)
 export const VCPU_THROTTLE_NS: u32 = 504; // u64: ns the vCPU's loop slept for either throttle (not in VCPU_STALL_NS)
+// guest paging (guest_walk.ts): the guest's CR3 and mode; accesses take guest-virtual addresses
+export const VCPU_CR3: u32 = 512; // u64: the guest's CR3 (gpa of its top-level page table)
+export const VCPU_PAGING: u32 = 520; // u32: PAGING_OFF (gva = gpa) or PAGING_LONG (4-level, 8-byte gPTEs)
+export const VCPU_ROOT: u32 = 524; // u32: the shadow MMU's root for this CR3 (0 = none loaded: the VM's direct root)
+export const VCPU_FAULT_ADDR: u32 = 528; // u64: the gva of the last guest page fault (KVM_EXIT_EXCEPTION)
+export const VCPU_WALK: u32 = 536; // 64 bytes: the last guest walk (WALK_*)
+export const WALK_GPA: u32 = 0; // u64: the translated gpa
+export const WALK_TABLE_GFN: u32 = 8; // u64 × 4: [level - 1] = gfn of the guest table holding the level's gPTE
+export const WALK_WRITABLE: u32 = 40; // u32: every level allows writes
+export const PAGING_OFF: u32 = 0;
+export const PAGING_LONG: u32 = 1;
 
 // vcpu->mode (include/linux/kvm_host.h)
 // vcpu->mutex tag of the VM owner's thread (src/core.ts HOST_TAG); vCPU workers have others

@@ -20,6 +20,8 @@ export const KVM_CAP_DIRTY_LOG_RING = 192;
 export const KVM_CAP_DIRTY_LOG_RING_ACQ_REL = 223;
 export const KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP = 225;
 
+/** The guest took a page fault dirtlog's guest cannot handle (a paged guest; vcpu.faultAddress). */
+export const KVM_EXIT_EXCEPTION = 1;
 export const KVM_EXIT_IO = 2;
 export const KVM_EXIT_MMIO = 6;
 export const KVM_EXIT_SHUTDOWN = 8;

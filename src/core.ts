@@ -118,6 +118,8 @@ export interface CoreExports {
   kvm_dirty_log_second(vm: number, slot: number): number;
   kvm_vcpu_write(vm: number, vcpu: number, tag: number, gpa: bigint, value: bigint): number;
   kvm_vcpu_read(vm: number, vcpu: number, tag: number, gpa: bigint): number;
+  kvm_set_cr3(vm: number, vcpu: number, tag: number, cr3: bigint, mode: number): number;
+  kvm_mmu_invlpg(vm: number, vcpu: number, tag: number, gva: bigint): number;
   kvm_vcpu_write_strided(
     vm: number,
     vcpu: number,

@@ -5,6 +5,7 @@ export { createVm, Vm, type VmOptions, type UserMemoryRegion, type VmStats, type
 export { Vcpu, type VcpuStats, type DirtyRingState } from "./vcpu.js";
 export { GfnToHvaCache, GfnToPfnCache } from "./pfncache.js";
 export type { PageTrackNotifier } from "./page_track.js";
+export { buildPageTables, type GuestMapping, type PageTables } from "./paging.js";
 export {
   RUNSTATE_running,
   RUNSTATE_runnable,

@@ -281,6 +281,58 @@ export class Vcpu {
   }
 
   /**
+   * Load the guest's CR3 and paging mode (vCPU context): `{ cr3, mode: "long" }` makes every
+   * guest access (writeGuest, readGuest, writeStrided, workloads) take a guest-virtual
+   * address, translated through the guest's 4-level tables at cr3 (see buildPageTables);
+   * `null` runs the guest unpaged again (gva = gpa). Flushes the vCPU's TLB, as a CR3 load
+   * does. A gva the tables do not map, or a write through a read-only gPTE, is a guest page
+   * fault: the access exits KVM_EXIT_EXCEPTION with the gva in `faultAddress`. EINVAL for an
+   * unaligned cr3 or another mode, and (for now) on a shadow-MMU VM; EBUSY while another
+   * thread drives the vCPU.
+   */
+  setPaging(paging: { cr3: number | bigint; mode: "long" } | null): void {
+    const call = "setPaging";
+    this.vm.checkAlive(call);
+    let cr3 = 0n;
+    let mode = L.PAGING_OFF;
+    if (paging !== null) {
+      const p = object<{ cr3: number | bigint; mode: "long" }>(paging, "paging", call, false);
+      known(p, ["cr3", "mode"], call);
+      cr3 = u64(p.cr3, "cr3", call);
+      if (cr3 % 4096n !== 0n) throw new KvmError("EINVAL", call, `cr3 0x${cr3.toString(16)} is not page-aligned`);
+      if (p.mode !== "long") throw new KvmError("EINVAL", call, 'mode must be "long" (4-level tables, 8-byte gPTEs)');
+      if (this.vm.mmu === "shadow") {
+        throw new KvmError("EINVAL", call, "the shadow MMU runs unpaged guests only, for now (KVM's nonpaging mode)");
+      }
+      mode = L.PAGING_LONG;
+    }
+    const r = this.core.kvm_set_cr3(this.vm.addr, this.addr, HOST_TAG, cr3, mode);
+    this.owned(r, call);
+  }
+
+  /** The guest's paging: `{ cr3, mode: "long" }`, or null when it runs unpaged. */
+  get paging(): { cr3: bigint; mode: "long" } | null {
+    this.vm.checkAlive("paging");
+    const v = this.view();
+    if (v.getUint32(this.addr + L.VCPU_PAGING, true) === L.PAGING_OFF) return null;
+    return { cr3: v.getBigUint64(this.addr + L.VCPU_CR3, true), mode: "long" };
+  }
+
+  /** INVLPG gva (vCPU context): the vCPU drops its cached translation. EBUSY as setPaging. */
+  invlpg(gva: number | bigint): void {
+    const call = "invlpg";
+    this.vm.checkAlive(call);
+    const g = u64(gva, "gva", call);
+    this.owned(this.core.kvm_mmu_invlpg(this.vm.addr, this.addr, HOST_TAG, g), call);
+  }
+
+  /** The gva of the last guest page fault (after KVM_EXIT_EXCEPTION). */
+  get faultAddress(): bigint {
+    this.vm.checkAlive("faultAddress");
+    return this.view().getBigUint64(this.addr + L.VCPU_FAULT_ADDR, true);
+  }
+
+  /**
    * Set the guest workload that KVM_RUN executes (inside WASM). Resets its progress.
    * EBUSY while the vCPU runs on another thread; a rejected workload changes nothing.
    */
