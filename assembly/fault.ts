@@ -32,6 +32,10 @@ import {
   PAGING_OFF,
   VCPU_CR3,
   VCPU_PAGING,
+  VCPU_ROOT,
+  VCPU_WALK,
+  WALK_WRITABLE,
+  SP_GFNS,
   KVM_EXIT_PAGE_TRACK_FULL,
   VM_EMULATED_WRITES,
   VM_TRACK_FULL_EXITS,
@@ -61,12 +65,27 @@ import { vcpu_check_exit_request, vcpu_enter_guest, vcpu_exit_guest } from "./x8
 import { mark_page_dirty_in_slot } from "./mark_dirty";
 import { memslot_lookup, slot_host_present, slot_logged } from "./kvm_host";
 import { kvm_mmu_leaf_has_room, kvm_mmu_leaf_installed, kvm_mmu_map, kvm_mmu_max_mapping_level } from "./mmu";
-import { is_shadow_mmu } from "./shadow";
+import {
+  gfn_to_rmap,
+  is_shadow_mmu,
+  kvm_mmu_load_root,
+  kvm_mmu_track_write,
+  kvm_mmu_unload_root,
+  mmu_sync_children,
+  mmu_try_to_unsync_pages,
+  shadow_fetch,
+  shadow_pte_pool,
+  shadow_sync_one,
+  sp_gfn_at,
+  sptep_to_sp,
+} from "./shadow";
+import { pte_list_pool_has_room, pte_list_remove } from "./rmap";
+import { flush_remote_tlbs } from "./tlb";
 import { read_lock, read_unlock, write_lock, write_unlock } from "./mmu_lock";
 import { host_fault_in, mmu_invalidate_retry_gfn } from "./mmu_notifier";
 import { gfn_is_write_tracked, page_track_reserve, page_track_write } from "./page_track";
 import { SPTE_D, SPTE_M, SPTE_W, is_leaf, is_present, level_pages, make_leaf, spte_hpa } from "./spte";
-import { tdp_walk } from "./tdp";
+import { tdp_walk, tdp_walk_from } from "./tdp";
 import { tlb_fill, tlb_flush_local, tlb_lookup, tlb_on } from "./tlb";
 import { guest_page_fault_exit, guest_walk, guest_walk_gpa } from "./guest_walk";
 import { vcpu_can_block, vcpu_load, vcpu_put } from "./vcpu";
@@ -208,6 +227,141 @@ function emulate_write(vm: usize, vcpu: usize, as_id: u32, gpa: u64, value: u64)
   mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
   page_track_write(vm, reserved, as_id, gpa, value, 8);
   atomic.add<u64>(vm + VM_EMULATED_WRITES, 1);
+  // kvm_mmu_track_write: the shadow MMU drops what the write changed in the guest tables
+  // it shadows (a write-tracked page is one, unless only an external user tracks it)
+  if (is_shadow_mmu(vm)) {
+    write_lock(vm);
+    const flush = kvm_mmu_track_write(vm, gpa, 8);
+    if (flush) flush_remote_tlbs(vm, vcpu_can_block(vm, vcpu));
+    write_unlock(vm);
+  }
+  return 0;
+}
+
+/** A u32 of the vCPU block the shadow-paged fault uses as its "flush due" flag. */
+@inline function flush_flag(vcpu: usize): usize {
+  return vcpu + VCPU_WALK + 44;
+}
+
+/**
+ * The shadow MMU's page fault for a paged guest (FNAME(page_fault)): walk the guest's
+ * tables (a guest page fault exits), then under mmu_lock for write fetch the shadow pages
+ * down to the leaf and install it: writable iff the guest's gPTEs, the host page and the
+ * gfn allow it — a write-tracked gfn (an upper-level guest table) stays read-only and its
+ * write is emulated, a level-1 guest table goes unsync (mmu_try_to_unsync_pages). The leaf
+ * goes on its gfn's rmap. Returns 0 (walk again), RET_PF_EMULATE, or an exit reason.
+ */
+function shadow_paged_fault(vm: usize, vcpu: usize, gva: u64, write: bool): u32 {
+  if (!guest_walk(vm, vcpu, gva, write)) return guest_page_fault_exit();
+  const gpa = guest_walk_gpa(vcpu);
+  const gfn = gpa >> 12;
+  const as_id = load<u32>(vcpu + VCPU_AS);
+  write_lock(vm);
+  if (mmu_invalidate_retry_gfn(vm, gfn)) {
+    write_unlock(vm);
+    return 0;
+  }
+  const slot = memslot_lookup(vm, as_id, gfn);
+  const readonly = slot != 0 && (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_READONLY) != 0;
+  if (slot == 0 || (write && readonly)) {
+    write_unlock(vm);
+    return exit_mmio(vcpu, gpa);
+  }
+  const base = load<u64>(slot + SLOT_BASE_GFN);
+  const present = slot_host_present(slot);
+  const host_writable = !readonly && (write || test_bit(present, gfn - base));
+  const zero_page = !host_writable && !readonly;
+  const tracked = gfn_is_write_tracked(slot, gfn);
+  store<u32>(flush_flag(vcpu), 0);
+  const p = pte_list_pool_has_room(shadow_pte_pool(vm)) ? shadow_fetch(vm, vcpu, gva, flush_flag(vcpu)) : 0;
+  if (p == 0) {
+    write_unlock(vm);
+    return KVM_EXIT_INTERNAL_ERROR;
+  }
+  const sp = sptep_to_sp(vm, p);
+  const i = <u32>((p & 0xfff) >> 3);
+  const old = atomic.load<u64>(p);
+  let r: u32 = 0;
+  if (write && tracked && is_present(old) && sp_gfn_at(sp, i) == gfn) {
+    r = RET_PF_EMULATE; // a write to a present SPTE of a write-tracked gfn
+  } else if (!(is_present(old) && sp_gfn_at(sp, i) == gfn && (!write || (old & SPTE_W) != 0))) {
+    let writable = host_writable && !tracked && load<u32>(vcpu + VCPU_WALK + WALK_WRITABLE) != 0;
+    if (writable) writable = mmu_try_to_unsync_pages(vm, gfn); // a level-1 guest table goes unsync
+    if (is_present(old)) {
+      // the guest changed the gPTE (its page went unsync): the old gfn's rmap lets go
+      const og = sp_gfn_at(sp, i);
+      const os = memslot_lookup(vm, as_id, og);
+      if (os != 0) pte_list_remove(shadow_pte_pool(vm), gfn_to_rmap(os, og), p);
+      atomic.xchg<u64>(p, 0);
+    }
+    const backing = <u64>load<u32>(slot + SLOT_BACKING);
+    const hpa = backing == 0 || zero_page ? 0 : backing + ((gfn - base) << 12);
+    store<u64>(<usize>load<u32>(sp + SP_GFNS) + (<usize>i << 3), gfn);
+    atomic.store<u64>(p, make_leaf(hpa, 1, writable, host_writable));
+    kvm_mmu_leaf_installed(vm, slot, gfn, p, vcpu_can_block(vm, vcpu)); // rmap_add
+    if (host_writable) set_bits(present, gfn - base, 1);
+    if (writable && slot_logged(slot)) mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
+    atomic.add<u64>(vcpu + VCPU_SLOW_FAULTS, 1);
+    if (write && tracked) r = RET_PF_EMULATE;
+  }
+  if (load<u32>(flush_flag(vcpu)) != 0) flush_remote_tlbs(vm, vcpu_can_block(vm, vcpu));
+  write_unlock(vm);
+  return r;
+}
+
+/**
+ * One guest access of a paged guest on the shadow MMU: the CPU walks the shadow page table
+ * from the vCPU's root by gva; a present leaf serves a read, a writable one a write (the
+ * TLB caches it by gva), a (1 1 0) one takes the lockless fast path — the gfn to report
+ * comes from the leaf's shadow page (kvm_mmu_page_get_gfn), as the kernel's does —, and
+ * anything else the shadow-paged fault. `out` receives a read's value (0 for a write).
+ */
+function shadow_paged_access(vm: usize, vcpu: usize, gva: u64, write: bool, value: u64, out: usize): u32 {
+  const as_id = load<u32>(vcpu + VCPU_AS);
+  const tlb = tlb_on(vm);
+  while (true) {
+    const root = <usize>load<u32>(vcpu + VCPU_ROOT);
+    if (root != 0) {
+      const w = tdp_walk_from(root, gva >> 12);
+      const p = w & ~7;
+      const spte = atomic.load<u64>(p);
+      if (is_present(spte) && (w & 7) == 1) {
+        const host = host_addr(spte, 1, gva);
+        if (!write) {
+          store<u64>(out, host == 0 ? 0 : load<u64>(host));
+          return 0;
+        }
+        if ((spte & SPTE_W) != 0) {
+          if (tlb) tlb_fill(vcpu, as_id, gva >> 12, host & ~(<usize>0xfff));
+          if (host != 0) store<u64>(host, value);
+          return 0;
+        }
+        if ((spte & SPTE_M) != 0) {
+          const gfn = sp_gfn_at(sptep_to_sp(vm, p), <u32>((p & 0xfff) >> 3));
+          const slot = vcpu_memslot(vm, vcpu, as_id, gfn);
+          if (slot != 0) {
+            if (atomic.cmpxchg<u64>(p, spte, spte | SPTE_W | SPTE_D) == spte) {
+              mark_page_dirty_in_slot(vm, vcpu, slot, gfn);
+              store<u64>(vcpu + VCPU_FAST_FAULTS, load<u64>(vcpu + VCPU_FAST_FAULTS) + 1);
+            }
+            const r = vcpu_enter_guest(vm, vcpu);
+            if (r != 0) return r;
+            continue;
+          }
+        }
+      }
+    }
+    vcpu_exit_guest(vm, vcpu);
+    let r = shadow_paged_fault(vm, vcpu, gva, write);
+    if (r == RET_PF_EMULATE) {
+      r = emulate_write(vm, vcpu, as_id, guest_walk_gpa(vcpu), value);
+      if (r != 0) return r;
+      atomic.store<u32>(vcpu + VCPU_MODE, IN_GUEST_MODE); // the store retired (see guest_write_tlb_miss)
+      return 0;
+    }
+    if (r == 0) r = vcpu_enter_guest(vm, vcpu);
+    if (r != 0) return r;
+  }
   return 0;
 }
 
@@ -249,9 +403,10 @@ export function guest_write(vm: usize, vcpu: usize, gpa: u64, value: u64): u32 {
 /** guest_write after the TLB missed (kvm_run looks the TLB up inline, then calls this). */
 export function guest_write_tlb_miss(vm: usize, vcpu: usize, addr: u64, value: u64): u32 {
   // a paged guest's address is a gva: the CPU walks the guest's tables first (with the TDP
-  // MMU; the TLB caches gva → host page, as a TLB does)
+  // MMU; the TLB caches gva → host page, as a TLB does), or the shadow page table by gva
   let gpa = addr;
   if (load<u32>(vcpu + VCPU_PAGING) != PAGING_OFF) {
+    if (is_shadow_mmu(vm)) return shadow_paged_access(vm, vcpu, addr, true, value, 0);
     if (!guest_walk(vm, vcpu, addr, true)) {
       vcpu_exit_guest(vm, vcpu);
       return guest_page_fault_exit();
@@ -348,6 +503,7 @@ export function guest_write_tlb_miss(vm: usize, vcpu: usize, addr: u64, value: u
 function guest_read(vm: usize, vcpu: usize, addr: u64, out: usize): u32 {
   let gpa = addr;
   if (load<u32>(vcpu + VCPU_PAGING) != PAGING_OFF) {
+    if (is_shadow_mmu(vm)) return shadow_paged_access(vm, vcpu, addr, false, 0, out);
     if (!guest_walk(vm, vcpu, addr, false)) {
       vcpu_exit_guest(vm, vcpu);
       return guest_page_fault_exit();
@@ -443,14 +599,31 @@ export function kvm_vcpu_write_strided(vm: usize, vcpu: usize, tag: u32, gpa: u6
  * kvm_set_cr3 + the paging mode (vCPU context): `mode` PAGING_OFF (gva = gpa) or
  * PAGING_LONG with the 4-level tables at `cr3`. Loading CR3 flushes the vCPU's TLB (no
  * global pages are modelled). -EBUSY when another thread holds vcpu->mutex; -EINVAL for
- * a mode or CR3 the core does not take (the shadow MMU runs unpaged guests only, for now).
+ * a mode or CR3 the core does not take.
  */
 export function kvm_set_cr3(vm: usize, vcpu: usize, tag: u32, cr3: u64, mode: u32): i32 {
-  if (mode > PAGING_LONG || (cr3 & 0xfff) != 0 || (mode != PAGING_OFF && is_shadow_mmu(vm))) return -EINVAL;
+  if (mode > PAGING_LONG || (cr3 & 0xfff) != 0) return -EINVAL;
   const loaded = vcpu_load(vcpu, tag);
   if (loaded < 0) return loaded;
-  store<u64>(vcpu + VCPU_CR3, cr3);
-  store<u32>(vcpu + VCPU_PAGING, mode);
+  if (is_shadow_mmu(vm)) {
+    // kvm_mmu_new_pgd: let go of the old root, take the new CR3's (from the hash if
+    // another vCPU or an earlier load made it) and sync what went unsync below it
+    write_lock(vm);
+    kvm_mmu_unload_root(vm, vcpu);
+    store<u64>(vcpu + VCPU_CR3, cr3);
+    store<u32>(vcpu + VCPU_PAGING, mode);
+    store<u32>(flush_flag(vcpu), 0);
+    let flush = false;
+    if (mode != PAGING_OFF) {
+      const root = kvm_mmu_load_root(vm, vcpu, flush_flag(vcpu));
+      if (root != 0) flush = mmu_sync_children(vm, sptep_to_sp(vm, root));
+    }
+    if (flush || load<u32>(flush_flag(vcpu)) != 0) flush_remote_tlbs(vm, vcpu_can_block(vm, vcpu));
+    write_unlock(vm);
+  } else {
+    store<u64>(vcpu + VCPU_CR3, cr3);
+    store<u32>(vcpu + VCPU_PAGING, mode);
+  }
   tlb_flush_local(vcpu);
   vcpu_put(vcpu, loaded);
   return 0;
@@ -460,6 +633,14 @@ export function kvm_set_cr3(vm: usize, vcpu: usize, tag: u32, cr3: u64, mode: u3
 export function kvm_mmu_invlpg(vm: usize, vcpu: usize, tag: u32, gva: u64): i32 {
   const loaded = vcpu_load(vcpu, tag);
   if (loaded < 0) return loaded;
+  const root = <usize>load<u32>(vcpu + VCPU_ROOT);
+  if (is_shadow_mmu(vm) && root != 0) {
+    // FNAME(invlpg) / kvm_mmu_invalidate_addr: an unsync leaf page syncs the gPTE of gva
+    write_lock(vm);
+    const w = tdp_walk_from(root, gva >> 12);
+    if ((w & 7) == 1 && shadow_sync_one(vm, w & ~7)) flush_remote_tlbs(vm, vcpu_can_block(vm, vcpu));
+    write_unlock(vm);
+  }
   tlb_flush_local(vcpu); // (the model's TLB has no per-address invalidation)
   vcpu_put(vcpu, loaded);
   return 0;

@@ -125,7 +125,10 @@ export const VM_PTE_POOL: u32 = 284; // u32: the pte_list_desc pool (rmap.ts PTE
 export const VM_SP_TABLE: u32 = 288; // u32: one kvm_mmu_page (SP_SIZE) per page-table pool page, shadow only
 export const VM_RMAP_ITER: u32 = 296; // 8 bytes: the rmap iterator of the mmu_lock writer (rmap.ts)
 export const VM_SHADOW_PAGES: u32 = 304; // u32: shadow pages in use (kvm->arch.n_used_mmu_pages)
+export const VM_RMAP_ITER2: u32 = 312; // 8 bytes: a second rmap iterator, for parent_ptes walks inside an rmap walk
 export const VM_TDP_ITER: u32 = 320; // 64 bytes: the tdp_iter of the mmu_lock writer (tdp_iter.ts)
+export const VM_SP_HASH: u32 = 384; // u32: mmu_page_hash, SP_HASH_BUCKETS u32 heads (shadow MMU)
+export const SP_HASH_BUCKETS: u32 = 4096;
 export const MMU_TDP: u32 = 0;
 export const MMU_SHADOW: u32 = 1; // u32: the VM owner's thread may block (Atomics.wait); vCPU workers always may
 
@@ -202,7 +205,10 @@ export const SP_PARENT_PTES: u32 = 16; // u64: pte_list of the SPTEs pointing at
 export const SP_MMU_VALID_GEN: u32 = 24; // u32
 export const SP_UNSYNC: u32 = 28; // u32
 export const SP_UNSYNC_CHILDREN: u32 = 32; // u32
-export const SP_WRITE_FLOODING: u32 = 36; // u32
+export const SP_WRITE_FLOODING: u32 = 36; // u32: writes to the guest table since a guest walk used the page
+export const SP_GFNS: u32 = 40; // u32: indirect pages: a pool page of 512 u64, the gfn each SPTE maps (shadowed_translation)
+export const SP_HASH_NEXT: u32 = 44; // u32: next page in its mmu_page_hash bucket
+export const SP_ROOT_COUNT: u32 = 48; // u32: vCPUs using the page as their root
 export const SP_UNSYNC_BITMAP: u32 = 64; // 512 bits
 
 // ---- vCPU block ----

@@ -48,7 +48,15 @@ import {
   rmap_write_protect,
   rmap_zap_all,
 } from "./rmap";
-import { gfn_to_rmap, is_shadow_mmu, shadow_get_or_create, shadow_pte_pool, shadow_rmap_add, shadow_zap_all_done } from "./shadow";
+import {
+  gfn_to_rmap,
+  is_shadow_mmu,
+  shadow_get_or_create,
+  shadow_pte_pool,
+  shadow_rmap_add,
+  shadow_zap_all_done,
+  shadow_zap_indirect,
+} from "./shadow";
 import {
   tdp_clear_dirty_range,
   tdp_get_or_create,
@@ -247,6 +255,7 @@ export function kvm_mmu_slot_gfn_write_protect(vm: usize, slot: usize, as_id: u3
 
 /** kvm_mmu_zap_all_fast: every mapping of the VM goes (a memslot flush on DELETE/MOVE). */
 export function kvm_mmu_zap_all_fast(vm: usize, nr_as: u32): void {
+  if (is_shadow_mmu(vm)) shadow_zap_indirect(vm); // a paged guest's pages hang off vCPU roots
   tdp_zap_all(vm, nr_as);
   if (is_shadow_mmu(vm)) shadow_zap_all_done(vm);
 }

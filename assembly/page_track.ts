@@ -105,6 +105,7 @@ export function gfn_write_track_count(vm: usize, gfn: u64): i32 {
 /** update_gfn_write_track: add delta, unless the result leaves 0..65535 (WARN, unchanged). */
 export function update_gfn_write_track(vm: usize, slot: usize, gfn: u64, delta: i32): void {
   lockdep_assert_held_write(vm);
+  if (load<u32>(slot + SLOT_WRITE_TRACK) == 0) return; // (tracking off: the callers enable it first)
   const p = <usize>load<u32>(slot + SLOT_WRITE_TRACK) + <usize>((gfn - load<u64>(slot + SLOT_BASE_GFN)) << 1);
   const val = <i32>load<u16>(p) + delta;
   if (val < 0 || val > 0xffff) {
@@ -117,6 +118,7 @@ export function update_gfn_write_track(vm: usize, slot: usize, gfn: u64, delta: 
 /** kvm_mmu_gfn_disallow_lpage (delta 1) / kvm_mmu_gfn_allow_lpage (delta -1), 2M and 1G. */
 export function update_gfn_disallow_lpage(vm: usize, slot: usize, gfn: u64, delta: i32): void {
   lockdep_assert_held_write(vm);
+  if (load<u32>(slot + SLOT_WRITE_TRACK) == 0) return;
   for (let level: u32 = 2; level <= 3; level++) {
     const p = lpage_counter(slot, gfn, level);
     atomic.store<u32>(p, <u32>(<i32>load<u32>(p) + delta));

@@ -96,11 +96,13 @@ function sp_init(vm: usize, table: usize, level: u32, gfn: u64, as_id: u32): usi
 
 /**
  * Set up a shadow-MMU VM (kvm_mmu_init_vm + the first root): the descriptor pool at
- * `pool` (PTE_POOL_SIZE header, then `descs` descriptors) and the kvm_mmu_page table, and
- * each address space's root page (VM_ROOT) as a direct level-4 page.
+ * `pool` (PTE_POOL_SIZE header, then `descs` descriptors), the kvm_mmu_page table, the
+ * zeroed mmu_page_hash (SP_HASH_BUCKETS u32), and each address space's root page
+ * (VM_ROOT) as a direct level-4 page (the unpaged guest's).
  */
-export function shadow_init(vm: usize, pool: usize, descs: u32, sp_table: usize): void {
+export function shadow_init(vm: usize, pool: usize, descs: u32, sp_table: usize, hash: usize): void {
   store<u32>(vm + VM_MMU, MMU_SHADOW);
+  store<u32>(vm + VM_SP_HASH, <u32>hash);
   store<u32>(vm + VM_PTE_POOL, <u32>pool);
   store<u32>(vm + VM_SP_TABLE, <u32>sp_table);
   pte_list_pool_init(pool, pool + PTE_POOL_SIZE, descs);
@@ -178,4 +180,425 @@ export function shadow_zap_all_done(vm: usize): void {
   pte_list_pool_reset(shadow_pte_pool(vm));
   memory.fill(<usize>load<u32>(vm + VM_SP_TABLE), 0, <usize>load<u32>(vm + VM_POOL_NEXT) * SP_SIZE);
   shadow_init_roots(vm);
+}
+
+// ---------------------------------------------------------------------------------------
+// Indirect shadow pages: a paged guest's tables (vcpu.setPaging under the shadow MMU)
+//
+//   root      kvm_mmu_page for the guest's PML4 (gfn = CR3 >> 12, level 4), per vCPU
+//             (VCPU_ROOT), shared by vCPUs with the same CR3 through mmu_page_hash
+//   page      one per (guest table gfn, role) that some walk needed, found in the hash;
+//             its SPTE i shadows gPTE i of that table; SP_GFNS keeps the gfn each leaf
+//             maps (kvm_mmu_page_get_gfn: an indirect page cannot compute it)
+//   account   a shadowed guest table at level > 1 is write-tracked (every guest write to
+//             it is emulated, then kvm_mmu_track_write zaps what it changed); at level 1
+//             it is write-protected (shadow style) and may go unsync: the first guest write
+//             to it marks its pages unsync (mark_unsync up the parents) and maps it writable,
+//             and a CR3 load or INVLPG syncs them from the guest's table again
+//
+// Invariants (all under mmu_lock for write): a page is in the hash iff SP_IN_USE; every
+// non-leaf SPTE is on its child's parent_ptes; a leaf SPTE is on the rmap of SP_GFNS[i];
+// unsync_child_bitmap bit i of a page is set iff child i is unsync or has unsync children.
+import {
+  EINVAL,
+  SLOT_FLAGS,
+  SP_GFNS,
+  SP_HASH_NEXT,
+  SP_ROOT_COUNT,
+  SP_UNSYNC,
+  SP_UNSYNC_BITMAP,
+  SP_UNSYNC_CHILDREN,
+  SP_WRITE_FLOODING,
+  SP_HASH_BUCKETS,
+  SLOT_BACKING,
+  VM_RMAP_ITER,
+  VM_RMAP_ITER2,
+  VCPU_AS,
+  VCPU_CR3,
+  VCPU_ROOT,
+  VCPU_WALK,
+  VM_SP_HASH,
+  WALK_TABLE_GFN,
+} from "./layout";
+import { memslot_lookup } from "./kvm_host";
+import { pool_free } from "./pt_pool";
+import { kvm_get_vcpu, kvm_nr_vcpus } from "./vcpu";
+import {
+  pte_list_destroy,
+  pte_list_remove,
+  rmap_get_first as first_of,
+  rmap_get_next as next_of,
+  rmap_write_protect,
+} from "./rmap";
+import { lpage_disallowed, update_gfn_disallow_lpage, update_gfn_write_track } from "./page_track";
+import { GPTE_ADDR_MASK, GPTE_P, GPTE_RW } from "./guest_walk";
+import { SPTE_M, SPTE_W, is_leaf } from "./spte";
+
+/** The page-table page a kvm_mmu_page describes (the inverse of sptep_to_sp). */
+@inline export function sp_spt(vm: usize, sp: usize): usize {
+  return <usize>load<u32>(vm + VM_POOL_BASE) + ((sp - <usize>load<u32>(vm + VM_SP_TABLE)) / SP_SIZE) * PAGE_SIZE;
+}
+
+@inline function role_level(sp: usize): u32 {
+  return load<u32>(sp + SP_ROLE) & ROLE_LEVEL_MASK;
+}
+
+@inline function is_direct(sp: usize): bool {
+  return (load<u32>(sp + SP_ROLE) & ROLE_DIRECT) != 0;
+}
+
+@inline function hash_head(vm: usize, gfn: u64): usize {
+  const h = <u32>((gfn * 0x9e3779b97f4a7c15) >> 52) & (SP_HASH_BUCKETS - 1);
+  return <usize>load<u32>(vm + VM_SP_HASH) + (<usize>h << 2);
+}
+
+/** kvm_mmu_page_get_gfn: the gfn SPTE i of `sp` maps (a leaf) or shadows (a table). */
+@inline export function sp_gfn_at(sp: usize, i: u32): u64 {
+  const gfns = <usize>load<u32>(sp + SP_GFNS);
+  if (gfns != 0) return load<u64>(gfns + (<usize>i << 3));
+  return load<u64>(sp + SP_GFN) + ((<u64>i) << (9 * (role_level(sp) - 1)));
+}
+
+/** for_each_valid_sp with gfn: the first indirect page shadowing gfn after `after` (0: the first). */
+function next_sp_of_gfn(vm: usize, gfn: u64, after: usize): usize {
+  let sp = after == 0 ? <usize>load<u32>(hash_head(vm, gfn)) : <usize>load<u32>(after + SP_HASH_NEXT);
+  while (sp != 0 && (load<u64>(sp + SP_GFN) != gfn || is_direct(sp))) sp = <usize>load<u32>(sp + SP_HASH_NEXT);
+  return sp;
+}
+
+/** account_shadowed / unaccount_shadowed (delta ±1), the guest table's slot in `as_id`. */
+function account_shadowed(vm: usize, sp: usize, delta: i32): bool {
+  const gfn = load<u64>(sp + SP_GFN);
+  const slot = memslot_lookup(vm, load<u32>(sp + SP_ROLE) >> ROLE_SMM_SHIFT, gfn);
+  if (slot == 0) return false;
+  if (role_level(sp) > 1) {
+    // __kvm_write_track_add_gfn / _remove_gfn: every guest write to an upper-level table traps
+    update_gfn_write_track(vm, slot, gfn, delta);
+    update_gfn_disallow_lpage(vm, slot, gfn, delta);
+    return delta > 0 && rmap_write_protect(vm, gfn_to_rmap(slot, gfn), true, vm + VM_RMAP_ITER);
+  }
+  update_gfn_disallow_lpage(vm, slot, gfn, delta);
+  return delta > 0 && rmap_write_protect(vm, gfn_to_rmap(slot, gfn), true, vm + VM_RMAP_ITER);
+}
+
+/**
+ * kvm_mmu_get_shadow_page: the indirect page shadowing guest table `gfn` with this level
+ * and address space, from the hash, or a new one (accounted: write-tracked or
+ * write-protected, with the flush due recorded in `flush`). 0 when a pool is exhausted.
+ */
+export function kvm_mmu_get_shadow_page(vm: usize, gfn: u64, level: u32, as_id: u32, flush: usize): usize {
+  lockdep_assert_held_write(vm);
+  const role = level | (as_id << ROLE_SMM_SHIFT);
+  for (let sp = next_sp_of_gfn(vm, gfn, 0); sp != 0; sp = next_sp_of_gfn(vm, gfn, sp)) {
+    if (load<u32>(sp + SP_ROLE) == role) return sp;
+  }
+  const spt = pool_alloc(vm);
+  if (spt == 0) return 0;
+  const gfns = pool_alloc(vm);
+  if (gfns == 0) {
+    pool_free(vm, spt);
+    return 0;
+  }
+  const sp = sptep_to_sp(vm, spt);
+  memory.fill(sp, 0, SP_SIZE);
+  store<u64>(sp + SP_GFN, gfn);
+  store<u32>(sp + SP_ROLE, role);
+  store<u32>(sp + SP_IN_USE, 1);
+  store<u32>(sp + SP_GFNS, <u32>gfns);
+  const head = hash_head(vm, gfn);
+  store<u32>(sp + SP_HASH_NEXT, load<u32>(head));
+  store<u32>(head, <u32>sp);
+  store<u32>(vm + VM_SHADOW_PAGES, load<u32>(vm + VM_SHADOW_PAGES) + 1);
+  if (account_shadowed(vm, sp, 1)) store<u32>(flush, 1);
+  return sp;
+}
+
+/** mark_unsync: tell every parent that `sp` (or a page below it) is unsync (spec §5.8). */
+function mark_unsync(vm: usize, sp: usize): void {
+  const head = sp + SP_PARENT_PTES;
+  const iter = vm + VM_RMAP_ITER2; // (VM_RMAP_ITER may be in use by a caller)
+  for (let p = first_of(head, iter); p != 0; p = next_of(iter)) {
+    const psp = sptep_to_sp(vm, p);
+    const i = <u32>((p & (PAGE_SIZE - 1)) >> 3);
+    const word = psp + SP_UNSYNC_BITMAP + (<usize>(i >> 6) << 3);
+    const bit = (<u64>1) << (i & 63);
+    if ((load<u64>(word) & bit) != 0) continue;
+    store<u64>(word, load<u64>(word) | bit);
+    const n = load<u32>(psp + SP_UNSYNC_CHILDREN);
+    store<u32>(psp + SP_UNSYNC_CHILDREN, n + 1);
+    if (n != 0) continue;
+    mark_unsync(vm, psp); // (depth ≤ 3: a page's parents are one level up)
+  }
+}
+
+/**
+ * mmu_try_to_unsync_pages for a leaf about to be made writable on gfn: every level-1 page
+ * shadowing gfn goes unsync (kvm_unsync_page + mark_unsync). False if gfn may not be
+ * mapped writable (it is write-tracked, i.e. an upper-level table, checked by the caller).
+ */
+export function mmu_try_to_unsync_pages(vm: usize, gfn: u64): bool {
+  lockdep_assert_held_write(vm);
+  for (let sp = next_sp_of_gfn(vm, gfn, 0); sp != 0; sp = next_sp_of_gfn(vm, gfn, sp)) {
+    if (role_level(sp) != 1) return false;
+    if (load<u32>(sp + SP_UNSYNC) != 0) continue;
+    store<u32>(sp + SP_UNSYNC, 1);
+    mark_unsync(vm, sp);
+  }
+  return true;
+}
+
+/** mmu_page_zap_pte: drop SPTE i of `sp` (off its rmap, or off its child's parent_ptes). True if it was present. */
+function zap_pte(vm: usize, sp: usize, i: u32): bool {
+  const p = sp_spt(vm, sp) + (<usize>i << 3);
+  const spte = atomic.xchg<u64>(p, 0);
+  if (!is_present(spte)) return false;
+  const level = role_level(sp);
+  if (is_leaf(spte, level)) {
+    const gfn = sp_gfn_at(sp, i);
+    const slot = memslot_lookup(vm, load<u32>(sp + SP_ROLE) >> ROLE_SMM_SHIFT, gfn);
+    if (slot != 0 && load<u32>(slot + SLOT_RMAP) != 0) pte_list_remove(shadow_pte_pool(vm), gfn_to_rmap(slot, gfn), p);
+  } else {
+    const child = sptep_to_sp(vm, <usize>(spte & SPTE_PFN_MASK));
+    pte_list_remove(shadow_pte_pool(vm), child + SP_PARENT_PTES, p);
+    clear_unsync_child(sp, i);
+  }
+  return true;
+}
+
+/** The child at index i is gone or synced: its bit in the parent's unsync bitmap goes. */
+function clear_unsync_child(sp: usize, i: u32): void {
+  const word = sp + SP_UNSYNC_BITMAP + (<usize>(i >> 6) << 3);
+  const bit = (<u64>1) << (i & 63);
+  if ((load<u64>(word) & bit) == 0) return;
+  store<u64>(word, load<u64>(word) & ~bit);
+  store<u32>(sp + SP_UNSYNC_CHILDREN, load<u32>(sp + SP_UNSYNC_CHILDREN) - 1);
+}
+
+/**
+ * kvm_mmu_prepare_zap_page + commit: unlink `sp` from every parent, drop its SPTEs, stop
+ * shadowing its guest table, leave the hash and free its pages. A root in use is emptied
+ * but stays (its vCPUs keep it loaded). The caller flushes before mmu_lock drops.
+ */
+export function kvm_mmu_zap_page(vm: usize, sp: usize): void {
+  lockdep_assert_held_write(vm);
+  for (let i: u32 = 0; i < 512; i++) zap_pte(vm, sp, i);
+  if (load<u32>(sp + SP_ROOT_COUNT) != 0) return;
+  const parents = sp + SP_PARENT_PTES;
+  const iter = vm + VM_RMAP_ITER2;
+  for (let p = first_of(parents, iter); p != 0; p = next_of(iter)) {
+    atomic.xchg<u64>(p, 0);
+    clear_unsync_child(sptep_to_sp(vm, p), <u32>((p & (PAGE_SIZE - 1)) >> 3));
+  }
+  pte_list_destroy(shadow_pte_pool(vm), parents);
+  account_shadowed(vm, sp, -1);
+  // leave the hash
+  const head = hash_head(vm, load<u64>(sp + SP_GFN));
+  let link = head;
+  while (<usize>load<u32>(link) != sp) link = <usize>load<u32>(link) + SP_HASH_NEXT;
+  store<u32>(link, load<u32>(sp + SP_HASH_NEXT));
+  pool_free(vm, <usize>load<u32>(sp + SP_GFNS));
+  pool_free(vm, sp_spt(vm, sp));
+  store<u32>(sp + SP_IN_USE, 0);
+  store<u32>(vm + VM_SHADOW_PAGES, load<u32>(vm + VM_SHADOW_PAGES) - 1);
+}
+
+/**
+ * FNAME(fetch) for the last guest walk of `vcpu` (VCPU_WALK): from the vCPU's root down to
+ * the level-1 shadow page for gva, taking the page of each guest table the walk went
+ * through from the hash (or making it) and linking it; each page on the way is "used by a
+ * guest walk" (its write-flooding count restarts). Returns the leaf SPTE's address, or 0
+ * when a pool is exhausted. Sets *flush when accounting write-protected something.
+ */
+export function shadow_fetch(vm: usize, vcpu: usize, gva: u64, flush: usize): usize {
+  lockdep_assert_held_write(vm);
+  const as_id = load<u32>(vcpu + VCPU_AS);
+  const walk = vcpu + VCPU_WALK + WALK_TABLE_GFN;
+  let table = <usize>load<u32>(vcpu + VCPU_ROOT);
+  if (table == 0) {
+    const root = kvm_mmu_load_root(vm, vcpu, flush);
+    if (root == 0) return 0;
+    table = root;
+  }
+  for (let level = PT_LEVELS; level > 1; level--) {
+    store<u32>(sptep_to_sp(vm, table) + SP_WRITE_FLOODING, 0); // clear_sp_write_flooding_count
+    const p = table + (<usize>level_index(gva >> 12, level) << 3);
+    const spte = atomic.load<u64>(p);
+    if (is_present(spte)) {
+      table = <usize>(spte & SPTE_PFN_MASK);
+      continue;
+    }
+    if (!pte_list_pool_has_room(shadow_pte_pool(vm))) return 0;
+    const child = kvm_mmu_get_shadow_page(vm, load<u64>(walk + (<usize>(level - 2) << 3)), level - 1, as_id, flush);
+    if (child == 0) return 0;
+    pte_list_add(shadow_pte_pool(vm), child + SP_PARENT_PTES, p); // link_shadow_page
+    const parent = sptep_to_sp(vm, table);
+    store<u64>(<usize>load<u32>(parent + SP_GFNS) + (<usize>level_index(gva >> 12, level) << 3), load<u64>(child + SP_GFN));
+    atomic.store<u64>(p, make_nonleaf(sp_spt(vm, child)));
+    if (load<u32>(child + SP_UNSYNC) != 0 || load<u32>(child + SP_UNSYNC_CHILDREN) != 0) mark_unsync_link(vm, parent, p);
+    table = sp_spt(vm, child);
+  }
+  return table + (<usize>level_index(gva >> 12, 1) << 3);
+}
+
+/** link_shadow_page's mark_unsync(sptep) for one new link from `parent` at `p`. */
+function mark_unsync_link(vm: usize, parent: usize, p: usize): void {
+  const i = <u32>((p & (PAGE_SIZE - 1)) >> 3);
+  const word = parent + SP_UNSYNC_BITMAP + (<usize>(i >> 6) << 3);
+  const bit = (<u64>1) << (i & 63);
+  if ((load<u64>(word) & bit) != 0) return;
+  store<u64>(word, load<u64>(word) | bit);
+  const n = load<u32>(parent + SP_UNSYNC_CHILDREN);
+  store<u32>(parent + SP_UNSYNC_CHILDREN, n + 1);
+  if (n == 0) mark_unsync(vm, parent);
+}
+
+/**
+ * mmu_alloc_shadow_roots: the vCPU's root for its CR3 (the page shadowing the guest's
+ * PML4), from the hash or new; root_count goes up. Returns its table (0: pool exhausted).
+ */
+export function kvm_mmu_load_root(vm: usize, vcpu: usize, flush: usize): usize {
+  const sp = kvm_mmu_get_shadow_page(vm, load<u64>(vcpu + VCPU_CR3) >> 12, PT_LEVELS, load<u32>(vcpu + VCPU_AS), flush);
+  if (sp == 0) return 0;
+  store<u32>(sp + SP_ROOT_COUNT, load<u32>(sp + SP_ROOT_COUNT) + 1);
+  const table = sp_spt(vm, sp);
+  store<u32>(vcpu + VCPU_ROOT, <u32>table);
+  return table;
+}
+
+/** kvm_mmu_unload: the vCPU lets go of its root (root_count down; the page stays in the hash). */
+export function kvm_mmu_unload_root(vm: usize, vcpu: usize): void {
+  const table = <usize>load<u32>(vcpu + VCPU_ROOT);
+  if (table == 0) return;
+  const sp = sptep_to_sp(vm, table);
+  store<u32>(sp + SP_ROOT_COUNT, load<u32>(sp + SP_ROOT_COUNT) - 1);
+  store<u32>(vcpu + VCPU_ROOT, 0);
+}
+
+/** The gPTE at index i of guest table gfn (in as_id), 0 outside backed memory. */
+function read_gpte(vm: usize, as_id: u32, gfn: u64, i: u32): u64 {
+  const slot = memslot_lookup(vm, as_id, gfn);
+  if (slot == 0) return 0;
+  const backing = <usize>load<u32>(slot + SLOT_BACKING);
+  if (backing == 0) return 0;
+  return load<u64>(backing + <usize>((gfn - load<u64>(slot + SLOT_BASE_GFN)) << 12) + (<usize>i << 3));
+}
+
+/**
+ * FNAME(sync_spte): bring SPTE i of the unsync level-1 page `sp` in line with its gPTE:
+ * gone if the gPTE is not present or now maps another gfn; read-only if the gPTE no longer
+ * allows writes. True if the SPTE changed (a flush is due).
+ */
+function sync_spte(vm: usize, sp: usize, i: u32): bool {
+  const p = sp_spt(vm, sp) + (<usize>i << 3);
+  const spte = atomic.load<u64>(p);
+  if (!is_present(spte)) return false;
+  const gpte = read_gpte(vm, load<u32>(sp + SP_ROLE) >> ROLE_SMM_SHIFT, load<u64>(sp + SP_GFN), i);
+  if ((gpte & GPTE_P) == 0 || (gpte & GPTE_ADDR_MASK) >> 12 != sp_gfn_at(sp, i)) return zap_pte(vm, sp, i);
+  if ((gpte & GPTE_RW) == 0 && (spte & (SPTE_W | SPTE_M)) != 0) {
+    atomic.and<u64>(p, ~(SPTE_W | SPTE_M));
+    return true;
+  }
+  return false;
+}
+
+/** kvm_sync_page: every SPTE of the unsync page; it is sync and write-protected again. */
+function sync_page(vm: usize, sp: usize): bool {
+  let flush = false;
+  for (let i: u32 = 0; i < 512; i++) flush |= sync_spte(vm, sp, i);
+  store<u32>(sp + SP_UNSYNC, 0);
+  const gfn = load<u64>(sp + SP_GFN);
+  const slot = memslot_lookup(vm, load<u32>(sp + SP_ROLE) >> ROLE_SMM_SHIFT, gfn);
+  if (slot != 0) flush |= rmap_write_protect(vm, gfn_to_rmap(slot, gfn), true, vm + VM_RMAP_ITER);
+  return flush;
+}
+
+/**
+ * mmu_sync_children: sync every unsync page below `sp`, following the unsync_child_bitmap
+ * top down and consuming it. Returns whether a flush is due.
+ */
+export function mmu_sync_children(vm: usize, sp: usize): bool {
+  lockdep_assert_held_write(vm);
+  let flush = false;
+  if (load<u32>(sp + SP_UNSYNC_CHILDREN) == 0) return false;
+  const spt = sp_spt(vm, sp);
+  for (let w: u32 = 0; w < 8; w++) {
+    let bits = load<u64>(sp + SP_UNSYNC_BITMAP + (<usize>w << 3));
+    while (bits != 0) {
+      const i = (w << 6) + <u32>ctz<u64>(bits);
+      bits &= bits - 1;
+      const spte = atomic.load<u64>(spt + (<usize>i << 3));
+      if (is_present(spte) && !is_leaf(spte, role_level(sp))) {
+        const child = sptep_to_sp(vm, <usize>(spte & SPTE_PFN_MASK));
+        if (load<u32>(child + SP_UNSYNC) != 0) flush |= sync_page(vm, child);
+        flush |= mmu_sync_children(vm, child);
+      }
+      clear_unsync_child(sp, i);
+    }
+  }
+  return flush;
+}
+
+/**
+ * kvm_mmu_track_write, after an emulated guest write of `len` bytes at gpa (the page is
+ * write-tracked: it is a guest table some page shadows at level > 1): each page shadowing
+ * it loses the SPTE covering the written gPTE — or is zapped whole on a misaligned write
+ * (not within one 8-byte gPTE, or shorter than 4 bytes) or write flooding (a third write
+ * since a guest walk last used the page, level > 1 only). Returns whether to flush.
+ */
+export function kvm_mmu_track_write(vm: usize, gpa: u64, len: u32): bool {
+  lockdep_assert_held_write(vm);
+  const gfn = gpa >> 12;
+  const offset = <u32>(gpa & 0xfff);
+  const misaligned = len < 4 || ((offset ^ (offset + len - 1)) & ~7) != 0;
+  let flush = false;
+  let sp = next_sp_of_gfn(vm, gfn, 0);
+  while (sp != 0) {
+    const next = next_sp_of_gfn(vm, gfn, sp);
+    let flooded = false;
+    if (role_level(sp) > 1) {
+      const n = load<u32>(sp + SP_WRITE_FLOODING) + 1;
+      store<u32>(sp + SP_WRITE_FLOODING, n);
+      flooded = n >= 3;
+    }
+    if (misaligned || flooded) {
+      kvm_mmu_zap_page(vm, sp);
+      flush = true;
+    } else {
+      flush |= zap_pte(vm, sp, offset >> 3);
+    }
+    sp = next;
+  }
+  return flush;
+}
+
+/** The shadow MMU's share of kvm_mmu_zap_all_fast for paged guests: every indirect page goes. */
+export function shadow_zap_indirect(vm: usize): void {
+  lockdep_assert_held_write(vm);
+  const table = <usize>load<u32>(vm + VM_SP_TABLE);
+  const n = load<u32>(vm + VM_POOL_NEXT);
+  // unaccount first: the counters are shared with external write-tracking users
+  for (let k: u32 = 0; k < n; k++) {
+    const sp = table + <usize>k * SP_SIZE;
+    if (load<u32>(sp + SP_IN_USE) == 0 || is_direct(sp)) continue;
+    account_shadowed(vm, sp, -1);
+    pool_free(vm, <usize>load<u32>(sp + SP_GFNS));
+    pool_free(vm, sp_spt(vm, sp));
+    store<u32>(sp + SP_IN_USE, 0);
+  }
+  shadow_unload_all_roots(vm);
+  memory.fill(<usize>load<u32>(vm + VM_SP_HASH), 0, SP_HASH_BUCKETS << 2);
+}
+
+/** INVLPG's sync: if the leaf at `sptep` is in an unsync page, sync its gPTE. True if it changed. */
+export function shadow_sync_one(vm: usize, sptep: usize): bool {
+  lockdep_assert_held_write(vm);
+  const sp = sptep_to_sp(vm, sptep);
+  if (load<u32>(sp + SP_IN_USE) == 0 || is_direct(sp) || load<u32>(sp + SP_UNSYNC) == 0) return false;
+  return sync_spte(vm, sp, <u32>((sptep & (PAGE_SIZE - 1)) >> 3));
+}
+
+/** Every vCPU lets go of its root (a zap of everything): they load one again at their next fault. */
+export function shadow_unload_all_roots(vm: usize): void {
+  const n = kvm_nr_vcpus(vm);
+  for (let i: u32 = 0; i < n; i++) store<u32>(kvm_get_vcpu(vm, i) + VCPU_ROOT, 0);
 }

@@ -62,6 +62,20 @@ export function tdp_walk(vm: usize, as_id: u32, gfn: u64): usize {
   return 0;
 }
 
+/** tdp_walk from the table `root` (a vCPU's shadow root): `sptep | level`. */
+export function tdp_walk_from(root: usize, gfn: u64): usize {
+  let table = root;
+  let level = PT_LEVELS;
+  while (true) {
+    const p = entry_at(table, gfn, level);
+    const spte = atomic.load<u64>(p);
+    if (!is_present(spte) || is_leaf(spte, level)) return p | level;
+    table = <usize>(spte & SPTE_PFN_MASK);
+    level--;
+  }
+  return 0;
+}
+
 /**
  * Count the present leaves mapping gfns [gfn, gfn + npages) whose SPTE has any bit of
  * `bits` (a test tool: e.g. W after a final harvest is a page dirtied but never reported).

@@ -82,7 +82,7 @@ export interface CoreExports {
     canBlock: number,
   ): number;
   // the shadow MMU (assembly/shadow.ts, assembly/rmap.ts)
-  shadow_init(vm: number, ptePool: number, descs: number, spTable: number): void;
+  shadow_init(vm: number, ptePool: number, descs: number, spTable: number, hash: number): void;
   shadow_pte_pool_bytes(descs: number): number;
   kvm_rmap_count(vm: number, asId: number, gfn: bigint): number;
   pte_list_pool_init(pool: number, base: number, capacity: number): void;

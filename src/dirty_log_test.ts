@@ -9,6 +9,7 @@ import { bool, finite, int, known, object, oneOf } from "./args.js";
 import { KVM_MEM_LOG_DIRTY_PAGES } from "./constants.js";
 import { KvmError } from "./errors.js";
 import { type LogMode, type LogModeKind, logMode } from "./log_mode.js";
+import { buildPageTables } from "./paging.js";
 import { type Vm, createVm } from "./vm.js";
 import { type WorkloadPattern, splitRegion } from "./workload.js";
 
@@ -20,6 +21,12 @@ export interface DirtyLogTestOptions {
   pml?: boolean;
   /** The MMU (VmOptions.mmu, default "tdp"). */
   mmu?: "tdp" | "shadow";
+  /**
+   * The guest runs paged (x86-64 4-level tables in a slot of their own, mapping the test
+   * region at the same addresses): the CPU's walk under the TDP MMU, shadow pages of the
+   * guest's tables under the shadow MMU.
+   */
+  paging?: boolean;
   /** The vCPU TLB model (default on). */
   tlb?: boolean;
   vcpus?: number;
@@ -82,6 +89,7 @@ const OPTIONS = [
   "ringEntries",
   "pml",
   "mmu",
+  "paging",
   "tlb",
   "vcpus",
   "iterations",
@@ -118,7 +126,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
   const iterations = o.iterations === undefined ? 32 : int(o.iterations, "iterations", call, 1, 1 << 20);
   const interval = o.intervalMs === undefined ? 10 : finite(o.intervalMs, "intervalMs", call, 0, 3_600_000);
   const entries = o.ringEntries === undefined ? 1024 : int(o.ringEntries, "ringEntries", call, 1, 65536);
-  for (const k of ["pml", "tlb", "partition", "skipTlbFlush", "mainThreadHammer", "kvmWrites"] as const) bool(o[k], k, call);
+  for (const k of ["pml", "tlb", "paging", "partition", "skipTlbFlush", "mainThreadHammer", "kvmWrites"] as const) bool(o[k], k, call);
   if (o.wasm !== undefined && !(o.wasm instanceof WebAssembly.Module)) {
     throw new KvmError("EINVAL", call, "wasm must be a WebAssembly.Module");
   }
@@ -149,6 +157,14 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     const vcpus = Array.from({ length: nVcpus }, (_, i) => vm.createVcpu(i));
     const regions = options.partition ? splitRegion(GPA, pages, nVcpus) : splitRegion(GPA, pages, nVcpus, true);
     for (const [i, v] of vcpus.entries()) v.setWorkload({ pattern: options.pattern ?? "uniform", ...regions[i], batch: 1024 });
+    if (o.paging) {
+      // the guest's page tables: their own slot (not logged), an identity map of the region
+      const tableSlot = 3;
+      const tableBytes = (Math.ceil(pages / 512) + 8) * 4096;
+      vm.setUserMemoryRegion({ slot: tableSlot, guestPhysAddr: GPA + 0x2_0000_0000, memorySize: tableBytes, backed: true });
+      const tables = buildPageTables(vm, tableSlot, 0, [{ gva: GPA, gpa: GPA, pages }]);
+      for (const v of vcpus) v.setPaging({ cr3: tables.cr3, mode: "long" });
+    }
     // KVM's own writes: a second slot, pages 2i and 2i + 1 for vCPU i's runstate area
     // (crossing between them), then one page for each cache of the collector
     const kvmSlot = 2;
@@ -181,7 +197,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     const bytes = Math.ceil(pages / 64) * 8;
     const bmap = [new Uint8Array(bytes), new Uint8Array(bytes)];
     const result: DirtyLogTestResult = {
-      mode: `${mode}${mode === "dirty-ring" ? `-${entries}` : ""}${options.pml ? "+pml" : ""}${options.tlb === false ? "-notlb" : ""}${options.mmu === "shadow" ? "+shadow" : ""}`,
+      mode: `${mode}${mode === "dirty-ring" ? `-${entries}` : ""}${options.pml ? "+pml" : ""}${options.tlb === false ? "-notlb" : ""}${options.mmu === "shadow" ? "+shadow" : ""}${options.paging ? "+paging" : ""}`,
       iterations,
       pagesChecked: 0,
       dirtyPages: 0,

@@ -60,7 +60,8 @@ export function buildPageTables(vm: Vm, slot: number, tablesAt: number, maps: Gu
     tables.push({ level, gpa, gva });
     return gpa;
   };
-  const entry = (table: bigint, index: number) => new DataView(pages.get(table)?.buffer as ArrayBuffer).getBigUint64(index * 8, true);
+  const entry = (table: bigint, index: number) =>
+    new DataView(pages.get(table)?.buffer as ArrayBuffer).getBigUint64(index * 8, true);
   const setEntry = (table: bigint, index: number, v: bigint) =>
     new DataView(pages.get(table)?.buffer as ArrayBuffer).setBigUint64(index * 8, v, true);
   const cr3 = newTable(4, 0n);

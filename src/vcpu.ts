@@ -286,9 +286,10 @@ export class Vcpu {
    * address, translated through the guest's 4-level tables at cr3 (see buildPageTables);
    * `null` runs the guest unpaged again (gva = gpa). Flushes the vCPU's TLB, as a CR3 load
    * does. A gva the tables do not map, or a write through a read-only gPTE, is a guest page
-   * fault: the access exits KVM_EXIT_EXCEPTION with the gva in `faultAddress`. EINVAL for an
-   * unaligned cr3 or another mode, and (for now) on a shadow-MMU VM; EBUSY while another
-   * thread drives the vCPU.
+   * fault: the access exits KVM_EXIT_EXCEPTION with the gva in `faultAddress`. On the shadow
+   * MMU the guest's tables are shadowed (indirect shadow pages, write-tracked or unsync) and a
+   * CR3 load syncs the unsync ones. EINVAL for an unaligned cr3 or another mode; EBUSY while
+   * another thread drives the vCPU.
    */
   setPaging(paging: { cr3: number | bigint; mode: "long" } | null): void {
     const call = "setPaging";
@@ -301,10 +302,8 @@ export class Vcpu {
       cr3 = u64(p.cr3, "cr3", call);
       if (cr3 % 4096n !== 0n) throw new KvmError("EINVAL", call, `cr3 0x${cr3.toString(16)} is not page-aligned`);
       if (p.mode !== "long") throw new KvmError("EINVAL", call, 'mode must be "long" (4-level tables, 8-byte gPTEs)');
-      if (this.vm.mmu === "shadow") {
-        throw new KvmError("EINVAL", call, "the shadow MMU runs unpaged guests only, for now (KVM's nonpaging mode)");
-      }
       mode = L.PAGING_LONG;
+      if (this.vm.mmu === "shadow") this.vm.ensureWriteTracking(call); // its guest tables are write-tracked
     }
     const r = this.core.kvm_set_cr3(this.vm.addr, this.addr, HOST_TAG, cr3, mode);
     this.owned(r, call);

@@ -312,10 +312,11 @@ export class Vm {
       const pteBytes = core.shadow_pte_pool_bytes(PTE_LIST_DESCS);
       const ptePool = this.regions.alloc(pteBytes, 64);
       const spTable = this.regions.alloc(poolPages * L.SP_SIZE, 64);
-      if (!ptePool || !spTable) {
+      const hash = this.regions.alloc(L.SP_HASH_BUCKETS * 4, 64);
+      if (!ptePool || !spTable || !hash) {
         throw new KvmError("ENOMEM", "KVM_CREATE_VM", "maxMemoryBytes cannot hold the shadow MMU's page descriptors");
       }
-      core.shadow_init(vm, ptePool, PTE_LIST_DESCS, spTable);
+      core.shadow_init(vm, ptePool, PTE_LIST_DESCS, spTable, hash);
     }
     this.addr = vm;
     this.fixed = { slots, sorted, pool, vcpuTable };
@@ -988,6 +989,14 @@ export class Vm {
     this.checkAlive(call);
     if (!this.pageTrack.has(notifier)) throw new KvmError("EINVAL", call, "this notifier is not registered");
     this.pageTrack.remove(notifier);
+  }
+
+  /**
+   * @internal mmu_first_shadow_root_alloc: a paged guest on the shadow MMU write-tracks its
+   * page tables, so tracking is enabled before the first shadow root (as by a registration).
+   */
+  ensureWriteTracking(call: string): void {
+    if (!this.pageTrack.enabled) this.enableWriteTracking(call);
   }
 
   /** Give every slot its counters and the VM its event queue, all or nothing, then enable. */

@@ -20,6 +20,10 @@ const modes: Array<[string, DirtyLogTestOptions]> = [
   ["clear-log, shadow MMU", { mode: "clear-log", mmu: "shadow" }],
   ["dirty-ring 256, shadow MMU", { mode: "dirty-ring", ringEntries: 256, mmu: "shadow" }],
   ["dirty-ring 4096, shadow MMU", { mode: "dirty-ring", ringEntries: 4096, mmu: "shadow" }],
+  // a paged guest: the CPU's walk of the guest's tables (TDP), shadow pages of them (shadow)
+  ["dirty-log, paged guest, TDP MMU", { mode: "dirty-log", paging: true }],
+  ["dirty-log, paged guest, shadow MMU", { mode: "dirty-log", mmu: "shadow", paging: true }],
+  ["dirty-ring 1024, paged guest, shadow MMU", { mode: "dirty-ring", ringEntries: 1024, mmu: "shadow", paging: true }],
 ];
 
 describe("no lost dirty page (dirty_log_test, 2 vCPU workers, 32 iterations)", () => {
