@@ -34,6 +34,7 @@ import {
   VCPU_PAGING,
   VCPU_ROOT,
   VCPU_WALK,
+  VM_RMAP_ITER,
   WALK_WRITABLE,
   SP_GFNS,
   KVM_EXIT_PAGE_TRACK_FULL,
@@ -79,7 +80,7 @@ import {
   sp_gfn_at,
   sptep_to_sp,
 } from "./shadow";
-import { pte_list_pool_has_room, pte_list_remove } from "./rmap";
+import { pte_list_pool_has_room, pte_list_remove, rmap_zap_all } from "./rmap";
 import { flush_remote_tlbs } from "./tlb";
 import { read_lock, read_unlock, write_lock, write_unlock } from "./mmu_lock";
 import { host_fault_in, mmu_invalidate_retry_gfn } from "./mmu_notifier";
@@ -278,6 +279,12 @@ function shadow_paged_fault(vm: usize, vcpu: usize, gva: u64, write: bool): u32 
     write_unlock(vm);
     return KVM_EXIT_INTERNAL_ERROR;
   }
+  // The write creates the host page (copy-on-write of the zero page): as the mmu notifier
+  // would, drop the gfn's other mappings — read-only maps of the zero page through other
+  // gvas — so that they fault and see the new page.
+  if (write && host_writable && !test_bit(present, gfn - base)) {
+    if (rmap_zap_all(vm, shadow_pte_pool(vm), gfn_to_rmap(slot, gfn), vm + VM_RMAP_ITER)) store<u32>(flush_flag(vcpu), 1);
+  }
   const sp = sptep_to_sp(vm, p);
   const i = <u32>((p & 0xfff) >> 3);
   const old = atomic.load<u64>(p);
@@ -293,6 +300,7 @@ function shadow_paged_fault(vm: usize, vcpu: usize, gva: u64, write: bool): u32 
       const os = memslot_lookup(vm, as_id, og);
       if (os != 0) pte_list_remove(shadow_pte_pool(vm), gfn_to_rmap(os, og), p);
       atomic.xchg<u64>(p, 0);
+      store<u32>(flush_flag(vcpu), 1); // mmu_set_spte: another pfn, the old translation must go
     }
     const backing = <u64>load<u32>(slot + SLOT_BACKING);
     const hpa = backing == 0 || zero_page ? 0 : backing + ((gfn - base) << 12);

@@ -209,6 +209,24 @@ export function pte_list_destroy(pool: usize, head: usize): void {
   }
 }
 
+/**
+ * The k-th entry of the list (0 past the end), in iteration order: for walks that recurse
+ * into other lists (mark_unsync climbs parent_ptes) and so cannot share one iterator.
+ */
+export function pte_list_at(head: usize, k: u32): usize {
+  const val = load<u64>(head);
+  if (val == 0) return 0;
+  if ((val & 1) == 0) return k == 0 ? <usize>val : 0;
+  let d = desc_of(val);
+  while (d != 0) {
+    const n = load<u32>(d + DESC_COUNT);
+    if (k < n) return desc_spte(d, k);
+    k -= n;
+    d = <usize>load<u64>(d + DESC_MORE);
+  }
+  return 0;
+}
+
 // ---- the iterator (struct rmap_iterator: private desc, pos) ----
 export const RMAP_ITER_SIZE: u32 = 8;
 const ITER_DESC: usize = 0; // u32: descriptor holding the current entry, 0 for a bare pointer

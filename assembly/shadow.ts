@@ -224,6 +224,7 @@ import { memslot_lookup } from "./kvm_host";
 import { pool_free } from "./pt_pool";
 import { kvm_get_vcpu, kvm_nr_vcpus } from "./vcpu";
 import {
+  pte_list_at,
   pte_list_destroy,
   pte_list_remove,
   rmap_get_first as first_of,
@@ -316,8 +317,8 @@ export function kvm_mmu_get_shadow_page(vm: usize, gfn: u64, level: u32, as_id: 
 /** mark_unsync: tell every parent that `sp` (or a page below it) is unsync (spec §5.8). */
 function mark_unsync(vm: usize, sp: usize): void {
   const head = sp + SP_PARENT_PTES;
-  const iter = vm + VM_RMAP_ITER2; // (VM_RMAP_ITER may be in use by a caller)
-  for (let p = first_of(head, iter); p != 0; p = next_of(iter)) {
+  // (no shared iterator: the walk recurses into the parents' own parent_ptes)
+  for (let k: u32 = 0, p = pte_list_at(head, 0); p != 0; p = pte_list_at(head, ++k)) {
     const psp = sptep_to_sp(vm, p);
     const i = <u32>((p & (PAGE_SIZE - 1)) >> 3);
     const word = psp + SP_UNSYNC_BITMAP + (<usize>(i >> 6) << 3);
@@ -576,7 +577,15 @@ export function shadow_zap_indirect(vm: usize): void {
   lockdep_assert_held_write(vm);
   const table = <usize>load<u32>(vm + VM_SP_TABLE);
   const n = load<u32>(vm + VM_POOL_NEXT);
-  // unaccount first: the counters are shared with external write-tracking users
+  for (let k: u32 = 0; k < n; k++) {
+    const sp = table + <usize>k * SP_SIZE;
+    if (load<u32>(sp + SP_IN_USE) == 0 || is_direct(sp)) continue;
+    // every SPTE non-present first (an exchange): a vCPU still walking this page in guest
+    // mode fails its fast-path cmpxchg instead of reporting through a cleared page
+    const spt = sp_spt(vm, sp);
+    for (let i: usize = 0; i < 512; i++) atomic.xchg<u64>(spt + (i << 3), 0);
+  }
+  // then unaccount (the write-track counters are shared with external users) and free
   for (let k: u32 = 0; k < n; k++) {
     const sp = table + <usize>k * SP_SIZE;
     if (load<u32>(sp + SP_IN_USE) == 0 || is_direct(sp)) continue;

@@ -12,7 +12,7 @@ describe("layout mirror (generated)", () => {
   });
   it("carries the core's values, u64 and hex constants included", () => {
     expect(host.VM_TLB_FLUSHES).toBe(88);
-    expect(host.VCPU_SIZE).toBe(512);
+    expect(host.VCPU_SIZE).toBe(640);
     expect(host.KVM_MAX_GFN).toBe(0xf_ffff_ffff);
     expect(host.KVM_REQ_EXIT).toBe(31);
     expect(host.VCPU_MUTEX % 4).toBe(0);

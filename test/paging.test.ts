@@ -162,6 +162,36 @@ describe("the shadow MMU shadows the guest's tables (§4.4, §4.5, §5.8)", () =
     expect(pagesOf(vm.getDirtyLog(0))).toEqual([1]);
   });
 
+  it("an rmap past RMAP_RECYCLE_THRESHOLD (1000) when an SPTE is added is zapped whole, the new SPTE with it (§5.7)", async () => {
+    const vm = await newVm({ mmu: "shadow", mmuPoolBytes: 4 << 20 });
+    vm.setUserMemoryRegion({ slot: 0, flags: LOG, guestPhysAddr: 0, memorySize: 4 * MIB, backed: true });
+    const pt = buildPageTables(vm, 0, TABLES_AT, [{ gva: DATA, gpa: 0x1000, pages: 1 }]);
+    // 1002 gvas for gpa 0x1000: one gPTE after another in the data's leaf tables
+    const aliases = buildPageTables(vm, 0, TABLES_AT + 16 * PAGE, Array.from({ length: 1002 }, (_, i) => ({ gva: DATA + i * PAGE, gpa: 0x1000, pages: 1 })));
+    const v = vm.createVcpu(0);
+    v.setPaging({ cr3: aliases.cr3, mode: "long" });
+    for (let i = 0; i < 1001; i++) expect(v.readGuest(DATA + i * PAGE)).toBe(0n);
+    expect(vm.rmapCount(0, 1)).toBe(1001);
+    expect(v.writeGuest(DATA + 1001 * PAGE, 5n)).toBe(0); // count before the add: 1001 > 1000
+    expect(vm.rmapCount(0, 1)).toBe(1); // zapped, then the access faulted its SPTE back
+    expect(v.readGuest(DATA)).toBe(5n);
+    expect(pt.cr3).not.toBe(aliases.cr3);
+  });
+
+  it("a write that creates the host page drops the zero-page mappings of its other gvas (copy-on-write)", async () => {
+    const vm = await newVm({ mmu: "shadow" });
+    vm.setUserMemoryRegion({ slot: 0, flags: LOG, guestPhysAddr: 0, memorySize: 4 * MIB, backed: true });
+    const pt = buildPageTables(vm, 0, TABLES_AT, [
+      { gva: DATA, gpa: 0x1000, pages: 1 },
+      { gva: DATA + MIB, gpa: 0x1000, pages: 1 },
+    ]);
+    const v = vm.createVcpu(0);
+    v.setPaging({ cr3: pt.cr3, mode: "long" });
+    expect(v.readGuest(DATA + MIB)).toBe(0n); // the zero page, read-only
+    expect(v.writeGuest(DATA, 6n)).toBe(0);
+    expect(v.readGuest(DATA + MIB)).toBe(6n);
+  });
+
   it("a memslot DELETE zaps every shadow page and unloads the roots; the guest goes on, reported", async () => {
     const g = await guest("shadow");
     expect(g.v.writeGuest(DATA, 1n)).toBe(0);
