@@ -28,7 +28,7 @@ import {
   IN_GUEST_MODE,
   KVM_EXIT_INTERNAL_ERROR,
   KVM_EXIT_MMIO,
-  PAGING_LONG,
+  PAGING_32BIT,
   PAGING_OFF,
   VCPU_CR3,
   VCPU_PAGING,
@@ -610,7 +610,7 @@ export function kvm_vcpu_write_strided(vm: usize, vcpu: usize, tag: u32, gpa: u6
  * a mode or CR3 the core does not take.
  */
 export function kvm_set_cr3(vm: usize, vcpu: usize, tag: u32, cr3: u64, mode: u32): i32 {
-  if (mode > PAGING_LONG || (cr3 & 0xfff) != 0) return -EINVAL;
+  if (mode > PAGING_32BIT || (cr3 & 0xfff) != 0 || (mode == PAGING_32BIT && cr3 >> 32 != 0)) return -EINVAL;
   const loaded = vcpu_load(vcpu, tag);
   if (loaded < 0) return loaded;
   if (is_shadow_mmu(vm)) {

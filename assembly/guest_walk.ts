@@ -13,17 +13,21 @@
 // guest page fault: the access does not complete and KVM_RUN exits KVM_EXIT_EXCEPTION with
 // the gva in VCPU_FAULT_ADDR (dirtlog's guest has no #PF handler).
 //
+// A 32-bit non-PAE guest (PAGING_32BIT) has two levels of 1024 4-byte entries instead.
+//
 // Not modelled: guest huge pages (PS set above level 1 faults), the A and D bits (the
 // walker neither reads nor sets them: a guest builds its tables with them set, as
-// buildPageTables does), U/S, NX and the 32-bit formats. With the TDP MMU the CPU's walk
+// buildPageTables does), U/S, NX and the PAE format. With the TDP MMU the CPU's walk
 // does not go through EPT here, so it never faults a table page in (the hardware would, and
 // with logging on would report a table page it faulted in writable).
 import {
   KVM_EXIT_EXCEPTION,
   SLOT_BACKING,
   SLOT_BASE_GFN,
+  PAGING_32BIT,
   VCPU_AS,
   VCPU_CR3,
+  VCPU_PAGING,
   VCPU_FAULT_ADDR,
   VCPU_WALK,
   WALK_GPA,
@@ -46,12 +50,54 @@ export const GPTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
   return load<u64>(backing + <usize>((table_gfn - load<u64>(slot + SLOT_BASE_GFN)) << 12) + (<usize>index << 3));
 }
 
+/** The 4-byte gPTE at `index` of the guest table at `table_gfn` (a 32-bit guest's). */
+@inline function read_gpte32(vm: usize, as_id: u32, table_gfn: u64, index: u32): u64 {
+  const slot = memslot_lookup(vm, as_id, table_gfn);
+  if (slot == 0) return 0;
+  const backing = <usize>load<u32>(slot + SLOT_BACKING);
+  if (backing == 0) return 0;
+  return <u64>load<u32>(backing + <usize>((table_gfn - load<u64>(slot + SLOT_BASE_GFN)) << 12) + (<usize>index << 2));
+}
+
+/**
+ * The 32-bit non-PAE walk (paging32): CR3 ─► PD (1024 4-byte PDEs, 4 MiB each) ─► PT (1024
+ * 4-byte PTEs) ─► the page. A gva of 4 GiB or more does not exist. Levels 2 and 1 only.
+ */
+function guest_walk32(vm: usize, vcpu: usize, gva: u64, write: bool): bool {
+  const as_id = load<u32>(vcpu + VCPU_AS);
+  const walk = vcpu + VCPU_WALK;
+  let table_gfn = (load<u64>(vcpu + VCPU_CR3) & 0xffff_f000) >> 12;
+  let writable = true;
+  if (gva >> 32 != 0) {
+    store<u64>(vcpu + VCPU_FAULT_ADDR, gva);
+    return false;
+  }
+  for (let level: u32 = 2; level >= 1; level--) {
+    store<u64>(walk + WALK_TABLE_GFN + (<usize>(level - 1) << 3), table_gfn);
+    const gpte = read_gpte32(vm, as_id, table_gfn, <u32>((gva >> (12 + 10 * (level - 1))) & 1023));
+    if ((gpte & GPTE_P) == 0 || (level > 1 && (gpte & GPTE_PS) != 0)) {
+      store<u64>(vcpu + VCPU_FAULT_ADDR, gva);
+      return false;
+    }
+    writable = writable && (gpte & GPTE_RW) != 0;
+    table_gfn = (gpte & 0xffff_f000) >> 12;
+  }
+  if (write && !writable) {
+    store<u64>(vcpu + VCPU_FAULT_ADDR, gva);
+    return false;
+  }
+  store<u64>(walk + WALK_GPA, (table_gfn << 12) | (gva & 0xfff));
+  store<u32>(walk + WALK_WRITABLE, writable ? 1 : 0);
+  return true;
+}
+
 /**
  * FNAME(walk_addr): translate gva for a read or a write. True with the result in the
  * vCPU's VCPU_WALK (the gpa, each level's table gfn, whether every level allows writes);
  * false for a guest page fault (gva in VCPU_FAULT_ADDR).
  */
 export function guest_walk(vm: usize, vcpu: usize, gva: u64, write: bool): bool {
+  if (load<u32>(vcpu + VCPU_PAGING) == PAGING_32BIT) return guest_walk32(vm, vcpu, gva, write);
   const as_id = load<u32>(vcpu + VCPU_AS);
   const walk = vcpu + VCPU_WALK;
   let table_gfn = load<u64>(vcpu + VCPU_CR3) >> 12;

@@ -209,6 +209,7 @@ export const SP_WRITE_FLOODING: u32 = 36; // u32: writes to the guest table sinc
 export const SP_GFNS: u32 = 40; // u32: indirect pages: a pool page of 512 u64, the gfn each SPTE maps (shadowed_translation)
 export const SP_HASH_NEXT: u32 = 44; // u32: next page in its mmu_page_hash bucket
 export const SP_ROOT_COUNT: u32 = 48; // u32: vCPUs using the page as their root
+export const SP_SPECIAL: u32 = 52; // u32: a 32-bit guest's per-vCPU special root (pml4_root / pae_root), shadowing nothing
 export const SP_UNSYNC_BITMAP: u32 = 64; // 512 bits
 
 // ---- vCPU block ----
@@ -286,6 +287,7 @@ export const WALK_TABLE_GFN: u32 = 8; // u64 × 4: [level - 1] = gfn of the gues
 export const WALK_WRITABLE: u32 = 40; // u32: every level allows writes
 export const PAGING_OFF: u32 = 0;
 export const PAGING_LONG: u32 = 1;
+export const PAGING_32BIT: u32 = 2; // 2-level, 4-byte gPTEs (non-PAE)
 
 // vcpu->mode (include/linux/kvm_host.h)
 // vcpu->mutex tag of the VM owner's thread (src/core.ts HOST_TAG); vCPU workers have others

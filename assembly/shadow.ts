@@ -60,6 +60,8 @@ import { SPTE_PFN_MASK, is_present, level_index, make_nonleaf } from "./spte";
 
 // union kvm_mmu_page_role (v6.8 bit layout, spec §5.8)
 export const ROLE_LEVEL_MASK: u32 = 0xf;
+export const ROLE_4BYTE: u32 = 1 << 4; // has_4_byte_gpte: a 32-bit non-PAE guest's table
+export const ROLE_QUADRANT_SHIFT: u32 = 5; // quadrant (2 bits): which part of a 1024-entry table
 export const ROLE_DIRECT: u32 = 1 << 7;
 export const ROLE_SMM_SHIFT: u32 = 24;
 
@@ -210,6 +212,9 @@ import {
   SP_UNSYNC_CHILDREN,
   SP_WRITE_FLOODING,
   SP_HASH_BUCKETS,
+  SP_SPECIAL,
+  PAGING_32BIT,
+  VCPU_PAGING,
   SLOT_BACKING,
   VM_RMAP_ITER,
   VM_RMAP_ITER2,
@@ -283,13 +288,14 @@ function account_shadowed(vm: usize, sp: usize, delta: i32): bool {
 }
 
 /**
- * kvm_mmu_get_shadow_page: the indirect page shadowing guest table `gfn` with this level
- * and address space, from the hash, or a new one (accounted: write-tracked or
+ * kvm_mmu_get_shadow_page: the indirect page shadowing guest table `gfn` with this level,
+ * address space and `extra` role bits (ROLE_4BYTE and the quadrant of a 32-bit guest's
+ * table), from the hash, or a new one (accounted: write-tracked or
  * write-protected, with the flush due recorded in `flush`). 0 when a pool is exhausted.
  */
-export function kvm_mmu_get_shadow_page(vm: usize, gfn: u64, level: u32, as_id: u32, flush: usize): usize {
+export function kvm_mmu_get_shadow_page(vm: usize, gfn: u64, level: u32, as_id: u32, extra: u32, flush: usize): usize {
   lockdep_assert_held_write(vm);
-  const role = level | (as_id << ROLE_SMM_SHIFT);
+  const role = level | extra | (as_id << ROLE_SMM_SHIFT);
   for (let sp = next_sp_of_gfn(vm, gfn, 0); sp != 0; sp = next_sp_of_gfn(vm, gfn, sp)) {
     if (load<u32>(sp + SP_ROLE) == role) return sp;
   }
@@ -420,20 +426,28 @@ export function shadow_fetch(vm: usize, vcpu: usize, gva: u64, flush: usize): us
     if (root == 0) return 0;
     table = root;
   }
+  const bits32 = load<u32>(vcpu + VCPU_PAGING) == PAGING_32BIT;
   for (let level = PT_LEVELS; level > 1; level--) {
     store<u32>(sptep_to_sp(vm, table) + SP_WRITE_FLOODING, 0); // clear_sp_write_flooding_count
-    const p = table + (<usize>level_index(gva >> 12, level) << 3);
+    const index = level_index(gva >> 12, level);
+    const p = table + (<usize>index << 3);
     const spte = atomic.load<u64>(p);
     if (is_present(spte)) {
       table = <usize>(spte & SPTE_PFN_MASK);
       continue;
     }
     if (!pte_list_pool_has_room(shadow_pte_pool(vm))) return 0;
-    const child = kvm_mmu_get_shadow_page(vm, load<u64>(walk + (<usize>(level - 2) << 3)), level - 1, as_id, flush);
+    // a 32-bit guest: the PAE root's entry i takes the guest PD's quarter i (quadrant i);
+    // a shadow PD entry covers half of a 4 MiB guest PDE, so its child, the guest PT's
+    // half (quadrant = the entry's index & 1) (kvm_mmu_child_role)
+    let extra: u32 = 0;
+    if (bits32) extra = ROLE_4BYTE | ((level == 3 ? index & 3 : index & 1) << ROLE_QUADRANT_SHIFT);
+    const child = kvm_mmu_get_shadow_page(vm, load<u64>(walk + (<usize>(level - 2) << 3)), level - 1, as_id, extra, flush);
     if (child == 0) return 0;
     pte_list_add(shadow_pte_pool(vm), child + SP_PARENT_PTES, p); // link_shadow_page
     const parent = sptep_to_sp(vm, table);
-    store<u64>(<usize>load<u32>(parent + SP_GFNS) + (<usize>level_index(gva >> 12, level) << 3), load<u64>(child + SP_GFN));
+    const gfns = <usize>load<u32>(parent + SP_GFNS); // (a special root has none)
+    if (gfns != 0) store<u64>(gfns + (<usize>index << 3), load<u64>(child + SP_GFN));
     atomic.store<u64>(p, make_nonleaf(sp_spt(vm, child)));
     if (load<u32>(child + SP_UNSYNC) != 0 || load<u32>(child + SP_UNSYNC_CHILDREN) != 0) mark_unsync_link(vm, parent, p);
     table = sp_spt(vm, child);
@@ -458,7 +472,8 @@ function mark_unsync_link(vm: usize, parent: usize, p: usize): void {
  * PML4), from the hash or new; root_count goes up. Returns its table (0: pool exhausted).
  */
 export function kvm_mmu_load_root(vm: usize, vcpu: usize, flush: usize): usize {
-  const sp = kvm_mmu_get_shadow_page(vm, load<u64>(vcpu + VCPU_CR3) >> 12, PT_LEVELS, load<u32>(vcpu + VCPU_AS), flush);
+  if (load<u32>(vcpu + VCPU_PAGING) == PAGING_32BIT) return load_special_root(vm, vcpu, flush);
+  const sp = kvm_mmu_get_shadow_page(vm, load<u64>(vcpu + VCPU_CR3) >> 12, PT_LEVELS, load<u32>(vcpu + VCPU_AS), 0, flush);
   if (sp == 0) return 0;
   store<u32>(sp + SP_ROOT_COUNT, load<u32>(sp + SP_ROOT_COUNT) + 1);
   const table = sp_spt(vm, sp);
@@ -466,22 +481,90 @@ export function kvm_mmu_load_root(vm: usize, vcpu: usize, flush: usize): usize {
   return table;
 }
 
+/**
+ * mmu_alloc_special_roots + mmu_alloc_shadow_roots for a 32-bit guest: the vCPU's own
+ * pml4_root, whose entry 0 is its pae_root, whose 4 entries are the pages shadowing the
+ * guest PD's quarters (quadrants 0-3, from the hash when they exist, so what went unsync
+ * below them is reachable for the CR3 load's sync). The special pages shadow no guest
+ * table; they go with the root. 0 when a pool is exhausted.
+ */
+function load_special_root(vm: usize, vcpu: usize, flush: usize): usize {
+  const pml4 = pool_alloc(vm);
+  if (pml4 == 0) return 0;
+  const pae = pool_alloc(vm);
+  if (pae == 0) {
+    pool_free(vm, pml4);
+    return 0;
+  }
+  const as_id = load<u32>(vcpu + VCPU_AS);
+  const top = sp_init(vm, pml4, PT_LEVELS, 0, as_id);
+  const mid = sp_init(vm, pae, PT_LEVELS - 1, 0, as_id);
+  store<u32>(top + SP_SPECIAL, 1);
+  store<u32>(mid + SP_SPECIAL, 1);
+  store<u32>(top + SP_ROOT_COUNT, 1);
+  pte_list_add(shadow_pte_pool(vm), mid + SP_PARENT_PTES, pml4); // entry 0: a bare pointer, no descriptor
+  atomic.store<u64>(pml4, make_nonleaf(pae));
+  store<u32>(vcpu + VCPU_ROOT, <u32>pml4);
+  const pd_gfn = (load<u64>(vcpu + VCPU_CR3) & 0xffff_f000) >> 12;
+  for (let i: u32 = 0; i < 4; i++) {
+    if (!pte_list_pool_has_room(shadow_pte_pool(vm))) break; // (the walks link the rest)
+    const quarter = kvm_mmu_get_shadow_page(vm, pd_gfn, 2, as_id, ROLE_4BYTE | (i << ROLE_QUADRANT_SHIFT), flush);
+    if (quarter == 0) break;
+    const p = pae + (<usize>i << 3);
+    pte_list_add(shadow_pte_pool(vm), quarter + SP_PARENT_PTES, p);
+    atomic.store<u64>(p, make_nonleaf(sp_spt(vm, quarter)));
+    if (load<u32>(quarter + SP_UNSYNC_CHILDREN) != 0) mark_unsync_link(vm, mid, p);
+  }
+  return pml4;
+}
+
+/** Free a special root and the pae_root below it (their entries unlinked from the pages below). */
+function free_special_root(vm: usize, top: usize): void {
+  const pae = <usize>(atomic.load<u64>(sp_spt(vm, top)) & SPTE_PFN_MASK);
+  const mid = sptep_to_sp(vm, pae);
+  for (let i: u32 = 0; i < 4; i++) zap_pte(vm, mid, i);
+  pte_list_destroy(shadow_pte_pool(vm), mid + SP_PARENT_PTES);
+  atomic.store<u64>(sp_spt(vm, top), 0);
+  release_special(vm, top);
+  release_special(vm, mid);
+}
+
+function release_special(vm: usize, sp: usize): void {
+  pool_free(vm, sp_spt(vm, sp));
+  store<u32>(sp + SP_IN_USE, 0);
+  store<u32>(sp + SP_SPECIAL, 0);
+  store<u32>(vm + VM_SHADOW_PAGES, load<u32>(vm + VM_SHADOW_PAGES) - 1);
+}
+
 /** kvm_mmu_unload: the vCPU lets go of its root (root_count down; the page stays in the hash). */
 export function kvm_mmu_unload_root(vm: usize, vcpu: usize): void {
   const table = <usize>load<u32>(vcpu + VCPU_ROOT);
   if (table == 0) return;
   const sp = sptep_to_sp(vm, table);
+  if (load<u32>(sp + SP_SPECIAL) != 0) {
+    free_special_root(vm, sp);
+    store<u32>(vcpu + VCPU_ROOT, 0);
+    return;
+  }
   store<u32>(sp + SP_ROOT_COUNT, load<u32>(sp + SP_ROOT_COUNT) - 1);
   store<u32>(vcpu + VCPU_ROOT, 0);
 }
 
-/** The gPTE at index i of guest table gfn (in as_id), 0 outside backed memory. */
-function read_gpte(vm: usize, as_id: u32, gfn: u64, i: u32): u64 {
-  const slot = memslot_lookup(vm, as_id, gfn);
+/**
+ * The gPTE that SPTE i of `sp` shadows, 0 outside backed memory: entry i of the guest table
+ * (8 bytes), or for a 32-bit guest's table (4 bytes) entry quadrant × 512 + i.
+ */
+function read_gpte(vm: usize, sp: usize, i: u32): u64 {
+  const gfn = load<u64>(sp + SP_GFN);
+  const slot = memslot_lookup(vm, load<u32>(sp + SP_ROLE) >> ROLE_SMM_SHIFT, gfn);
   if (slot == 0) return 0;
   const backing = <usize>load<u32>(slot + SLOT_BACKING);
   if (backing == 0) return 0;
-  return load<u64>(backing + <usize>((gfn - load<u64>(slot + SLOT_BASE_GFN)) << 12) + (<usize>i << 3));
+  const table = backing + <usize>((gfn - load<u64>(slot + SLOT_BASE_GFN)) << 12);
+  const role = load<u32>(sp + SP_ROLE);
+  if ((role & ROLE_4BYTE) == 0) return load<u64>(table + (<usize>i << 3));
+  const index = (((role >> ROLE_QUADRANT_SHIFT) & 3) << 9) | i;
+  return <u64>load<u32>(table + (<usize>index << 2));
 }
 
 /**
@@ -493,7 +576,7 @@ function sync_spte(vm: usize, sp: usize, i: u32): bool {
   const p = sp_spt(vm, sp) + (<usize>i << 3);
   const spte = atomic.load<u64>(p);
   if (!is_present(spte)) return false;
-  const gpte = read_gpte(vm, load<u32>(sp + SP_ROLE) >> ROLE_SMM_SHIFT, load<u64>(sp + SP_GFN), i);
+  const gpte = read_gpte(vm, sp, i);
   if ((gpte & GPTE_P) == 0 || (gpte & GPTE_ADDR_MASK) >> 12 != sp_gfn_at(sp, i)) return zap_pte(vm, sp, i);
   if ((gpte & GPTE_RW) == 0 && (spte & (SPTE_W | SPTE_M)) != 0) {
     atomic.and<u64>(p, ~(SPTE_W | SPTE_M));
@@ -550,11 +633,14 @@ export function kvm_mmu_track_write(vm: usize, gpa: u64, len: u32): bool {
   lockdep_assert_held_write(vm);
   const gfn = gpa >> 12;
   const offset = <u32>(gpa & 0xfff);
-  const misaligned = len < 4 || ((offset ^ (offset + len - 1)) & ~7) != 0;
   let flush = false;
   let sp = next_sp_of_gfn(vm, gfn, 0);
   while (sp != 0) {
     const next = next_sp_of_gfn(vm, gfn, sp);
+    // detect_write_misaligned: not within one gPTE (8 bytes, or 4 for a 32-bit guest)
+    const role = load<u32>(sp + SP_ROLE);
+    const pte_mask: u32 = (role & ROLE_4BYTE) != 0 ? 3 : 7;
+    const misaligned = len < 4 || ((offset ^ (offset + len - 1)) & ~pte_mask) != 0;
     let flooded = false;
     if (role_level(sp) > 1) {
       const n = load<u32>(sp + SP_WRITE_FLOODING) + 1;
@@ -564,8 +650,21 @@ export function kvm_mmu_track_write(vm: usize, gpa: u64, len: u32): bool {
     if (misaligned || flooded) {
       kvm_mmu_zap_page(vm, sp);
       flush = true;
-    } else {
+    } else if ((role & ROLE_4BYTE) == 0) {
       flush |= zap_pte(vm, sp, offset >> 3);
+    } else {
+      // get_written_sptes: a 4-byte gPTE is an 8-byte SPTE of one quadrant; a 32-bit PDE
+      // (4 MiB) is two shadow PDEs
+      let page_offset = offset << 1;
+      let n: u32 = 1;
+      if (role_level(sp) == 2) {
+        page_offset = (page_offset & ~7) << 1;
+        n = 2;
+      }
+      if (page_offset >> 12 == ((role >> ROLE_QUADRANT_SHIFT) & 3)) {
+        const first = (page_offset & 0xfff) >> 3;
+        for (let k: u32 = 0; k < n; k++) flush |= zap_pte(vm, sp, first + k);
+      }
     }
     sp = next;
   }
@@ -579,7 +678,7 @@ export function shadow_zap_indirect(vm: usize): void {
   const n = load<u32>(vm + VM_POOL_NEXT);
   for (let k: u32 = 0; k < n; k++) {
     const sp = table + <usize>k * SP_SIZE;
-    if (load<u32>(sp + SP_IN_USE) == 0 || is_direct(sp)) continue;
+    if (load<u32>(sp + SP_IN_USE) == 0 || (is_direct(sp) && load<u32>(sp + SP_SPECIAL) == 0)) continue;
     // every SPTE non-present first (an exchange): a vCPU still walking this page in guest
     // mode fails its fast-path cmpxchg instead of reporting through a cleared page
     const spt = sp_spt(vm, sp);
@@ -588,7 +687,12 @@ export function shadow_zap_indirect(vm: usize): void {
   // then unaccount (the write-track counters are shared with external users) and free
   for (let k: u32 = 0; k < n; k++) {
     const sp = table + <usize>k * SP_SIZE;
-    if (load<u32>(sp + SP_IN_USE) == 0 || is_direct(sp)) continue;
+    if (load<u32>(sp + SP_IN_USE) == 0) continue;
+    if (load<u32>(sp + SP_SPECIAL) != 0) {
+      release_special(vm, sp);
+      continue;
+    }
+    if (is_direct(sp)) continue;
     account_shadowed(vm, sp, -1);
     pool_free(vm, <usize>load<u32>(sp + SP_GFNS));
     pool_free(vm, sp_spt(vm, sp));

@@ -36,11 +36,19 @@ const D = 0x40n;
 const PAGE = 4096n;
 
 /**
- * Build 4-level page tables in memslot `slot` (backed), table pages from byte `tablesAt` of
- * the slot on. EINVAL for unaligned addresses, an unbacked or missing slot, or tables that
- * do not fit in the slot.
+ * Build page tables in memslot `slot` (backed), table pages from byte `tablesAt` of the slot
+ * on: x86-64 4-level tables of 8-byte gPTEs, or with `{ mode: "32bit" }` a 32-bit non-PAE
+ * guest's 2-level tables of 1024 4-byte entries (gvas and gpas below 4 GiB). EINVAL for
+ * unaligned or out-of-range addresses, an unbacked or missing slot, or tables that do not
+ * fit in the slot.
  */
-export function buildPageTables(vm: Vm, slot: number, tablesAt: number, maps: GuestMapping[]): PageTables {
+export function buildPageTables(
+  vm: Vm,
+  slot: number,
+  tablesAt: number,
+  maps: GuestMapping[],
+  options: { mode?: "long" | "32bit" } = {},
+): PageTables {
   const call = "buildPageTables";
   const info = vm.memslots().find((m) => m.slot === slot);
   if (!info?.backed) throw new KvmError("EINVAL", call, `memslot ${slot} does not exist or is not backed`);
@@ -60,35 +68,52 @@ export function buildPageTables(vm: Vm, slot: number, tablesAt: number, maps: Gu
     tables.push({ level, gpa, gva });
     return gpa;
   };
+  const bits32 = options.mode === "32bit";
+  if (options.mode !== undefined && options.mode !== "long" && !bits32) {
+    throw new KvmError("EINVAL", call, 'mode must be "long" or "32bit"');
+  }
+  const size = bits32 ? 4 : 8; // bytes per gPTE
+  const levels = bits32 ? 2 : 4;
+  const shift = (level: number) => BigInt(12 + (bits32 ? 10 : 9) * (level - 1));
+  const mask = bits32 ? 1023n : 511n;
+  const dv = (table: bigint) => new DataView(pages.get(table)?.buffer as ArrayBuffer);
   const entry = (table: bigint, index: number) =>
-    new DataView(pages.get(table)?.buffer as ArrayBuffer).getBigUint64(index * 8, true);
-  const setEntry = (table: bigint, index: number, v: bigint) =>
-    new DataView(pages.get(table)?.buffer as ArrayBuffer).setBigUint64(index * 8, v, true);
-  const cr3 = newTable(4, 0n);
+    bits32 ? BigInt(dv(table).getUint32(index * 4, true)) : dv(table).getBigUint64(index * 8, true);
+  const setEntry = (table: bigint, index: number, v: bigint) => {
+    if (bits32) dv(table).setUint32(index * 4, Number(v), true);
+    else dv(table).setBigUint64(index * 8, v, true);
+  };
+  if (bits32 && base + BigInt(limit) > 1n << 32n)
+    throw new KvmError("EINVAL", call, "a 32-bit guest's tables lie below 4 GiB");
+  const cr3 = newTable(levels, 0n);
   const leaves = new Map<bigint, bigint>(); // gva page → leaf gPTE gpa
   for (const m of maps) {
     const gva = u64(m.gva, "gva", call);
     const gpa = u64(m.gpa, "gpa", call);
     if (gva % PAGE !== 0n || gpa % PAGE !== 0n) throw new KvmError("EINVAL", call, "gva and gpa must be page-aligned");
     if (!Number.isInteger(m.pages) || m.pages < 0) throw new KvmError("EINVAL", call, "pages must be a count");
+    const end = BigInt(m.pages) * PAGE;
+    if (bits32 && (gva + end > 1n << 32n || gpa + end > 1n << 32n)) {
+      throw new KvmError("EINVAL", call, "a 32-bit guest's gvas and gpas lie below 4 GiB");
+    }
     const leafBits = P | US | A | D | (m.writable === false ? 0n : RW);
     for (let i = 0n; i < BigInt(m.pages); i++) {
       const va = gva + i * PAGE;
       let table = cr3;
-      for (let level = 4; level > 1; level--) {
-        const index = Number((va >> BigInt(12 + 9 * (level - 1))) & 511n);
+      for (let level = levels; level > 1; level--) {
+        const index = Number((va >> shift(level)) & mask);
         let e = entry(table, index);
         if (!(e & P)) {
-          const span = 1n << BigInt(12 + 9 * (level - 1));
+          const span = 1n << shift(level);
           const child = newTable(level - 1, va & ~(span - 1n));
           e = child | P | RW | US | A | D;
           setEntry(table, index, e);
         }
         table = e & 0x000f_ffff_ffff_f000n;
       }
-      const index = Number((va >> 12n) & 511n);
+      const index = Number((va >> 12n) & mask);
       setEntry(table, index, (gpa + i * PAGE) | leafBits);
-      leaves.set(va, table + BigInt(index * 8));
+      leaves.set(va, table + BigInt(index * size));
     }
   }
   for (const [gpa, bytes] of pages) vm.writeUserMemory(slot, Number(gpa - base), bytes);

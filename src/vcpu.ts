@@ -284,6 +284,7 @@ export class Vcpu {
    * Load the guest's CR3 and paging mode (vCPU context): `{ cr3, mode: "long" }` makes every
    * guest access (writeGuest, readGuest, writeStrided, workloads) take a guest-virtual
    * address, translated through the guest's 4-level tables at cr3 (see buildPageTables);
+   * `mode: "32bit"`, through a 32-bit non-PAE guest's 2-level tables of 4-byte entries;
    * `null` runs the guest unpaged again (gva = gpa). Flushes the vCPU's TLB, as a CR3 load
    * does. A gva the tables do not map, or a write through a read-only gPTE, is a guest page
    * fault: the access exits KVM_EXIT_EXCEPTION with the gva in `faultAddress`. On the shadow
@@ -291,30 +292,34 @@ export class Vcpu {
    * CR3 load syncs the unsync ones. EINVAL for an unaligned cr3 or another mode; EBUSY while
    * another thread drives the vCPU.
    */
-  setPaging(paging: { cr3: number | bigint; mode: "long" } | null): void {
+  setPaging(paging: { cr3: number | bigint; mode: "long" | "32bit" } | null): void {
     const call = "setPaging";
     this.vm.checkAlive(call);
     let cr3 = 0n;
     let mode = L.PAGING_OFF;
     if (paging !== null) {
-      const p = object<{ cr3: number | bigint; mode: "long" }>(paging, "paging", call, false);
+      const p = object<{ cr3: number | bigint; mode: "long" | "32bit" }>(paging, "paging", call, false);
       known(p, ["cr3", "mode"], call);
       cr3 = u64(p.cr3, "cr3", call);
       if (cr3 % 4096n !== 0n) throw new KvmError("EINVAL", call, `cr3 0x${cr3.toString(16)} is not page-aligned`);
-      if (p.mode !== "long") throw new KvmError("EINVAL", call, 'mode must be "long" (4-level tables, 8-byte gPTEs)');
-      mode = L.PAGING_LONG;
+      if (p.mode !== "long" && p.mode !== "32bit") {
+        throw new KvmError("EINVAL", call, 'mode must be "long" (4-level, 8-byte gPTEs) or "32bit" (2-level, 4-byte gPTEs)');
+      }
+      if (p.mode === "32bit" && cr3 >= 1n << 32n) throw new KvmError("EINVAL", call, "a 32-bit guest's cr3 is below 4 GiB");
+      mode = p.mode === "long" ? L.PAGING_LONG : L.PAGING_32BIT;
       if (this.vm.mmu === "shadow") this.vm.ensureWriteTracking(call); // its guest tables are write-tracked
     }
     const r = this.core.kvm_set_cr3(this.vm.addr, this.addr, HOST_TAG, cr3, mode);
     this.owned(r, call);
   }
 
-  /** The guest's paging: `{ cr3, mode: "long" }`, or null when it runs unpaged. */
-  get paging(): { cr3: bigint; mode: "long" } | null {
+  /** The guest's paging: `{ cr3, mode }`, or null when it runs unpaged. */
+  get paging(): { cr3: bigint; mode: "long" | "32bit" } | null {
     this.vm.checkAlive("paging");
     const v = this.view();
-    if (v.getUint32(this.addr + L.VCPU_PAGING, true) === L.PAGING_OFF) return null;
-    return { cr3: v.getBigUint64(this.addr + L.VCPU_CR3, true), mode: "long" };
+    const mode = v.getUint32(this.addr + L.VCPU_PAGING, true);
+    if (mode === L.PAGING_OFF) return null;
+    return { cr3: v.getBigUint64(this.addr + L.VCPU_CR3, true), mode: mode === L.PAGING_LONG ? "long" : "32bit" };
   }
 
   /** INVLPG gva (vCPU context): the vCPU drops its cached translation. EBUSY as setPaging. */

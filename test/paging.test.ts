@@ -28,44 +28,71 @@ const DATA = 0x4000_0000; // the data's gva (1 GiB)
 const TABLES_GVA = 0x8000_0000; // where the guest maps its own page tables (2 GiB)
 const TABLES_AT = 3 * MIB; // the tables' offset in slot 0 (gpa 3 MiB)
 
+type Mode = "long" | "32bit";
+
 interface Guest {
   vm: Vm;
   v: Vcpu;
   pt: PageTables;
+  mode: Mode;
   /** The gva at which the guest writes the gPTE that lives at gpa `gpteGpa`. */
   gvaOf(gpteGpa: bigint): bigint;
+  /**
+   * The guest sets the gPTE at gpa `gpteGpa` with one 8-byte store (a 32-bit guest's
+   * neighbouring 4-byte gPTE is read and written back unchanged). The exit reason.
+   */
+  setGpte(gpteGpa: bigint, value: bigint): number;
 }
 
 /** A 4 MiB logged slot: 16 data pages at gva DATA → gpa 0x1000, the tables mapped at TABLES_GVA. */
-async function guest(mmu: "tdp" | "shadow", wasm?: WebAssembly.Module): Promise<Guest> {
+async function guest(mmu: "tdp" | "shadow", wasm?: WebAssembly.Module, mode: Mode = "long"): Promise<Guest> {
   const vm = await newVm({ mmu, ...(wasm ? { wasm } : {}) });
   vm.setUserMemoryRegion({ slot: 0, flags: LOG, guestPhysAddr: 0, memorySize: 4 * MIB, backed: true });
-  const pt = buildPageTables(vm, 0, TABLES_AT, [
-    { gva: DATA, gpa: 0x1000, pages: 16 },
-    { gva: TABLES_GVA, gpa: TABLES_AT, pages: 16 },
-  ]);
+  const pt = buildPageTables(
+    vm,
+    0,
+    TABLES_AT,
+    [
+      { gva: DATA, gpa: 0x1000, pages: 16 },
+      { gva: TABLES_GVA, gpa: TABLES_AT, pages: 16 },
+    ],
+    { mode },
+  );
   const v = vm.createVcpu(0);
-  v.setPaging({ cr3: pt.cr3, mode: "long" });
+  v.setPaging({ cr3: pt.cr3, mode });
   vm.getDirtyLog(0); // start clean
-  return { vm, v, pt, gvaOf: (g) => BigInt(TABLES_GVA) + g - BigInt(TABLES_AT) };
+  const gvaOf = (g: bigint) => BigInt(TABLES_GVA) + g - BigInt(TABLES_AT);
+  const setGpte = (g: bigint, value: bigint) => {
+    if (mode === "long") return v.writeGuest(gvaOf(g), value);
+    const at = g & ~7n;
+    const old = v.readGuest(gvaOf(at));
+    const next = g === at ? (old & ~0xffff_ffffn) | value : (old & 0xffff_ffffn) | (value << 32n);
+    return v.writeGuest(gvaOf(at), next);
+  };
+  return { vm, v, pt, mode, gvaOf, setGpte };
 }
 
 const PRESENT_RW = 0x67n; // P | RW | US | A | D
 
-describe.each(["tdp", "shadow"] as const)("a paged guest on the %s MMU", (mmu) => {
+describe.each([
+  ["tdp", "long"],
+  ["shadow", "long"],
+  ["tdp", "32bit"],
+  ["shadow", "32bit"],
+] as const)("a paged guest on the %s MMU (%s)", (mmu, mode) => {
   it("accesses go through the guest's tables: the page reported is the gpa's", async () => {
-    const g = await guest(mmu);
+    const g = await guest(mmu, undefined, mode);
     expect(g.v.writeGuest(DATA + 3 * PAGE + 8, 7n)).toBe(0);
     expect(g.v.readGuest(DATA + 3 * PAGE + 8)).toBe(7n);
     expect(pagesOf(g.vm.getDirtyLog(0))).toEqual([4]); // gpa 0x4000
-    expect(g.v.paging).toEqual({ cr3: g.pt.cr3, mode: "long" });
+    expect(g.v.paging).toEqual({ cr3: g.pt.cr3, mode });
     g.v.setPaging(null);
     expect(g.v.readGuest(0x4008)).toBe(7n); // unpaged again: gva = gpa
     expect(g.v.paging).toBeNull();
   });
 
   it("a gva the tables do not map, or a write through a read-only gPTE, is a guest page fault", async () => {
-    const g = await guest(mmu);
+    const g = await guest(mmu, undefined, mode);
     expect(g.v.writeGuest(DATA + 64 * PAGE, 1n)).toBe(KVM_EXIT_EXCEPTION);
     expect(g.v.faultAddress).toBe(BigInt(DATA + 64 * PAGE));
     expect(g.v.exitReason).toBe(KVM_EXIT_EXCEPTION);
@@ -75,15 +102,16 @@ describe.each(["tdp", "shadow"] as const)("a paged guest on the %s MMU", (mmu) =
     expect(g.v.readGuest(DATA + 2 * PAGE)).toBe(0n);
     expect(g.v.writeGuest(DATA + 2 * PAGE, 1n)).toBe(KVM_EXIT_EXCEPTION);
     expect(pagesOf(g.vm.getDirtyLog(0))).toEqual([]);
-    expect(errnoOf(() => g.v.setPaging({ cr3: 0x1001, mode: "long" }))).toBe("EINVAL");
-    expect(errnoOf(() => g.v.setPaging({ cr3: 0x1000, mode: "32bit" as "long" }))).toBe("EINVAL");
+    expect(errnoOf(() => g.v.setPaging({ cr3: 0x1001, mode }))).toBe("EINVAL");
+    expect(errnoOf(() => g.v.setPaging({ cr3: 0x1000, mode: "pae" as "long" }))).toBe("EINVAL");
+    if (mode === "32bit") expect(errnoOf(() => g.v.setPaging({ cr3: 1n << 32n, mode }))).toBe("EINVAL");
   });
 
   it("the guest remaps a page by writing its own leaf gPTE, then INVLPG: the new gpa is used and reported, and so is the table page", async () => {
-    const g = await guest(mmu);
+    const g = await guest(mmu, undefined, mode);
     expect(g.v.writeGuest(DATA + 5 * PAGE, 5n)).toBe(0); // gpa 0x6000
     const leaf = g.pt.leafGpte(DATA + 5 * PAGE) ?? 0n;
-    expect(g.v.writeGuest(g.gvaOf(leaf), 0x30000n | PRESENT_RW)).toBe(0); // now gpa 0x30000
+    expect(g.setGpte(leaf, 0x30000n | PRESENT_RW)).toBe(0); // now gpa 0x30000
     g.v.invlpg(DATA + 5 * PAGE);
     expect(g.v.writeGuest(DATA + 5 * PAGE, 9n)).toBe(0);
     expect(g.v.readGuest(DATA + 5 * PAGE)).toBe(9n);
@@ -167,7 +195,12 @@ describe("the shadow MMU shadows the guest's tables (§4.4, §4.5, §5.8)", () =
     vm.setUserMemoryRegion({ slot: 0, flags: LOG, guestPhysAddr: 0, memorySize: 4 * MIB, backed: true });
     const pt = buildPageTables(vm, 0, TABLES_AT, [{ gva: DATA, gpa: 0x1000, pages: 1 }]);
     // 1002 gvas for gpa 0x1000: one gPTE after another in the data's leaf tables
-    const aliases = buildPageTables(vm, 0, TABLES_AT + 16 * PAGE, Array.from({ length: 1002 }, (_, i) => ({ gva: DATA + i * PAGE, gpa: 0x1000, pages: 1 })));
+    const aliases = buildPageTables(
+      vm,
+      0,
+      TABLES_AT + 16 * PAGE,
+      Array.from({ length: 1002 }, (_, i) => ({ gva: DATA + i * PAGE, gpa: 0x1000, pages: 1 })),
+    );
     const v = vm.createVcpu(0);
     v.setPaging({ cr3: aliases.cr3, mode: "long" });
     for (let i = 0; i < 1001; i++) expect(v.readGuest(DATA + i * PAGE)).toBe(0n);
@@ -242,33 +275,36 @@ function step(g: Guest, op: Op): string {
     }
     case "remap": {
       const leaf = g.pt.leafGpte(DATA + op.page * PAGE) ?? 0n;
-      const r = g.v.writeGuest(g.gvaOf(leaf), (BigInt(op.to) << 12n) | PRESENT_RW);
+      const r = g.setGpte(leaf, (BigInt(op.to) << 12n) | PRESENT_RW);
       g.v.invlpg(DATA + op.page * PAGE);
       return `m${r}`;
     }
     case "unmap": {
       const leaf = g.pt.leafGpte(DATA + op.page * PAGE) ?? 0n;
-      const r = g.v.writeGuest(g.gvaOf(leaf), 0n);
-      g.v.setPaging({ cr3: g.pt.cr3, mode: "long" });
+      const r = g.setGpte(leaf, 0n);
+      g.v.setPaging({ cr3: g.pt.cr3, mode: g.mode });
       return `u${r}`;
     }
     case "pd": {
-      const pd =
-        g.pt.tables.find((t) => t.level === 2 && t.gva === BigInt(DATA) - (BigInt(DATA) % (1n << 30n)))?.gpa ?? 0n;
-      return `p${g.v.writeGuest(g.gvaOf(pd) + BigInt(op.index * 8), 0n)}`;
+      // unused entries of the PD above the data: long mode, PDE `index` of the data's PD
+      // (the data is PDE 0); 32-bit, two PDEs of the guest's one PD past 513 (PDE 256 maps
+      // the data, PDE 512 the tables' own mapping)
+      const pd = g.pt.tables.find((t) => t.level === 2)?.gpa ?? 0n;
+      const at = g.mode === "long" ? BigInt(op.index * 8) : BigInt(2056 + 8 * (op.index % 250));
+      return `p${g.v.writeGuest(g.gvaOf(pd) + at, 0n)}`;
     }
     case "get":
       return `g${pagesOf(g.vm.getDirtyLog(0)).join(",")}`;
     case "cr3":
-      g.v.setPaging({ cr3: g.pt.cr3, mode: "long" });
+      g.v.setPaging({ cr3: g.pt.cr3, mode: g.mode });
       return "c";
   }
 }
 
 /** Run ops on a TDP guest and a shadow guest; the first step whose outcomes differ, or null. */
-async function lockstep(ops: Op[], shadowWasm?: WebAssembly.Module): Promise<string | null> {
-  const tdp = await guest("tdp");
-  const shadow = await guest("shadow", shadowWasm);
+async function lockstep(ops: Op[], shadowWasm?: WebAssembly.Module, mode: Mode = "long"): Promise<string | null> {
+  const tdp = await guest("tdp", undefined, mode);
+  const shadow = await guest("shadow", shadowWasm, mode);
   for (const [i, op] of [...ops, { t: "get" } as Op].entries()) {
     const a = step(tdp, op);
     const b = step(shadow, op);
@@ -278,15 +314,18 @@ async function lockstep(ops: Op[], shadowWasm?: WebAssembly.Module): Promise<str
 }
 
 describe("the TDP and shadow MMUs report the same pages for the same guest program", () => {
-  it("random programs: data writes and reads, the guest remapping and unmapping its pages, PDE writes, GETs, CR3 loads", async () => {
-    await fc.assert(
-      fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 40 }), async (ops) => {
-        const diff = await lockstep(ops);
-        if (diff) throw new Error(diff);
-      }),
-      { numRuns: Number(process.env.DIRTLOG_PAGING_RUNS ?? 150) },
-    );
-  });
+  it.each(["long", "32bit"] as const)(
+    "random %s-mode programs: data writes and reads, the guest remapping and unmapping its pages, PDE writes, GETs, CR3 loads",
+    async (mode) => {
+      await fc.assert(
+        fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 40 }), async (ops) => {
+          const diff = await lockstep(ops, undefined, mode);
+          if (diff) throw new Error(diff);
+        }),
+        { numRuns: Number(process.env.DIRTLOG_PAGING_RUNS ?? 150) },
+      );
+    },
+  );
 
   it("the same ring entries in the same order for a program without page-table writes", async () => {
     const entries = async (mmu: "tdp" | "shadow") => {
@@ -324,6 +363,73 @@ describe("the TDP and shadow MMUs report the same pages for the same guest progr
         "release",
       );
       expect(await lockstep(ops, wasm)).toMatch(/^step 4/);
+    },
+  );
+});
+
+describe("a 32-bit guest on the shadow MMU: one 1024-entry guest table, several shadow pages told apart by role.quadrant (§5.8)", () => {
+  it("the guest PD's quarters are 4 pages (quadrants 0-3 below the PAE root); a guest PT's halves 2 (quadrants 0-1)", async () => {
+    const vm = await newVm({ mmu: "shadow" });
+    vm.setUserMemoryRegion({ slot: 0, flags: LOG, guestPhysAddr: 0, memorySize: 4 * MIB, backed: true });
+    const pt = buildPageTables(
+      vm,
+      0,
+      TABLES_AT,
+      [
+        { gva: 0x0010_0000, gpa: 0x1000, pages: 1 }, // quarter 0
+        { gva: DATA, gpa: 0x2000, pages: 1 }, // quarter 1, the first half of its guest PT
+        { gva: DATA + 2 * MIB, gpa: 0x3000, pages: 1 }, // the same guest PT, second half
+      ],
+      { mode: "32bit" },
+    );
+    expect(pt.tables.map((t) => t.level)).toEqual([2, 1, 1]); // one PD, two PTs
+    const v = vm.createVcpu(0);
+    v.setPaging({ cr3: pt.cr3, mode: "32bit" });
+    // 2 direct roots, the vCPU's pml4_root and pae_root, and the PD's 4 quarters (one page
+    // each, quadrants 0-3, the PAE roots of mmu_alloc_shadow_roots)
+    const base = vm.stats.shadowPages;
+    expect(base).toBe(2 + 2 + 4);
+    expect(v.writeGuest(0x0010_0000, 1n)).toBe(0); // below quarter 0: the first PT, quadrant 0
+    expect(vm.stats.shadowPages).toBe(base + 1);
+    expect(v.writeGuest(DATA, 2n)).toBe(0); // below quarter 1: the second PT, quadrant 0
+    expect(vm.stats.shadowPages).toBe(base + 2);
+    expect(v.writeGuest(DATA + 2 * MIB, 3n)).toBe(0); // the same guest PT, quadrant 1
+    expect(vm.stats.shadowPages).toBe(base + 3);
+    expect(pagesOf(vm.getDirtyLog(0))).toEqual([1, 2, 3]);
+    // a CR3 load of a 32-bit guest frees its special roots and makes new ones over the same quarters
+    v.setPaging({ cr3: pt.cr3, mode: "32bit" });
+    expect(vm.stats.shadowPages).toBe(base + 3);
+    v.setPaging(null);
+    expect(vm.stats.shadowPages).toBe(base + 3 - 2);
+  });
+
+  it("an 8-byte write to a 4-byte-gPTE table is misaligned: the pages shadowing it are zapped whole (detect_write_misaligned)", async () => {
+    const g = await guest("shadow", undefined, "32bit");
+    expect(g.v.writeGuest(DATA, 1n)).toBe(0);
+    expect(g.v.readGuest(g.gvaOf(g.pt.cr3))).toBeGreaterThanOrEqual(0n); // the tables' own mapping shadowed
+    const pages = g.vm.stats.shadowPages;
+    // the guest writes two PDEs past its mappings (4-byte gPTEs: 8 bytes span two): emulated, and
+    // every page shadowing the PD (its 4 quarters) goes
+    expect(g.v.writeGuest(g.gvaOf(g.pt.cr3) + 2056n, 0n)).toBe(0);
+    expect(g.vm.stats.emulatedWrites).toBe(1n);
+    expect(g.vm.stats.shadowPages).toBe(pages - 4);
+    expect(g.v.readGuest(DATA)).toBe(1n); // walks rebuild the quarters they need (1 and 2)
+    expect(g.v.readGuest(g.gvaOf(g.pt.cr3))).toBeGreaterThanOrEqual(0n);
+    expect(g.vm.stats.shadowPages).toBe(pages - 2);
+  });
+});
+
+describe("CR3 loads sync what went unsync, whatever the paging mode", () => {
+  it.each(["long", "32bit"] as const)(
+    "%s: the guest clears a gPTE and reloads CR3: the page is gone (tdp and shadow)",
+    async (mode) => {
+      for (const mmu of ["tdp", "shadow"] as const) {
+        const g = await guest(mmu, undefined, mode);
+        expect(g.v.writeGuest(DATA + 3 * PAGE, 1n)).toBe(0);
+        expect(g.setGpte(g.pt.leafGpte(DATA + 3 * PAGE) ?? 0n, 0n)).toBe(0);
+        g.v.setPaging({ cr3: g.pt.cr3, mode });
+        expect(g.v.writeGuest(DATA + 3 * PAGE, 2n)).toBe(KVM_EXIT_EXCEPTION);
+      }
     },
   );
 });
