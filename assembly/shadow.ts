@@ -297,7 +297,17 @@ export function kvm_mmu_get_shadow_page(vm: usize, gfn: u64, level: u32, as_id: 
   lockdep_assert_held_write(vm);
   const role = level | extra | (as_id << ROLE_SMM_SHIFT);
   for (let sp = next_sp_of_gfn(vm, gfn, 0); sp != 0; sp = next_sp_of_gfn(vm, gfn, sp)) {
-    if (load<u32>(sp + SP_ROLE) == role) return sp;
+    if (load<u32>(sp + SP_ROLE) != role) continue;
+    // __kvm_mmu_find_shadow_page: an unsync page is good but stale. Bring its SPTEs in line
+    // with the guest's table (kvm_sync_page), but leave it unsync and writable: the next
+    // TLB invalidation by the guest syncs it for good. (An INVLPG made while the page hung
+    // from no parent could not reach it.)
+    if (load<u32>(sp + SP_UNSYNC) != 0) {
+      let changed = false;
+      for (let i: u32 = 0; i < 512; i++) changed |= sync_spte(vm, sp, i);
+      if (changed) store<u32>(flush, 1);
+    }
+    return sp;
   }
   const spt = pool_alloc(vm);
   if (spt == 0) return 0;
