@@ -1,20 +1,22 @@
 // shadow — the shadow MMU's pages and their rmaps (arch/x86/kvm/mmu/mmu.c: struct
-// kvm_mmu_page, kvm_mmu_get_child_sp, link_shadow_page, rmap_add, kvm_mmu_zap_all_fast;
-// spec §5.7, §5.8). Selected with createVm({ mmu: "shadow" }) (VM_MMU = MMU_SHADOW).
-//
-// What exists so far: the shadow MMU of a guest that runs unpaged (gva = gpa), i.e. KVM's
-// nonpaging mode, whose shadow pages are all *direct* (role.direct = 1, gfn = the first
-// gfn the page maps, no guest table behind them). Guest page tables (indirect pages,
-// account_shadowed, unsync, quadrants) are not modelled yet.
+// kvm_mmu_page, kvm_mmu_get_shadow_page, link_shadow_page, rmap_add, account_shadowed,
+// mmu_try_to_unsync_pages, mark_unsync, mmu_sync_children, kvm_mmu_track_write,
+// kvm_mmu_zap_all_fast; paging_tmpl.h FNAME(fetch), FNAME(sync_spte); spec §4.4, §4.5,
+// §5.7, §5.8). Selected with createVm({ mmu: "shadow" }) (VM_MMU = MMU_SHADOW).
 //
 //   shadow page table   4 levels of 512 SPTEs in pt_pool pages, the same format the TDP
-//                       MMU uses (the CPU walks it the same way); one root per address
-//                       space (role.smm = as_id), the VM_ROOT pages
+//                       MMU uses (the CPU walks it the same way)
 //   kvm_mmu_page        SP_SIZE bytes per pool page in VM_SP_TABLE, found from an SPTE's
-//                       address (sptep_to_sp); role, gfn, parent_ptes (a pte_list)
+//                       address (sptep_to_sp): role, gfn, parent_ptes (a pte_list), unsync
+//                       state, and for an indirect page the gfn each SPTE maps (SP_GFNS)
 //   rmap                per slot, one head per 4K gfn (SLOT_RMAP): every present leaf SPTE
 //                       is on the rmap of the gfn it maps (rmap_add when installed, removed
 //                       when zapped) — dirty logging re-protects through it (mmu.ts)
+//
+// An unpaged guest (KVM's nonpaging mode) runs on *direct* pages (role.direct, gfn = the
+// first gfn mapped) under one root per address space (VM_ROOT, role.smm = as_id). A paged
+// guest (vcpu.setPaging) runs on *indirect* pages shadowing its tables, from a root per CR3
+// (VCPU_ROOT; see the second half of this file).
 //
 // Invariants:
 //   - leaves are 4K only (dirtlog's shadow MMU maps no huge pages yet), so the rmaps of
@@ -44,10 +46,37 @@ import {
   KVM_NR_AS,
   SLOT_NPAGES,
   VM_ROOT,
+  EINVAL,
+  SLOT_FLAGS,
+  SP_GFNS,
+  SP_HASH_NEXT,
+  SP_ROOT_COUNT,
+  SP_UNSYNC,
+  SP_UNSYNC_BITMAP,
+  SP_UNSYNC_CHILDREN,
+  SP_WRITE_FLOODING,
+  SP_HASH_BUCKETS,
+  SP_SPECIAL,
+  PAGING_32BIT,
+  VCPU_PAGING,
+  SLOT_BACKING,
+  VM_RMAP_ITER,
+  VM_RMAP_ITER2,
+  VCPU_AS,
+  VCPU_CR3,
+  VCPU_ROOT,
+  VCPU_WALK,
+  VM_SP_HASH,
+  WALK_TABLE_GFN,
 } from "./layout";
-import { nsorted, slot_ptr, sorted_ptr } from "./kvm_host";
+import {
+  nsorted,
+  slot_ptr,
+  sorted_ptr,
+  memslot_lookup,
+} from "./kvm_host";
 import { lockdep_assert_held_write } from "./mmu_lock";
-import { pool_alloc } from "./pt_pool";
+import { pool_alloc, pool_free } from "./pt_pool";
 import {
   PTE_LIST_DESC_SIZE,
   PTE_POOL_SIZE,
@@ -55,8 +84,25 @@ import {
   pte_list_pool_has_room,
   pte_list_pool_init,
   pte_list_pool_reset,
+  pte_list_at,
+  pte_list_destroy,
+  pte_list_remove,
+  rmap_get_first as first_of,
+  rmap_get_next as next_of,
+  rmap_write_protect,
 } from "./rmap";
-import { SPTE_PFN_MASK, is_present, level_index, make_nonleaf } from "./spte";
+import {
+  SPTE_PFN_MASK,
+  is_present,
+  level_index,
+  make_nonleaf,
+  SPTE_M,
+  SPTE_W,
+  is_leaf,
+} from "./spte";
+import { kvm_get_vcpu, kvm_nr_vcpus } from "./vcpu";
+import { lpage_disallowed, update_gfn_disallow_lpage, update_gfn_write_track } from "./page_track";
+import { GPTE_ADDR_MASK, GPTE_P, GPTE_RW } from "./guest_walk";
 
 // union kvm_mmu_page_role (v6.8 bit layout, spec §5.8)
 export const ROLE_LEVEL_MASK: u32 = 0xf;
@@ -201,44 +247,6 @@ export function shadow_zap_all_done(vm: usize): void {
 // Invariants (all under mmu_lock for write): a page is in the hash iff SP_IN_USE; every
 // non-leaf SPTE is on its child's parent_ptes; a leaf SPTE is on the rmap of SP_GFNS[i];
 // unsync_child_bitmap bit i of a page is set iff child i is unsync or has unsync children.
-import {
-  EINVAL,
-  SLOT_FLAGS,
-  SP_GFNS,
-  SP_HASH_NEXT,
-  SP_ROOT_COUNT,
-  SP_UNSYNC,
-  SP_UNSYNC_BITMAP,
-  SP_UNSYNC_CHILDREN,
-  SP_WRITE_FLOODING,
-  SP_HASH_BUCKETS,
-  SP_SPECIAL,
-  PAGING_32BIT,
-  VCPU_PAGING,
-  SLOT_BACKING,
-  VM_RMAP_ITER,
-  VM_RMAP_ITER2,
-  VCPU_AS,
-  VCPU_CR3,
-  VCPU_ROOT,
-  VCPU_WALK,
-  VM_SP_HASH,
-  WALK_TABLE_GFN,
-} from "./layout";
-import { memslot_lookup } from "./kvm_host";
-import { pool_free } from "./pt_pool";
-import { kvm_get_vcpu, kvm_nr_vcpus } from "./vcpu";
-import {
-  pte_list_at,
-  pte_list_destroy,
-  pte_list_remove,
-  rmap_get_first as first_of,
-  rmap_get_next as next_of,
-  rmap_write_protect,
-} from "./rmap";
-import { lpage_disallowed, update_gfn_disallow_lpage, update_gfn_write_track } from "./page_track";
-import { GPTE_ADDR_MASK, GPTE_P, GPTE_RW } from "./guest_walk";
-import { SPTE_M, SPTE_W, is_leaf } from "./spte";
 
 /** The page-table page a kvm_mmu_page describes (the inverse of sptep_to_sp). */
 @inline export function sp_spt(vm: usize, sp: usize): usize {
