@@ -41,78 +41,45 @@ export const GPTE_RW: u64 = 1 << 1;
 export const GPTE_PS: u64 = 1 << 7;
 export const GPTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
-/** The gPTE at `index` of the guest table at `table_gfn`, or 0 outside backed memory. */
-@inline function read_gpte(vm: usize, as_id: u32, table_gfn: u64, index: u32): u64 {
-  const slot = memslot_lookup(vm, as_id, table_gfn);
-  if (slot == 0) return 0;
-  const backing = <usize>load<u32>(slot + SLOT_BACKING);
-  if (backing == 0) return 0;
-  return load<u64>(backing + <usize>((table_gfn - load<u64>(slot + SLOT_BASE_GFN)) << 12) + (<usize>index << 3));
-}
-
-/** The 4-byte gPTE at `index` of the guest table at `table_gfn` (a 32-bit guest's). */
-@inline function read_gpte32(vm: usize, as_id: u32, table_gfn: u64, index: u32): u64 {
-  const slot = memslot_lookup(vm, as_id, table_gfn);
-  if (slot == 0) return 0;
-  const backing = <usize>load<u32>(slot + SLOT_BACKING);
-  if (backing == 0) return 0;
-  return <u64>load<u32>(backing + <usize>((table_gfn - load<u64>(slot + SLOT_BASE_GFN)) << 12) + (<usize>index << 2));
-}
-
 /**
- * The 32-bit non-PAE walk (paging32): CR3 ─► PD (1024 4-byte PDEs, 4 MiB each) ─► PT (1024
- * 4-byte PTEs) ─► the page. A gva of 4 GiB or more does not exist. Levels 2 and 1 only.
+ * The gPTE at `index` of the guest table at `table_gfn` (8 bytes, or 4 for a 32-bit guest),
+ * or 0 outside backed memory.
  */
-function guest_walk32(vm: usize, vcpu: usize, gva: u64, write: bool): bool {
-  const as_id = load<u32>(vcpu + VCPU_AS);
-  const walk = vcpu + VCPU_WALK;
-  let table_gfn = (load<u64>(vcpu + VCPU_CR3) & 0xffff_f000) >> 12;
-  let writable = true;
-  if (gva >> 32 != 0) {
-    store<u64>(vcpu + VCPU_FAULT_ADDR, gva);
-    return false;
-  }
-  for (let level: u32 = 2; level >= 1; level--) {
-    store<u64>(walk + WALK_TABLE_GFN + (<usize>(level - 1) << 3), table_gfn);
-    const gpte = read_gpte32(vm, as_id, table_gfn, <u32>((gva >> (12 + 10 * (level - 1))) & 1023));
-    if ((gpte & GPTE_P) == 0 || (level > 1 && (gpte & GPTE_PS) != 0)) {
-      store<u64>(vcpu + VCPU_FAULT_ADDR, gva);
-      return false;
-    }
-    writable = writable && (gpte & GPTE_RW) != 0;
-    table_gfn = (gpte & 0xffff_f000) >> 12;
-  }
-  if (write && !writable) {
-    store<u64>(vcpu + VCPU_FAULT_ADDR, gva);
-    return false;
-  }
-  store<u64>(walk + WALK_GPA, (table_gfn << 12) | (gva & 0xfff));
-  store<u32>(walk + WALK_WRITABLE, writable ? 1 : 0);
-  return true;
+@inline function read_gpte(vm: usize, as_id: u32, table_gfn: u64, index: u32, bits32: bool): u64 {
+  const slot = memslot_lookup(vm, as_id, table_gfn);
+  if (slot == 0) return 0;
+  const backing = <usize>load<u32>(slot + SLOT_BACKING);
+  if (backing == 0) return 0;
+  const table = backing + <usize>((table_gfn - load<u64>(slot + SLOT_BASE_GFN)) << 12);
+  return bits32 ? <u64>load<u32>(table + (<usize>index << 2)) : load<u64>(table + (<usize>index << 3));
 }
 
 /**
  * FNAME(walk_addr): translate gva for a read or a write. True with the result in the
  * vCPU's VCPU_WALK (the gpa, each level's table gfn, whether every level allows writes);
- * false for a guest page fault (gva in VCPU_FAULT_ADDR).
+ * false for a guest page fault (gva in VCPU_FAULT_ADDR). x86-64: 4 levels of 512 8-byte
+ * gPTEs; 32-bit non-PAE (paging32): CR3 ─► PD (1024 4-byte PDEs, 4 MiB each) ─► PT, and a
+ * gva of 4 GiB or more does not exist.
  */
 export function guest_walk(vm: usize, vcpu: usize, gva: u64, write: bool): bool {
-  if (load<u32>(vcpu + VCPU_PAGING) == PAGING_32BIT) return guest_walk32(vm, vcpu, gva, write);
+  const bits32 = load<u32>(vcpu + VCPU_PAGING) == PAGING_32BIT;
+  const levels: u32 = bits32 ? 2 : 4;
+  const index_bits: u32 = bits32 ? 10 : 9;
+  const addr_mask: u64 = bits32 ? 0xffff_f000 : GPTE_ADDR_MASK;
   const as_id = load<u32>(vcpu + VCPU_AS);
   const walk = vcpu + VCPU_WALK;
-  let table_gfn = load<u64>(vcpu + VCPU_CR3) >> 12;
+  let table_gfn = (load<u64>(vcpu + VCPU_CR3) & addr_mask) >> 12;
   let writable = true;
-  for (let level: u32 = 4; level >= 1; level--) {
+  let ok = !bits32 || gva >> 32 == 0;
+  for (let level = levels; ok && level >= 1; level--) {
     store<u64>(walk + WALK_TABLE_GFN + (<usize>(level - 1) << 3), table_gfn);
-    const gpte = read_gpte(vm, as_id, table_gfn, <u32>((gva >> (12 + 9 * (level - 1))) & 511));
-    if ((gpte & GPTE_P) == 0 || (level > 1 && (gpte & GPTE_PS) != 0)) {
-      store<u64>(vcpu + VCPU_FAULT_ADDR, gva);
-      return false;
-    }
+    const index = <u32>((gva >> (12 + index_bits * (level - 1))) & ((1 << index_bits) - 1));
+    const gpte = read_gpte(vm, as_id, table_gfn, index, bits32);
+    ok = (gpte & GPTE_P) != 0 && (level == 1 || (gpte & GPTE_PS) == 0);
     writable = writable && (gpte & GPTE_RW) != 0;
-    table_gfn = (gpte & GPTE_ADDR_MASK) >> 12;
+    table_gfn = (gpte & addr_mask) >> 12;
   }
-  if (write && !writable) {
+  if (!ok || (write && !writable)) {
     store<u64>(vcpu + VCPU_FAULT_ADDR, gva);
     return false;
   }
