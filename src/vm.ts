@@ -68,8 +68,9 @@ export interface VmOptions {
   /**
    * The MMU (default "tdp"): "tdp", KVM's TDP MMU over EPT; or "shadow", KVM's shadow MMU
    * (tdp_mmu=N, no EPT), which keeps rmaps from each gfn to its SPTEs and re-protects
-   * through them. For now the shadow MMU runs guests unpaged (KVM's nonpaging mode: direct
-   * shadow pages, 4K mappings). PML needs EPT: {mmu: "shadow", pml: true} is EINVAL.
+   * through them: direct shadow pages for an unpaged guest (KVM's nonpaging mode), indirect
+   * ones shadowing a paged guest's tables (vcpu.setPaging); 4K mappings only. PML needs
+   * EPT: {mmu: "shadow", pml: true} is EINVAL.
    */
   mmu?: "tdp" | "shadow";
   /**
