@@ -45,7 +45,7 @@ export const GPTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
  * The gPTE at `index` of the guest table at `table_gfn` (8 bytes, or 4 for a 32-bit guest),
  * or 0 outside backed memory.
  */
-@inline function read_gpte(vm: usize, as_id: u32, table_gfn: u64, index: u32, bits32: bool): u64 {
+@inline export function read_gpte(vm: usize, as_id: u32, table_gfn: u64, index: u32, bits32: bool): u64 {
   const slot = memslot_lookup(vm, as_id, table_gfn);
   if (slot == 0) return 0;
   const backing = <usize>load<u32>(slot + SLOT_BACKING);

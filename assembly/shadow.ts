@@ -37,7 +37,6 @@ import {
   SP_ROLE,
   SP_SIZE,
   VM_MMU,
-  VM_NSORTED,
   VM_POOL_BASE,
   VM_POOL_NEXT,
   VM_PTE_POOL,
@@ -46,8 +45,6 @@ import {
   KVM_NR_AS,
   SLOT_NPAGES,
   VM_ROOT,
-  EINVAL,
-  SLOT_FLAGS,
   SP_GFNS,
   SP_HASH_NEXT,
   SP_ROOT_COUNT,
@@ -59,7 +56,6 @@ import {
   SP_SPECIAL,
   PAGING_32BIT,
   VCPU_PAGING,
-  SLOT_BACKING,
   VM_RMAP_ITER,
   VM_RMAP_ITER2,
   VCPU_AS,
@@ -101,8 +97,8 @@ import {
   is_leaf,
 } from "./spte";
 import { kvm_get_vcpu, kvm_nr_vcpus } from "./vcpu";
-import { lpage_disallowed, update_gfn_disallow_lpage, update_gfn_write_track } from "./page_track";
-import { GPTE_ADDR_MASK, GPTE_P, GPTE_RW } from "./guest_walk";
+import { update_gfn_disallow_lpage, update_gfn_write_track } from "./page_track";
+import { GPTE_ADDR_MASK, GPTE_P, GPTE_RW, read_gpte } from "./guest_walk";
 
 // union kvm_mmu_page_role (v6.8 bit layout, spec §5.8)
 export const ROLE_LEVEL_MASK: u32 = 0xf;
@@ -285,12 +281,9 @@ function account_shadowed(vm: usize, sp: usize, delta: i32): bool {
   const gfn = load<u64>(sp + SP_GFN);
   const slot = memslot_lookup(vm, load<u32>(sp + SP_ROLE) >> ROLE_SMM_SHIFT, gfn);
   if (slot == 0) return false;
-  if (role_level(sp) > 1) {
-    // __kvm_write_track_add_gfn / _remove_gfn: every guest write to an upper-level table traps
-    update_gfn_write_track(vm, slot, gfn, delta);
-    update_gfn_disallow_lpage(vm, slot, gfn, delta);
-    return delta > 0 && rmap_write_protect(vm, gfn_to_rmap(slot, gfn), true, vm + VM_RMAP_ITER);
-  }
+  // __kvm_write_track_add_gfn / _remove_gfn: every guest write to an upper-level table
+  // traps; a leaf table is only write-protected (it may go unsync)
+  if (role_level(sp) > 1) update_gfn_write_track(vm, slot, gfn, delta);
   update_gfn_disallow_lpage(vm, slot, gfn, delta);
   return delta > 0 && rmap_write_protect(vm, gfn_to_rmap(slot, gfn), true, vm + VM_RMAP_ITER);
 }
@@ -572,17 +565,11 @@ export function kvm_mmu_unload_root(vm: usize, vcpu: usize): void {
  * The gPTE that SPTE i of `sp` shadows, 0 outside backed memory: entry i of the guest table
  * (8 bytes), or for a 32-bit guest's table (4 bytes) entry quadrant × 512 + i.
  */
-function read_gpte(vm: usize, sp: usize, i: u32): u64 {
-  const gfn = load<u64>(sp + SP_GFN);
-  const slot = memslot_lookup(vm, load<u32>(sp + SP_ROLE) >> ROLE_SMM_SHIFT, gfn);
-  if (slot == 0) return 0;
-  const backing = <usize>load<u32>(slot + SLOT_BACKING);
-  if (backing == 0) return 0;
-  const table = backing + <usize>((gfn - load<u64>(slot + SLOT_BASE_GFN)) << 12);
+function sp_gpte(vm: usize, sp: usize, i: u32): u64 {
   const role = load<u32>(sp + SP_ROLE);
-  if ((role & ROLE_4BYTE) == 0) return load<u64>(table + (<usize>i << 3));
-  const index = (((role >> ROLE_QUADRANT_SHIFT) & 3) << 9) | i;
-  return <u64>load<u32>(table + (<usize>index << 2));
+  const bits32 = (role & ROLE_4BYTE) != 0;
+  const index = bits32 ? (((role >> ROLE_QUADRANT_SHIFT) & 3) << 9) | i : i;
+  return read_gpte(vm, role >> ROLE_SMM_SHIFT, load<u64>(sp + SP_GFN), index, bits32);
 }
 
 /**
@@ -594,7 +581,7 @@ function sync_spte(vm: usize, sp: usize, i: u32): bool {
   const p = sp_spt(vm, sp) + (<usize>i << 3);
   const spte = atomic.load<u64>(p);
   if (!is_present(spte)) return false;
-  const gpte = read_gpte(vm, sp, i);
+  const gpte = sp_gpte(vm, sp, i);
   if ((gpte & GPTE_P) == 0 || (gpte & GPTE_ADDR_MASK) >> 12 != sp_gfn_at(sp, i)) return zap_pte(vm, sp, i);
   if ((gpte & GPTE_RW) == 0 && (spte & (SPTE_W | SPTE_M)) != 0) {
     atomic.and<u64>(p, ~(SPTE_W | SPTE_M));

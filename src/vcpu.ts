@@ -307,10 +307,13 @@ export class Vcpu {
       }
       if (p.mode === "32bit" && cr3 >= 1n << 32n) throw new KvmError("EINVAL", call, "a 32-bit guest's cr3 is below 4 GiB");
       mode = p.mode === "long" ? L.PAGING_LONG : L.PAGING_32BIT;
-      if (this.vm.mmu === "shadow") this.vm.ensureWriteTracking(call); // its guest tables are write-tracked
     }
-    const r = this.core.kvm_set_cr3(this.vm.addr, this.addr, HOST_TAG, cr3, mode);
-    this.owned(r, call);
+    // vcpu->mutex first (EBUSY changes nothing), then what a shadow root needs: its guest
+    // tables are write-tracked
+    this.withVcpu(call, () => {
+      if (mode !== L.PAGING_OFF && this.vm.mmu === "shadow") this.vm.ensureWriteTracking(call);
+      this.owned(this.core.kvm_set_cr3(this.vm.addr, this.addr, HOST_TAG, cr3, mode), call);
+    });
   }
 
   /** The guest's paging: `{ cr3, mode }`, or null when it runs unpaged. */

@@ -568,3 +568,41 @@ describe("an unsync page found in the hash is synced before it is linked again (
     },
   );
 });
+
+describe("misuse of the paging and write-tracking calls: KvmError, nothing changed", () => {
+  it("wrong types and ranges are EINVAL; a vCPU whose loop runs is EBUSY (no paging, no tracking enabled); after dispose everything is EBADF", async () => {
+    const vm = await newVm({ mmu: "shadow" });
+    vm.setUserMemoryRegion({ slot: 0, flags: LOG, guestPhysAddr: 0, memorySize: 4 * MIB, backed: true });
+    const pt = buildPageTables(vm, 0, TABLES_AT, [{ gva: DATA, gpa: 0x1000, pages: 16 }]);
+    const v = vm.createVcpu(0);
+    expect(errnoOf(() => v.setPaging("long" as unknown as null))).toBe("EINVAL");
+    expect(errnoOf(() => v.setPaging({ cr3: pt.cr3, mode: "long", pcid: 1 } as unknown as null))).toBe("EINVAL");
+    expect(errnoOf(() => v.setPaging({ cr3: -4096, mode: "long" }))).toBe("EINVAL");
+    expect(errnoOf(() => v.invlpg("0" as unknown as number))).toBe("EINVAL");
+    expect(errnoOf(() => vm.rmapCount(2, 0))).toBe("EINVAL");
+    expect(errnoOf(() => vm.writeTrackAddGfn(1.5))).toBe("EINVAL");
+    expect(() => buildPageTables(vm, 0, 4095, [])).toThrow(/page-aligned/);
+    expect(() => buildPageTables(vm, 0, TABLES_AT, [{ gva: DATA + 1, gpa: 0, pages: 1 }])).toThrow(/page-aligned/);
+    expect(() => buildPageTables(vm, 0, 0, [{ gva: 1n << 32n, gpa: 0, pages: 1 }], { mode: "32bit" })).toThrow(/4 GiB/);
+    v.setWorkload({ pattern: "sequential", gpa: 0x1000, pages: 16, batch: 0xffff_ffff });
+    await v.startLoop();
+    expect(errnoOf(() => v.setPaging({ cr3: pt.cr3, mode: "long" }))).toBe("EBUSY");
+    expect(errnoOf(() => v.invlpg(DATA))).toBe("EBUSY");
+    await v.pause();
+    expect(v.paging).toBeNull();
+    expect(vm.writeTrackCount(1)).toBe(0); // tracking was not enabled by the refused call
+    expect(errnoOf(() => vm.writeTrackAddGfn(1))).toBe("ENXIO");
+    await vm.close();
+    for (const call of [
+      () => v.setPaging(null),
+      () => v.invlpg(DATA),
+      () => v.faultAddress,
+      () => vm.rmapCount(0, 1),
+      () => vm.registerPageTrackNotifier({}),
+      () => vm.writeTrackAddGfn(1),
+      () => vm.writeTrackCount(1),
+    ]) {
+      expect(errnoOf(call)).toBe("EBADF");
+    }
+  });
+});
