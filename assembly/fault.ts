@@ -49,6 +49,7 @@ import {
   VCPU_PSC_TAG,
   VCPU_REQUESTS,
   KVM_MEM_READONLY,
+  KVM_MEMSLOT_INVALID,
   SLOT_ACTIVE,
   SLOT_BACKING,
   SLOT_BASE_GFN,
@@ -73,6 +74,8 @@ import {
   kvm_mmu_track_write,
   kvm_mmu_unload_root,
   mmu_sync_children,
+  is_obsolete_sp,
+  kvm_mmu_remote_flush_or_zap,
   mmu_try_to_unsync_pages,
   shadow_fetch,
   shadow_pte_pool,
@@ -149,6 +152,10 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
     return 0;
   }
   const slot = memslot_lookup(vm, as_id, gfn);
+  if (slot != 0 && (load<u32>(slot + SLOT_FLAGS) & KVM_MEMSLOT_INVALID) != 0) {
+    fault_unlock(vm, shadow); // being deleted or moved (RET_PF_RETRY): fault again after
+    return 0;
+  }
   const readonly = slot != 0 && (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_READONLY) != 0;
   if (slot == 0 || (write && readonly)) {
     fault_unlock(vm, shadow);
@@ -232,8 +239,7 @@ function emulate_write(vm: usize, vcpu: usize, as_id: u32, gpa: u64, value: u64)
   // it shadows (a write-tracked page is one, unless only an external user tracks it)
   if (is_shadow_mmu(vm)) {
     write_lock(vm);
-    const flush = kvm_mmu_track_write(vm, gpa, 8);
-    if (flush) flush_remote_tlbs(vm, vcpu_can_block(vm, vcpu));
+    kvm_mmu_remote_flush_or_zap(vm, kvm_mmu_track_write(vm, gpa, 8), vcpu_can_block(vm, vcpu));
     write_unlock(vm);
   }
   return 0;
@@ -258,11 +264,18 @@ function shadow_paged_fault(vm: usize, vcpu: usize, gva: u64, write: bool): u32 
   const gfn = gpa >> 12;
   const as_id = load<u32>(vcpu + VCPU_AS);
   write_lock(vm);
-  if (mmu_invalidate_retry_gfn(vm, gfn)) {
+  // is_page_fault_stale: the root went obsolete (a zap); the vCPU drops it at guest entry
+  // (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS is pending) and faults again on a new one
+  const root = <usize>load<u32>(vcpu + VCPU_ROOT);
+  if (mmu_invalidate_retry_gfn(vm, gfn) || (root != 0 && is_obsolete_sp(vm, sptep_to_sp(vm, root)))) {
     write_unlock(vm);
     return 0;
   }
   const slot = memslot_lookup(vm, as_id, gfn);
+  if (slot != 0 && (load<u32>(slot + SLOT_FLAGS) & KVM_MEMSLOT_INVALID) != 0) {
+    write_unlock(vm);
+    return 0;
+  }
   const readonly = slot != 0 && (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_READONLY) != 0;
   if (slot == 0 || (write && readonly)) {
     write_unlock(vm);
@@ -276,6 +289,7 @@ function shadow_paged_fault(vm: usize, vcpu: usize, gva: u64, write: bool): u32 
   store<u32>(flush_flag(vcpu), 0);
   const p = pte_list_pool_has_room(shadow_pte_pool(vm)) ? shadow_fetch(vm, vcpu, gva, flush_flag(vcpu)) : 0;
   if (p == 0) {
+    kvm_mmu_remote_flush_or_zap(vm, load<u32>(flush_flag(vcpu)) != 0, vcpu_can_block(vm, vcpu));
     write_unlock(vm);
     return KVM_EXIT_INTERNAL_ERROR;
   }
@@ -312,7 +326,7 @@ function shadow_paged_fault(vm: usize, vcpu: usize, gva: u64, write: bool): u32 
     atomic.add<u64>(vcpu + VCPU_SLOW_FAULTS, 1);
     if (write && tracked) r = RET_PF_EMULATE;
   }
-  if (load<u32>(flush_flag(vcpu)) != 0) flush_remote_tlbs(vm, vcpu_can_block(vm, vcpu));
+  kvm_mmu_remote_flush_or_zap(vm, load<u32>(flush_flag(vcpu)) != 0, vcpu_can_block(vm, vcpu));
   write_unlock(vm);
   return r;
 }
@@ -621,12 +635,15 @@ export function kvm_set_cr3(vm: usize, vcpu: usize, tag: u32, cr3: u64, mode: u3
     store<u64>(vcpu + VCPU_CR3, cr3);
     store<u32>(vcpu + VCPU_PAGING, mode);
     store<u32>(flush_flag(vcpu), 0);
-    let flush = false;
+    const can_block = vcpu_can_block(vm, vcpu);
     if (mode != PAGING_OFF) {
       const root = kvm_mmu_load_root(vm, vcpu, flush_flag(vcpu));
-      if (root != 0) flush = mmu_sync_children(vm, sptep_to_sp(vm, root));
+      // kvm_mmu_sync_roots, after what loading the root zapped or write-protected is flushed
+      kvm_mmu_remote_flush_or_zap(vm, load<u32>(flush_flag(vcpu)) != 0, can_block);
+      if (root != 0) mmu_sync_children(vm, vcpu, sptep_to_sp(vm, root));
+    } else {
+      kvm_mmu_remote_flush_or_zap(vm, false, can_block); // an invalid root let go of
     }
-    if (flush || load<u32>(flush_flag(vcpu)) != 0) flush_remote_tlbs(vm, vcpu_can_block(vm, vcpu));
     write_unlock(vm);
   } else {
     store<u64>(vcpu + VCPU_CR3, cr3);
@@ -646,7 +663,9 @@ export function kvm_mmu_invlpg(vm: usize, vcpu: usize, tag: u32, gva: u64): i32 
     // FNAME(invlpg) / kvm_mmu_invalidate_addr: an unsync leaf page syncs the gPTE of gva
     write_lock(vm);
     const w = tdp_walk_from(root, gva >> 12);
-    if ((w & 7) == 1 && shadow_sync_one(vm, w & ~7)) flush_remote_tlbs(vm, vcpu_can_block(vm, vcpu));
+    if (!is_obsolete_sp(vm, sptep_to_sp(vm, root)) && (w & 7) == 1 && shadow_sync_one(vm, w & ~7)) {
+      flush_remote_tlbs(vm, vcpu_can_block(vm, vcpu));
+    }
     write_unlock(vm);
   }
   tlb_flush_local(vcpu); // (the model's TLB has no per-address invalidation)

@@ -32,6 +32,7 @@ export const EINVAL: i32 = 22;
 // ---- KVM constants ----
 export const KVM_MEM_LOG_DIRTY_PAGES: u32 = 1;
 export const KVM_MEM_READONLY: u32 = 2;
+export const KVM_MEMSLOT_INVALID: u32 = 1 << 16; // kernel-internal: a DELETE or MOVE is zapping the slot's mappings
 export const KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE: u32 = 1;
 export const KVM_DIRTY_LOG_INITIALLY_SET: u32 = 2;
 export const KVM_EXIT_EXCEPTION: u32 = 1; // the guest took a page fault dirtlog's guest cannot handle
@@ -129,6 +130,16 @@ export const VM_RMAP_ITER2: u32 = 312; // 8 bytes: a second rmap iterator, for p
 export const VM_TDP_ITER: u32 = 320; // 64 bytes: the tdp_iter of the mmu_lock writer (tdp_iter.ts)
 export const VM_SP_HASH: u32 = 384; // u32: mmu_page_hash, SP_HASH_BUCKETS u32 heads (shadow MMU)
 export const SP_HASH_BUCKETS: u32 = 4096;
+export const VM_MMU_VALID_GEN: u32 = 388; // u32: kvm->arch.mmu_valid_gen, 0 or 1 (shadow MMU; kvm_mmu_zap_all_fast toggles it)
+export const VM_MMU_UNSYNC: u32 = 392; // u32: unsync shadow pages (the kernel's stat mmu_unsync)
+export const VM_MMU_SHADOW_ZAPPED: u32 = 396; // u32: shadow pages zapped (the kernel's stat mmu_shadow_zapped)
+export const VM_MMU_INVALID_LIST: u32 = 400; // u32: first page of the invalid list (prepared zaps awaiting kvm_mmu_commit_zap_page), 0 = empty
+export const VM_MMU_PAGES: u32 = 404; // u32 + KVM_PAGE_ARRAY_NR × 8 bytes: struct kvm_mmu_pages of the mmu_lock writer (nr, then {sp, idx})
+export const VM_MMU_PAGE_PATH: u32 = 540; // 4 × 8 bytes: struct mmu_page_path ({parent, idx} per level) for for_each_sp
+export const VM_MMU_SYNC_WALKS: u32 = 572; // u32: mmu_unsync_walk batches that mmu_sync_children handled (statistics, internal)
+export const VM_MMU_LOCK_BREAKS: u32 = 576; // u32: times a long mmu_lock hold let a waiting thread in (cond_resched_rwlock_write; statistics, internal)
+export const KVM_PAGE_ARRAY_NR: u32 = 16; // kvm_mmu_pages: pages per mmu_sync_children batch
+export const BATCH_ZAP_PAGES: u32 = 10; // kvm_zap_obsolete_pages: zaps between lock-break checks
 export const MMU_TDP: u32 = 0;
 export const MMU_SHADOW: u32 = 1; // u32: the VM owner's thread may block (Atomics.wait); vCPU workers always may
 
@@ -210,6 +221,7 @@ export const SP_GFNS: u32 = 40; // u32: indirect pages: a pool page of 512 u64, 
 export const SP_HASH_NEXT: u32 = 44; // u32: next page in its mmu_page_hash bucket
 export const SP_ROOT_COUNT: u32 = 48; // u32: vCPUs using the page as their root
 export const SP_SPECIAL: u32 = 52; // u32: a 32-bit guest's per-vCPU special root (pml4_root / pae_root), shadowing nothing
+export const SP_INVALID_NEXT: u32 = 56; // u32: next page on the invalid list (VM_MMU_INVALID_LIST)
 export const SP_UNSYNC_BITMAP: u32 = 64; // 512 bits
 
 // ---- vCPU block ----
@@ -299,6 +311,7 @@ export const TLB_ENTRIES: u32 = 2048;
 // ---- vCPU requests (kvm_make_request bit numbers) ----
 export const KVM_REQ_TLB_FLUSH: u32 = 0;
 export const KVM_REQ_DIRTY_RING_SOFT_FULL: u32 = 3;
+export const KVM_REQ_MMU_FREE_OBSOLETE_ROOTS: u32 = 4; // (an arch request in the kernel; dirtlog's bit)
 export const KVM_REQ_KICK: u32 = 30; // dirtlog: an IPI; the vCPU exits (draining PML) and re-enters
 export const KVM_REQ_EXIT: u32 = 31; // dirtlog: a signal / immediate_exit, KVM_RUN returns KVM_EXIT_INTR
 

@@ -48,6 +48,7 @@ import {
   KVM_MEM_LOG_DIRTY_PAGES,
   KVM_MEM_MAX_NR_PAGES,
   KVM_MEM_READONLY,
+  KVM_MEMSLOT_INVALID,
   KVM_MEM_SLOTS_NUM,
   KVM_MR_CREATE,
   KVM_MR_DELETE,
@@ -306,9 +307,12 @@ export function memslot_commit(
 
   if (change == KVM_MR_DELETE || change == KVM_MR_MOVE || change == KVM_MR_MOVE_REJECTED) {
     // kvm_invalidate_memslot: publish an INVALID copy, then zap every mapping (x86's
-    // default zap-all on a memslot flush; other slots lose their mappings too).
+    // default zap-all on a memslot flush; other slots lose their mappings too). The shadow
+    // MMU's zap lets faults in between its batches: one on this slot retries until the
+    // update is done (RET_PF_RETRY).
     publish(vm, as_id, 1);
-    kvm_mmu_zap_all_fast(vm, KVM_NR_AS);
+    store<u32>(s + SLOT_FLAGS, load<u32>(s + SLOT_FLAGS) | KVM_MEMSLOT_INVALID);
+    kvm_mmu_zap_all_fast(vm, KVM_NR_AS, can_block != 0);
     atomic.add<u64>(vm + VM_ZAPS, 1);
     // never skipped (not even by VM_DEBUG_SKIP_TLB_FLUSH): the zap freed page-table pages
     // that the vCPUs' paging-structure caches and TLBs may still use, and the write lock
@@ -317,6 +321,7 @@ export function memslot_commit(
     if (change == KVM_MR_MOVE_REJECTED) {
       // kvm_activate_memslot(invalid_slot, old): the old slot is published again
       publish(vm, as_id, 1);
+      store<u32>(s + SLOT_FLAGS, load<u32>(s + SLOT_FLAGS) & ~KVM_MEMSLOT_INVALID);
       write_unlock(vm);
       return change;
     }

@@ -54,8 +54,8 @@ import {
   shadow_get_or_create,
   shadow_pte_pool,
   shadow_rmap_add,
-  shadow_zap_all_done,
-  shadow_zap_indirect,
+  kvm_mmu_zap_all_fast_shadow,
+  shadow_free_obsolete_roots,
 } from "./shadow";
 import {
   tdp_clear_dirty_range,
@@ -253,11 +253,23 @@ export function kvm_mmu_slot_gfn_write_protect(vm: usize, slot: usize, as_id: u3
   return tdp_write_protect_gfn(vm, as_id, gfn, min_level);
 }
 
-/** kvm_mmu_zap_all_fast: every mapping of the VM goes (a memslot flush on DELETE/MOVE). */
-export function kvm_mmu_zap_all_fast(vm: usize, nr_as: u32): void {
-  if (is_shadow_mmu(vm)) shadow_zap_indirect(vm); // a paged guest's pages hang off vCPU roots
-  tdp_zap_all(vm, nr_as);
-  if (is_shadow_mmu(vm)) shadow_zap_all_done(vm);
+/**
+ * kvm_mmu_zap_all_fast: every mapping of the VM goes (a memslot flush on DELETE/MOVE).
+ * The shadow MMU makes its pages obsolete and zaps them in batches, letting waiters for
+ * mmu_lock in between (shadow.ts); the TDP MMU frees its tables in one go under the lock
+ * (the kernel invalidates the TDP roots and zaps them after dropping it).
+ */
+export function kvm_mmu_zap_all_fast(vm: usize, nr_as: u32, can_block: bool): void {
+  if (is_shadow_mmu(vm)) kvm_mmu_zap_all_fast_shadow(vm, nr_as, can_block);
+  else tdp_zap_all(vm, nr_as);
+}
+
+/** KVM_REQ_MMU_FREE_OBSOLETE_ROOTS on the vCPU's thread: drop its root if obsolete (shadow MMU). */
+export function kvm_mmu_free_obsolete_roots(vm: usize, vcpu: usize): void {
+  if (!is_shadow_mmu(vm)) return;
+  write_lock(vm);
+  shadow_free_obsolete_roots(vm, vcpu);
+  write_unlock(vm);
 }
 
 /**

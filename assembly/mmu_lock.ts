@@ -9,7 +9,7 @@
 // out (noAssert). The word has no owner, so the check is "some thread holds it for write",
 // which catches a caller that forgot the lock (lockdep's own check is per task).
 import { VM_MMU_LOCK } from "./layout";
-import { RW_WRITER, rw_read_lock, rw_read_unlock, rw_write_lock, rw_write_unlock } from "./rwlock";
+import { RW_WRITER, rw_is_contended, rw_read_lock, rw_read_unlock, rw_write_lock, rw_write_unlock } from "./rwlock";
 
 @inline export function read_lock(vm: usize): void {
   rw_read_lock(vm + VM_MMU_LOCK);
@@ -30,4 +30,23 @@ import { RW_WRITER, rw_read_lock, rw_read_unlock, rw_write_lock, rw_write_unlock
 
 @inline export function write_unlock(vm: usize): void {
   rw_write_unlock(vm + VM_MMU_LOCK);
+}
+
+/** rwlock_needbreak(&kvm->mmu_lock): another thread waits for the write side. */
+@inline export function mmu_lock_needbreak(vm: usize): bool {
+  return rw_is_contended(vm + VM_MMU_LOCK);
+}
+
+/**
+ * cond_resched_rwlock_write: drop the write side and take it again, so that a thread
+ * waiting for it gets in between. The caller has flushed what its waiters must not see
+ * stale, and revalidates what it holds after.
+ */
+export function cond_resched_rwlock_write(vm: usize): void {
+  const p = vm + VM_MMU_LOCK;
+  rw_write_unlock(p);
+  // a spinning waiter must see the lock free: give it a moment to take it (the word
+  // leaves 0) before competing again
+  for (let spins: u32 = 0; spins < 4096 && atomic.load<u32>(p) == 0; spins++) {}
+  rw_write_lock(p);
 }

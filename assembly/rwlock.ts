@@ -42,6 +42,11 @@ export function rw_write_unlock(p: usize): void {
   atomic.store<u32>(p, 0);
 }
 
+/** rwlock_is_contended: a writer waits for the lock (readers that wait cannot be seen). */
+@inline export function rw_is_contended(p: usize): bool {
+  return (atomic.load<u32>(p) & WAITING) != 0;
+}
+
 /** A spin mutex (kvm->gpc_lock, gpc->refresh_lock): 0 free, 1 held. */
 export function spin_lock(p: usize): void {
   while (atomic.cmpxchg<u32>(p, 0, 1) != 0) {}

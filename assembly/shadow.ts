@@ -64,6 +64,19 @@ import {
   VCPU_WALK,
   VM_SP_HASH,
   WALK_TABLE_GFN,
+  BATCH_ZAP_PAGES,
+  KVM_PAGE_ARRAY_NR,
+  KVM_REQ_MMU_FREE_OBSOLETE_ROOTS,
+  SP_INVALID_NEXT,
+  SP_MMU_VALID_GEN,
+  VM_MMU_INVALID_LIST,
+  VM_MMU_LOCK_BREAKS,
+  VM_MMU_PAGES,
+  VM_MMU_PAGE_PATH,
+  VM_MMU_SHADOW_ZAPPED,
+  VM_MMU_SYNC_WALKS,
+  VM_MMU_UNSYNC,
+  VM_MMU_VALID_GEN,
 } from "./layout";
 import {
   nsorted,
@@ -71,7 +84,7 @@ import {
   sorted_ptr,
   memslot_lookup,
 } from "./kvm_host";
-import { lockdep_assert_held_write } from "./mmu_lock";
+import { cond_resched_rwlock_write, lockdep_assert_held_write, mmu_lock_needbreak } from "./mmu_lock";
 import { pool_alloc, pool_free } from "./pt_pool";
 import {
   PTE_LIST_DESC_SIZE,
@@ -96,7 +109,8 @@ import {
   SPTE_W,
   is_leaf,
 } from "./spte";
-import { kvm_get_vcpu, kvm_nr_vcpus } from "./vcpu";
+import { vcpu_can_block } from "./vcpu";
+import { flush_remote_tlbs, kvm_make_all_cpus_request, tlb_flush_local } from "./tlb";
 import { update_gfn_disallow_lpage, update_gfn_write_track } from "./page_track";
 import { GPTE_ADDR_MASK, GPTE_P, GPTE_RW, read_gpte } from "./guest_walk";
 
@@ -105,6 +119,7 @@ export const ROLE_LEVEL_MASK: u32 = 0xf;
 export const ROLE_4BYTE: u32 = 1 << 4; // has_4_byte_gpte: a 32-bit non-PAE guest's table
 export const ROLE_QUADRANT_SHIFT: u32 = 5; // quadrant (2 bits): which part of a 1024-entry table
 export const ROLE_DIRECT: u32 = 1 << 7;
+export const ROLE_INVALID: u32 = 1 << 11; // zapped while a vCPU still uses it as its root
 export const ROLE_SMM_SHIFT: u32 = 24;
 
 @inline export function is_shadow_mmu(vm: usize): bool {
@@ -134,6 +149,7 @@ function sp_init(vm: usize, table: usize, level: u32, gfn: u64, as_id: u32): usi
   store<u64>(sp + SP_GFN, gfn);
   store<u32>(sp + SP_ROLE, level | ROLE_DIRECT | (as_id << ROLE_SMM_SHIFT));
   store<u32>(sp + SP_IN_USE, 1);
+  store<u32>(sp + SP_MMU_VALID_GEN, load<u32>(vm + VM_MMU_VALID_GEN));
   store<u32>(vm + VM_SHADOW_PAGES, load<u32>(vm + VM_SHADOW_PAGES) + 1);
   return sp;
 }
@@ -206,26 +222,6 @@ export function shadow_rmap_add(vm: usize, slot: usize, gfn: u64, sptep: usize):
   return pte_list_add(shadow_pte_pool(vm), gfn_to_rmap(slot, gfn), sptep);
 }
 
-/**
- * After the page tables were freed by kvm_mmu_zap_all_fast (tdp_zap_all): every rmap is
- * empty, every descriptor free, every shadow page but the roots gone.
- */
-export function shadow_zap_all_done(vm: usize): void {
-  lockdep_assert_held_write(vm);
-  for (let as_id: u32 = 0; as_id < KVM_NR_AS; as_id++) {
-    const arr = sorted_ptr(vm, as_id);
-    const n = nsorted(vm, as_id);
-    for (let i: u32 = 0; i < n; i++) {
-      const s = slot_ptr(vm, as_id, load<u16>(arr + (<usize>i << 1)));
-      const rmap = <usize>load<u32>(s + SLOT_RMAP);
-      if (rmap != 0) memory.fill(rmap, 0, <usize>(load<u64>(s + SLOT_NPAGES) << 3));
-    }
-  }
-  pte_list_pool_reset(shadow_pte_pool(vm));
-  memory.fill(<usize>load<u32>(vm + VM_SP_TABLE), 0, <usize>load<u32>(vm + VM_POOL_NEXT) * SP_SIZE);
-  shadow_init_roots(vm);
-}
-
 // ---------------------------------------------------------------------------------------
 // Indirect shadow pages: a paged guest's tables (vcpu.setPaging under the shadow MMU)
 //
@@ -269,10 +265,25 @@ export function shadow_zap_all_done(vm: usize): void {
   return load<u64>(sp + SP_GFN) + ((<u64>i) << (9 * (role_level(sp) - 1)));
 }
 
-/** for_each_valid_sp with gfn: the first indirect page shadowing gfn after `after` (0: the first). */
+/**
+ * is_obsolete_sp: zapped while in use as a root (role.invalid), or made before the last
+ * kvm_mmu_zap_all_fast (another mmu_valid_gen). Lookups pass over it; it is zapped or
+ * freed later.
+ */
+@inline export function is_obsolete_sp(vm: usize, sp: usize): bool {
+  return (load<u32>(sp + SP_ROLE) & ROLE_INVALID) != 0 || load<u32>(sp + SP_MMU_VALID_GEN) != load<u32>(vm + VM_MMU_VALID_GEN);
+}
+
+/**
+ * for_each_gfn_valid_sp_with_gptes: the first indirect page shadowing gfn after `after`
+ * (0: the first), obsolete pages passed over. A page zapped meanwhile stays in the hash,
+ * invalid, until kvm_mmu_commit_zap_page, so `after` may be one.
+ */
 function next_sp_of_gfn(vm: usize, gfn: u64, after: usize): usize {
   let sp = after == 0 ? <usize>load<u32>(hash_head(vm, gfn)) : <usize>load<u32>(after + SP_HASH_NEXT);
-  while (sp != 0 && (load<u64>(sp + SP_GFN) != gfn || is_direct(sp))) sp = <usize>load<u32>(sp + SP_HASH_NEXT);
+  while (sp != 0 && (load<u64>(sp + SP_GFN) != gfn || is_direct(sp) || is_obsolete_sp(vm, sp))) {
+    sp = <usize>load<u32>(sp + SP_HASH_NEXT);
+  }
   return sp;
 }
 
@@ -298,16 +309,22 @@ export function kvm_mmu_get_shadow_page(vm: usize, gfn: u64, level: u32, as_id: 
   lockdep_assert_held_write(vm);
   const role = level | extra | (as_id << ROLE_SMM_SHIFT);
   for (let sp = next_sp_of_gfn(vm, gfn, 0); sp != 0; sp = next_sp_of_gfn(vm, gfn, sp)) {
-    if (load<u32>(sp + SP_ROLE) != role) continue;
-    // __kvm_mmu_find_shadow_page: an unsync page is good but stale. Bring its SPTEs in line
-    // with the guest's table (kvm_sync_page), but leave it unsync and writable: the next
-    // TLB invalidation by the guest syncs it for good. (An INVLPG made while the page hung
-    // from no parent could not reach it.)
-    if (load<u32>(sp + SP_UNSYNC) != 0) {
-      let changed = false;
-      for (let i: u32 = 0; i < 512; i++) changed |= sync_spte(vm, sp, i);
-      if (changed) store<u32>(flush, 1);
+    if (load<u32>(sp + SP_ROLE) != role) {
+      // kvm_mmu_find_shadow_page: the guest makes an upper-level table of a page it used
+      // as a leaf table; the new page will be write-tracked, so an unsync page of the gfn
+      // cannot stay (zapped: the caller's kvm_mmu_remote_flush_or_zap frees it)
+      if (level > 1 && load<u32>(sp + SP_UNSYNC) != 0) {
+        kvm_mmu_prepare_zap_page(vm, sp);
+        store<u32>(flush, 1);
+      }
+      continue;
     }
+    // An unsync page is good but stale. Bring its SPTEs in line with the guest's table
+    // (kvm_sync_page), but leave it unsync and writable: the next TLB invalidation by the
+    // guest syncs it for good. (An INVLPG made while the page hung from no parent could
+    // not reach it.)
+    if (load<u32>(sp + SP_UNSYNC) != 0 && kvm_sync_page(vm, sp)) store<u32>(flush, 1);
+    store<u32>(sp + SP_WRITE_FLOODING, 0); // __clear_sp_write_flooding_count
     return sp;
   }
   const spt = pool_alloc(vm);
@@ -322,6 +339,7 @@ export function kvm_mmu_get_shadow_page(vm: usize, gfn: u64, level: u32, as_id: 
   store<u64>(sp + SP_GFN, gfn);
   store<u32>(sp + SP_ROLE, role);
   store<u32>(sp + SP_IN_USE, 1);
+  store<u32>(sp + SP_MMU_VALID_GEN, load<u32>(vm + VM_MMU_VALID_GEN));
   store<u32>(sp + SP_GFNS, <u32>gfns);
   const head = hash_head(vm, gfn);
   store<u32>(sp + SP_HASH_NEXT, load<u32>(head));
@@ -359,7 +377,8 @@ export function mmu_try_to_unsync_pages(vm: usize, gfn: u64): bool {
   for (let sp = next_sp_of_gfn(vm, gfn, 0); sp != 0; sp = next_sp_of_gfn(vm, gfn, sp)) {
     if (role_level(sp) != 1) return false;
     if (load<u32>(sp + SP_UNSYNC) != 0) continue;
-    store<u32>(sp + SP_UNSYNC, 1);
+    store<u32>(sp + SP_UNSYNC, 1); // kvm_unsync_page
+    store<u32>(vm + VM_MMU_UNSYNC, load<u32>(vm + VM_MMU_UNSYNC) + 1);
     mark_unsync(vm, sp);
   }
   return true;
@@ -393,14 +412,21 @@ function clear_unsync_child(sp: usize, i: u32): void {
 }
 
 /**
- * kvm_mmu_prepare_zap_page + commit: unlink `sp` from every parent, drop its SPTEs, stop
- * shadowing its guest table, leave the hash and free its pages. A root in use is emptied
- * but stays (its vCPUs keep it loaded). The caller flushes before mmu_lock drops.
+ * kvm_mmu_prepare_zap_page: take `sp` out of use. Its unsync children are zapped first
+ * (mmu_zap_unsync_children), its SPTEs dropped (leaves off their rmaps, links off their
+ * children's parent_ptes), its parents' links to it dropped, its guest table no longer
+ * shadowed (unaccount_shadowed), and it is marked invalid: lookups pass over it. A page no
+ * vCPU uses as its root goes on the invalid list, freed by kvm_mmu_commit_zap_page after
+ * a flush; a root in use stays until its last vCPU lets go (kvm_mmu_unload_root), and
+ * every vCPU is asked to drop obsolete roots (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, served at
+ * guest entry). Idempotent. Returns whether a root in use was zapped.
  */
-export function kvm_mmu_zap_page(vm: usize, sp: usize): void {
+export function kvm_mmu_prepare_zap_page(vm: usize, sp: usize): bool {
   lockdep_assert_held_write(vm);
-  for (let i: u32 = 0; i < 512; i++) zap_pte(vm, sp, i);
-  if (load<u32>(sp + SP_ROOT_COUNT) != 0) return;
+  if ((load<u32>(sp + SP_ROLE) & ROLE_INVALID) != 0) return false;
+  store<u32>(vm + VM_MMU_SHADOW_ZAPPED, load<u32>(vm + VM_MMU_SHADOW_ZAPPED) + 1);
+  if (role_level(sp) > 1 && load<u32>(sp + SP_UNSYNC_CHILDREN) != 0) mmu_zap_unsync_children(vm, sp);
+  kvm_mmu_page_unlink_children(vm, sp);
   const parents = sp + SP_PARENT_PTES;
   const iter = vm + VM_RMAP_ITER2;
   for (let p = first_of(parents, iter); p != 0; p = next_of(iter)) {
@@ -408,13 +434,69 @@ export function kvm_mmu_zap_page(vm: usize, sp: usize): void {
     clear_unsync_child(sptep_to_sp(vm, p), <u32>((p & (PAGE_SIZE - 1)) >> 3));
   }
   pte_list_destroy(shadow_pte_pool(vm), parents);
-  account_shadowed(vm, sp, -1);
-  // leave the hash
-  const head = hash_head(vm, load<u64>(sp + SP_GFN));
-  let link = head;
-  while (<usize>load<u32>(link) != sp) link = <usize>load<u32>(link) + SP_HASH_NEXT;
-  store<u32>(link, load<u32>(sp + SP_HASH_NEXT));
-  pool_free(vm, <usize>load<u32>(sp + SP_GFNS));
+  if (!is_direct(sp)) account_shadowed(vm, sp, -1);
+  if (load<u32>(sp + SP_UNSYNC) != 0) kvm_unlink_unsync_page(vm, sp);
+  store<u32>(sp + SP_ROLE, load<u32>(sp + SP_ROLE) | ROLE_INVALID);
+  if (load<u32>(sp + SP_ROOT_COUNT) == 0) {
+    invalid_list_add(vm, sp);
+    return false;
+  }
+  kvm_make_all_cpus_request(vm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, false, false);
+  return true;
+}
+
+/** kvm_mmu_page_unlink_children: every SPTE of `sp` dropped (mmu_page_zap_pte). */
+function kvm_mmu_page_unlink_children(vm: usize, sp: usize): void {
+  const spt = sp_spt(vm, sp);
+  for (let i: u32 = 0; i < 512; i++) {
+    if (atomic.load<u64>(spt + (<usize>i << 3)) != 0) zap_pte(vm, sp, i);
+  }
+}
+
+@inline function invalid_list_add(vm: usize, sp: usize): void {
+  store<u32>(sp + SP_INVALID_NEXT, load<u32>(vm + VM_MMU_INVALID_LIST));
+  store<u32>(vm + VM_MMU_INVALID_LIST, <u32>sp);
+}
+
+/**
+ * kvm_mmu_commit_zap_page: flush every vCPU's TLB (no lockless walker still reads the
+ * pages), then free every page on the invalid list.
+ */
+export function kvm_mmu_commit_zap_page(vm: usize, can_block: bool): void {
+  lockdep_assert_held_write(vm);
+  let sp = <usize>load<u32>(vm + VM_MMU_INVALID_LIST);
+  if (sp == 0) return;
+  flush_remote_tlbs(vm, can_block);
+  store<u32>(vm + VM_MMU_INVALID_LIST, 0);
+  while (sp != 0) {
+    const next = <usize>load<u32>(sp + SP_INVALID_NEXT);
+    kvm_mmu_free_shadow_page(vm, sp);
+    sp = next;
+  }
+}
+
+/**
+ * kvm_mmu_remote_flush_or_zap: commit the invalid list (which flushes), or flush if
+ * `flush`. Returns whether a flush was done.
+ */
+export function kvm_mmu_remote_flush_or_zap(vm: usize, flush: bool, can_block: bool): bool {
+  if (load<u32>(vm + VM_MMU_INVALID_LIST) != 0) {
+    kvm_mmu_commit_zap_page(vm, can_block);
+    return true;
+  }
+  if (flush) flush_remote_tlbs(vm, can_block);
+  return flush;
+}
+
+function kvm_mmu_free_shadow_page(vm: usize, sp: usize): void {
+  if (!is_direct(sp)) {
+    // leave the hash (direct pages are never in it: dirtlog finds them from the VM's root)
+    let link = hash_head(vm, load<u64>(sp + SP_GFN));
+    while (<usize>load<u32>(link) != sp) link = <usize>load<u32>(link) + SP_HASH_NEXT;
+    store<u32>(link, load<u32>(sp + SP_HASH_NEXT));
+  }
+  const gfns = <usize>load<u32>(sp + SP_GFNS);
+  if (gfns != 0) pool_free(vm, gfns);
   pool_free(vm, sp_spt(vm, sp));
   store<u32>(sp + SP_IN_USE, 0);
   store<u32>(vm + VM_SHADOW_PAGES, load<u32>(vm + VM_SHADOW_PAGES) - 1);
@@ -547,7 +629,11 @@ function release_special(vm: usize, sp: usize): void {
   store<u32>(vm + VM_SHADOW_PAGES, load<u32>(vm + VM_SHADOW_PAGES) - 1);
 }
 
-/** kvm_mmu_unload: the vCPU lets go of its root (root_count down; the page stays in the hash). */
+/**
+ * kvm_mmu_unload: the vCPU lets go of its root (root_count down; the page stays in the
+ * hash). A root zapped while in use goes on the invalid list with its last user
+ * (mmu_free_root_page); the caller commits it.
+ */
 export function kvm_mmu_unload_root(vm: usize, vcpu: usize): void {
   const table = <usize>load<u32>(vcpu + VCPU_ROOT);
   if (table == 0) return;
@@ -557,8 +643,10 @@ export function kvm_mmu_unload_root(vm: usize, vcpu: usize): void {
     store<u32>(vcpu + VCPU_ROOT, 0);
     return;
   }
-  store<u32>(sp + SP_ROOT_COUNT, load<u32>(sp + SP_ROOT_COUNT) - 1);
+  const count = load<u32>(sp + SP_ROOT_COUNT) - 1;
+  store<u32>(sp + SP_ROOT_COUNT, count);
   store<u32>(vcpu + VCPU_ROOT, 0);
+  if (count == 0 && (load<u32>(sp + SP_ROLE) & ROLE_INVALID) != 0) invalid_list_add(vm, sp);
 }
 
 /**
@@ -590,41 +678,205 @@ function sync_spte(vm: usize, sp: usize, i: u32): bool {
   return false;
 }
 
-/** kvm_sync_page: every SPTE of the unsync page; it is sync and write-protected again. */
-function sync_page(vm: usize, sp: usize): bool {
+/** __kvm_sync_page: every SPTE of the unsync page `sp` synced. True if one changed. */
+function kvm_sync_page(vm: usize, sp: usize): bool {
   let flush = false;
   for (let i: u32 = 0; i < 512; i++) flush |= sync_spte(vm, sp, i);
-  store<u32>(sp + SP_UNSYNC, 0);
-  const gfn = load<u64>(sp + SP_GFN);
-  const slot = memslot_lookup(vm, load<u32>(sp + SP_ROLE) >> ROLE_SMM_SHIFT, gfn);
-  if (slot != 0) flush |= rmap_write_protect(vm, gfn_to_rmap(slot, gfn), true, vm + VM_RMAP_ITER);
   return flush;
 }
 
+/** kvm_unlink_unsync_page: `sp` is sync again (its gfn write-protected by the caller). */
+function kvm_unlink_unsync_page(vm: usize, sp: usize): void {
+  store<u32>(sp + SP_UNSYNC, 0);
+  store<u32>(vm + VM_MMU_UNSYNC, load<u32>(vm + VM_MMU_UNSYNC) - 1);
+}
+
+/** kvm_vcpu_write_protect_gfn for the guest table `sp` shadows (W and MMU-writable cleared). */
+function write_protect_sp_gfn(vm: usize, sp: usize): bool {
+  const gfn = load<u64>(sp + SP_GFN);
+  const slot = memslot_lookup(vm, load<u32>(sp + SP_ROLE) >> ROLE_SMM_SHIFT, gfn);
+  return slot != 0 && rmap_write_protect(vm, gfn_to_rmap(slot, gfn), true, vm + VM_RMAP_ITER);
+}
+
+// ---------------------------------------------------------------------------------------
+// The unsync walk (mmu_unsync_walk, for_each_sp): the pages below a parent that are unsync,
+// found through the unsync_child_bitmaps, in batches of KVM_PAGE_ARRAY_NR.
+//
+//   struct kvm_mmu_pages (VM_MMU_PAGES)  nr, then {sp, idx} × KVM_PAGE_ARRAY_NR: the parent
+//                      first (idx INVALID_INDEX), then in walk order each page with unsync
+//                      children (an upper level) and each unsync page (level 1), with its
+//                      index in the page above it
+//   struct mmu_page_path (VM_MMU_PAGE_PATH)  {parent, idx} per level: while for_each_sp
+//                      visits an unsync page, the pages above it and the index of each
+//                      link, so that mmu_pages_clear_parents clears the bits of the path
+//
+// Both live in the VM block: only the mmu_lock writer uses them, and a lock break starts
+// a fresh walk.
+const INVALID_INDEX: u32 = 0xffff_ffff;
+
+@inline function pvec_nr(vm: usize): u32 {
+  return load<u32>(vm + VM_MMU_PAGES);
+}
+
+@inline function pvec_sp(vm: usize, n: u32): usize {
+  return <usize>load<u32>(vm + VM_MMU_PAGES + 4 + (<usize>n << 3));
+}
+
+@inline function pvec_idx(vm: usize, n: u32): u32 {
+  return load<u32>(vm + VM_MMU_PAGES + 8 + (<usize>n << 3));
+}
+
+/** mmu_pages_add: true when the vector is full. An unsync page already in it is not added twice. */
+function mmu_pages_add(vm: usize, sp: usize, idx: u32): bool {
+  const nr = pvec_nr(vm);
+  if (load<u32>(sp + SP_UNSYNC) != 0) {
+    for (let i: u32 = 0; i < nr; i++) if (pvec_sp(vm, i) == sp) return false;
+  }
+  store<u32>(vm + VM_MMU_PAGES + 4 + (<usize>nr << 3), <u32>sp);
+  store<u32>(vm + VM_MMU_PAGES + 8 + (<usize>nr << 3), idx);
+  store<u32>(vm + VM_MMU_PAGES, nr + 1);
+  return nr + 1 == KVM_PAGE_ARRAY_NR;
+}
+
 /**
- * mmu_sync_children: sync every unsync page below `sp`, following the unsync_child_bitmap
- * top down and consuming it. Returns whether a flush is due.
+ * __mmu_unsync_walk: add the unsync pages below `sp` (and the pages on the way) to the
+ * vector; bits that lead to nothing unsync any more are cleared. The number of unsync
+ * pages added, or -1 (ENOSPC) when the vector filled up.
  */
-export function mmu_sync_children(vm: usize, sp: usize): bool {
-  lockdep_assert_held_write(vm);
-  let flush = false;
-  if (load<u32>(sp + SP_UNSYNC_CHILDREN) == 0) return false;
+function __mmu_unsync_walk(vm: usize, sp: usize): i32 {
+  let nr_unsync_leaf: i32 = 0;
   const spt = sp_spt(vm, sp);
+  const level = role_level(sp);
   for (let w: u32 = 0; w < 8; w++) {
     let bits = load<u64>(sp + SP_UNSYNC_BITMAP + (<usize>w << 3));
     while (bits != 0) {
       const i = (w << 6) + <u32>ctz<u64>(bits);
       bits &= bits - 1;
-      const spte = atomic.load<u64>(spt + (<usize>i << 3));
-      if (is_present(spte) && !is_leaf(spte, role_level(sp))) {
-        const child = sptep_to_sp(vm, <usize>(spte & SPTE_PFN_MASK));
-        if (load<u32>(child + SP_UNSYNC) != 0) flush |= sync_page(vm, child);
-        flush |= mmu_sync_children(vm, child);
+      const ent = atomic.load<u64>(spt + (<usize>i << 3));
+      if (!is_present(ent) || is_leaf(ent, level)) {
+        clear_unsync_child(sp, i);
+        continue;
       }
-      clear_unsync_child(sp, i);
+      const child = sptep_to_sp(vm, <usize>(ent & SPTE_PFN_MASK));
+      if (load<u32>(child + SP_UNSYNC_CHILDREN) != 0) {
+        if (mmu_pages_add(vm, child, i)) return -1;
+        const ret = __mmu_unsync_walk(vm, child);
+        if (ret == 0) {
+          clear_unsync_child(sp, i);
+          continue;
+        }
+        if (ret < 0) return ret;
+        nr_unsync_leaf += ret;
+      } else if (load<u32>(child + SP_UNSYNC) != 0) {
+        nr_unsync_leaf++;
+        if (mmu_pages_add(vm, child, i)) return -1;
+      } else {
+        clear_unsync_child(sp, i);
+      }
     }
   }
-  return flush;
+  return nr_unsync_leaf;
+}
+
+/** mmu_unsync_walk: the next batch below `sp`; 0 when nothing below it is unsync. */
+function mmu_unsync_walk(vm: usize, sp: usize): i32 {
+  store<u32>(vm + VM_MMU_PAGES, 0);
+  if (load<u32>(sp + SP_UNSYNC_CHILDREN) == 0) return 0;
+  mmu_pages_add(vm, sp, INVALID_INDEX);
+  return __mmu_unsync_walk(vm, sp);
+}
+
+@inline function path_set(vm: usize, k: u32, sp: usize): void {
+  store<u32>(vm + VM_MMU_PAGE_PATH + (<usize>k << 3), <u32>sp);
+}
+
+@inline function path_set_idx(vm: usize, k: u32, idx: u32): void {
+  store<u32>(vm + VM_MMU_PAGE_PATH + (<usize>k << 3) + 4, idx);
+}
+
+/** mmu_pages_next: the vector index of the next unsync page after `i` (nr: none), the path kept. */
+function mmu_pages_next(vm: usize, i: u32): u32 {
+  const nr = pvec_nr(vm);
+  let n = i + 1;
+  for (; n < nr; n++) {
+    const sp = pvec_sp(vm, n);
+    const level = role_level(sp);
+    path_set_idx(vm, level - 1, pvec_idx(vm, n));
+    if (level == 1) break;
+    path_set(vm, level - 2, sp);
+  }
+  return n;
+}
+
+/** mmu_pages_first: the first unsync page of the batch; the path starts at the walk's parent. */
+function mmu_pages_first(vm: usize): u32 {
+  if (pvec_nr(vm) == 0) return 0;
+  const sp = pvec_sp(vm, 0);
+  const level = role_level(sp);
+  path_set(vm, level - 2, sp);
+  path_set(vm, level - 1, 0); // the sentinel: nothing above the walk's parent
+  return mmu_pages_next(vm, 0);
+}
+
+/** mmu_pages_clear_parents: the visited page's bit goes, and each parent's that is now clean. */
+function mmu_pages_clear_parents(vm: usize): void {
+  for (let level: u32 = 0; level < 4; level++) {
+    const sp = <usize>load<u32>(vm + VM_MMU_PAGE_PATH + (<usize>level << 3));
+    if (sp == 0) return;
+    clear_unsync_child(sp, load<u32>(vm + VM_MMU_PAGE_PATH + (<usize>level << 3) + 4));
+    if (load<u32>(sp + SP_UNSYNC_CHILDREN) != 0) return;
+  }
+}
+
+/** mmu_zap_unsync_children: zap every unsync page below `parent` (it is being zapped). */
+function mmu_zap_unsync_children(vm: usize, parent: usize): void {
+  while (mmu_unsync_walk(vm, parent) != 0) {
+    for (let i = mmu_pages_first(vm); i < pvec_nr(vm); i = mmu_pages_next(vm, i)) {
+      kvm_mmu_prepare_zap_page(vm, pvec_sp(vm, i)); // (a level-1 page: it walks nothing itself)
+      mmu_pages_clear_parents(vm);
+    }
+  }
+}
+
+/**
+ * mmu_sync_children (a CR3 load's kvm_mmu_sync_roots, on `vcpu`): sync every unsync page
+ * below `parent`, KVM_PAGE_ARRAY_NR pages at a time: each batch's guest tables are
+ * write-protected first (and flushed if that changed an SPTE), then each page synced
+ * from its guest table and its bits cleared up the path. Between batches, a thread
+ * waiting for mmu_lock gets it (after the flush due). The caller holds a root count on
+ * `parent`, so it outlives the lock breaks (at worst zapped: nothing below it then).
+ */
+export function mmu_sync_children(vm: usize, vcpu: usize, parent: usize): void {
+  lockdep_assert_held_write(vm);
+  const can_block = vcpu_can_block(vm, vcpu);
+  let flush = false;
+  while (mmu_unsync_walk(vm, parent) != 0) {
+    store<u32>(vm + VM_MMU_SYNC_WALKS, load<u32>(vm + VM_MMU_SYNC_WALKS) + 1);
+    let protect = false;
+    for (let i = mmu_pages_first(vm); i < pvec_nr(vm); i = mmu_pages_next(vm, i)) protect |= write_protect_sp_gfn(vm, pvec_sp(vm, i));
+    if (protect) {
+      kvm_mmu_remote_flush_or_zap(vm, true, can_block);
+      flush = false;
+    }
+    for (let i = mmu_pages_first(vm); i < pvec_nr(vm); i = mmu_pages_next(vm, i)) {
+      const sp = pvec_sp(vm, i);
+      kvm_unlink_unsync_page(vm, sp);
+      flush |= kvm_sync_page(vm, sp);
+      mmu_pages_clear_parents(vm);
+    }
+    if (mmu_lock_needbreak(vm)) {
+      kvm_mmu_remote_flush_or_zap(vm, flush, can_block);
+      flush = false;
+      lock_break(vm);
+    }
+  }
+  kvm_mmu_remote_flush_or_zap(vm, flush, can_block);
+}
+
+/** cond_resched_rwlock_write, counted: let the waiting thread in, then take the lock again. */
+function lock_break(vm: usize): void {
+  store<u32>(vm + VM_MMU_LOCK_BREAKS, load<u32>(vm + VM_MMU_LOCK_BREAKS) + 1);
+  cond_resched_rwlock_write(vm);
 }
 
 /**
@@ -632,7 +884,8 @@ export function mmu_sync_children(vm: usize, sp: usize): bool {
  * write-tracked: it is a guest table some page shadows at level > 1): each page shadowing
  * it loses the SPTE covering the written gPTE — or is zapped whole on a misaligned write
  * (not within one 8-byte gPTE, or shorter than 4 bytes) or write flooding (a third write
- * since a guest walk last used the page, level > 1 only). Returns whether to flush.
+ * since a guest walk last used the page, level > 1 only). Returns whether to flush; zapped
+ * pages wait on the invalid list (the caller's kvm_mmu_remote_flush_or_zap frees them).
  */
 export function kvm_mmu_track_write(vm: usize, gpa: u64, len: u32): bool {
   lockdep_assert_held_write(vm);
@@ -653,7 +906,7 @@ export function kvm_mmu_track_write(vm: usize, gpa: u64, len: u32): bool {
       flooded = n >= 3;
     }
     if (misaligned || flooded) {
-      kvm_mmu_zap_page(vm, sp);
+      kvm_mmu_prepare_zap_page(vm, sp);
       flush = true;
     } else if ((role & ROLE_4BYTE) == 0) {
       flush |= zap_pte(vm, sp, offset >> 3);
@@ -676,35 +929,56 @@ export function kvm_mmu_track_write(vm: usize, gpa: u64, len: u32): bool {
   return flush;
 }
 
-/** The shadow MMU's share of kvm_mmu_zap_all_fast for paged guests: every indirect page goes. */
-export function shadow_zap_indirect(vm: usize): void {
+/**
+ * kvm_mmu_zap_all_fast (a memslot DELETE or MOVE): every shadow page becomes obsolete at
+ * once by toggling mmu_valid_gen, then is zapped in batches of BATCH_ZAP_PAGES with a lock
+ * break between batches when a thread waits for mmu_lock (kvm_zap_obsolete_pages).
+ * Meanwhile new pages are made in the new generation and lookups pass over the old.
+ *   - The VM's direct roots (one per address space, shared by the unpaged vCPUs) are
+ *     emptied and renewed in place: the kernel's vCPUs each load a new direct root; here
+ *     the VM holds it.
+ *   - Every vCPU is asked to drop an obsolete root (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS), and
+ *     the request waits until each has left guest mode: from then on none walks an
+ *     obsolete page, and a fault on an obsolete root retries (is_page_fault_stale).
+ *   - A root still in use is zapped but stays, invalid, until its vCPU lets go.
+ *   - Zapped pages wait on the invalid list; the final commit flushes and frees them.
+ * The caller (the memslot update) has flagged the slot KVM_MEMSLOT_INVALID, so a fault on
+ * it during a lock break retries instead of mapping it again.
+ */
+export function kvm_mmu_zap_all_fast_shadow(vm: usize, nr_as: u32, can_block: bool): void {
   lockdep_assert_held_write(vm);
+  const gen = load<u32>(vm + VM_MMU_VALID_GEN) ^ 1;
+  store<u32>(vm + VM_MMU_VALID_GEN, gen);
+  for (let as_id: u32 = 0; as_id < nr_as; as_id++) {
+    const root = sptep_to_sp(vm, <usize>load<u32>(vm + VM_ROOT + (as_id << 2)));
+    kvm_mmu_page_unlink_children(vm, root);
+    store<u32>(root + SP_MMU_VALID_GEN, gen);
+  }
+  kvm_make_all_cpus_request(vm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, can_block, true);
+  kvm_zap_obsolete_pages(vm, can_block);
+}
+
+/**
+ * kvm_zap_obsolete_pages: zap every obsolete page not zapped yet (special roots are
+ * not shadow pages: their vCPUs free them). The scan goes on where it was after a lock
+ * break: pages made meanwhile are valid, and no other thread zaps an obsolete page.
+ */
+function kvm_zap_obsolete_pages(vm: usize, can_block: bool): void {
   const table = <usize>load<u32>(vm + VM_SP_TABLE);
-  const n = load<u32>(vm + VM_POOL_NEXT);
-  for (let k: u32 = 0; k < n; k++) {
+  let batch: u32 = 0;
+  for (let k: u32 = 0; k < load<u32>(vm + VM_POOL_NEXT); k++) {
     const sp = table + <usize>k * SP_SIZE;
-    if (load<u32>(sp + SP_IN_USE) == 0 || (is_direct(sp) && load<u32>(sp + SP_SPECIAL) == 0)) continue;
-    // every SPTE non-present first (an exchange): a vCPU still walking this page in guest
-    // mode fails its fast-path cmpxchg instead of reporting through a cleared page
-    const spt = sp_spt(vm, sp);
-    for (let i: usize = 0; i < 512; i++) atomic.xchg<u64>(spt + (i << 3), 0);
-  }
-  // then unaccount (the write-track counters are shared with external users) and free
-  for (let k: u32 = 0; k < n; k++) {
-    const sp = table + <usize>k * SP_SIZE;
-    if (load<u32>(sp + SP_IN_USE) == 0) continue;
-    if (load<u32>(sp + SP_SPECIAL) != 0) {
-      release_special(vm, sp);
-      continue;
+    if (load<u32>(sp + SP_IN_USE) == 0 || load<u32>(sp + SP_SPECIAL) != 0) continue;
+    if (!is_obsolete_sp(vm, sp) || (load<u32>(sp + SP_ROLE) & ROLE_INVALID) != 0) continue;
+    if (batch >= BATCH_ZAP_PAGES && mmu_lock_needbreak(vm)) {
+      batch = 0;
+      lock_break(vm); // (the zapped pages stay on the invalid list, out of every walker's reach)
     }
-    if (is_direct(sp)) continue;
-    account_shadowed(vm, sp, -1);
-    pool_free(vm, <usize>load<u32>(sp + SP_GFNS));
-    pool_free(vm, sp_spt(vm, sp));
-    store<u32>(sp + SP_IN_USE, 0);
+    const zapped = load<u32>(vm + VM_MMU_SHADOW_ZAPPED);
+    kvm_mmu_prepare_zap_page(vm, sp);
+    batch += load<u32>(vm + VM_MMU_SHADOW_ZAPPED) - zapped;
   }
-  shadow_unload_all_roots(vm);
-  memory.fill(<usize>load<u32>(vm + VM_SP_HASH), 0, SP_HASH_BUCKETS << 2);
+  kvm_mmu_commit_zap_page(vm, can_block);
 }
 
 /** INVLPG's sync: if the leaf at `sptep` is in an unsync page, sync its gPTE. True if it changed. */
@@ -715,8 +989,16 @@ export function shadow_sync_one(vm: usize, sptep: usize): bool {
   return sync_spte(vm, sp, <u32>((sptep & (PAGE_SIZE - 1)) >> 3));
 }
 
-/** Every vCPU lets go of its root (a zap of everything): they load one again at their next fault. */
-export function shadow_unload_all_roots(vm: usize): void {
-  const n = kvm_nr_vcpus(vm);
-  for (let i: u32 = 0; i < n; i++) store<u32>(kvm_get_vcpu(vm, i) + VCPU_ROOT, 0);
+/**
+ * kvm_mmu_free_obsolete_roots (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, on the vCPU's thread at
+ * guest entry): if the vCPU's root is obsolete it lets go of it, flushing its own TLB as
+ * loading the next root does; the next fault loads a root of the current generation.
+ */
+export function shadow_free_obsolete_roots(vm: usize, vcpu: usize): void {
+  lockdep_assert_held_write(vm);
+  const table = <usize>load<u32>(vcpu + VCPU_ROOT);
+  if (table == 0 || !is_obsolete_sp(vm, sptep_to_sp(vm, table))) return;
+  kvm_mmu_unload_root(vm, vcpu);
+  kvm_mmu_remote_flush_or_zap(vm, false, vcpu_can_block(vm, vcpu));
+  tlb_flush_local(vcpu);
 }

@@ -116,19 +116,30 @@ export function flush_remote_tlbs_dirty_log(vm: usize, can_block: bool): void {
  */
 export function flush_remote_tlbs(vm: usize, can_block: bool): void {
   atomic.add<u64>(vm + VM_TLB_FLUSHES, 1);
+  kvm_make_all_cpus_request(vm, KVM_REQ_TLB_FLUSH, can_block, true);
+}
+
+/**
+ * kvm_make_all_cpus_request: set request `req` on every vCPU; with `wait`
+ * (KVM_REQUEST_WAIT), wait until each one has acknowledged it (cleared it) or is outside
+ * guest mode, as flush_remote_tlbs does.
+ */
+export function kvm_make_all_cpus_request(vm: usize, req: u32, can_block: bool, wait: bool): void {
+  const bit: u32 = 1 << req;
   const n = kvm_nr_vcpus(vm);
-  for (let i: u32 = 0; i < n; i++) atomic.or<u32>(kvm_get_vcpu(vm, i) + VCPU_REQUESTS, TLB_FLUSH_REQ);
+  for (let i: u32 = 0; i < n; i++) atomic.or<u32>(kvm_get_vcpu(vm, i) + VCPU_REQUESTS, bit);
+  if (!wait) return;
   for (let i: u32 = 0; i < n; i++) {
     const vcpu = kvm_get_vcpu(vm, i);
     for (let spins: u32 = 0; ; spins++) {
       const mode = atomic.load<u32>(vcpu + VCPU_MODE);
       if (mode == OUTSIDE_GUEST_MODE) break;
-      const req = atomic.load<u32>(vcpu + VCPU_REQUESTS);
-      if (mode == IN_GUEST_MODE && (req & TLB_FLUSH_REQ) == 0) break;
+      const reqs = atomic.load<u32>(vcpu + VCPU_REQUESTS);
+      if (mode == IN_GUEST_MODE && (reqs & bit) == 0) break;
       if (can_block && spins >= SPINS_BEFORE_SLEEP) {
         // until the request word changes (the ack notifies) or 50 µs pass (mode changes
         // do not notify)
-        atomic.wait<i32>(vcpu + VCPU_REQUESTS, <i32>req, 50_000);
+        atomic.wait<i32>(vcpu + VCPU_REQUESTS, <i32>reqs, 50_000);
       }
     }
   }

@@ -12,6 +12,7 @@ import {
   KVM_EXIT_INTR,
   KVM_REQ_EXIT,
   KVM_REQ_KICK,
+  KVM_REQ_MMU_FREE_OBSOLETE_ROOTS,
   OUTSIDE_GUEST_MODE,
   VCPU_MODE,
   VCPU_REQUESTS,
@@ -19,13 +20,16 @@ import {
 import { dirty_ring_check_request, dirty_ring_publish } from "./dirty_ring";
 import { pml_flush } from "./pml";
 import { tlb_check_request } from "./tlb";
+import { kvm_mmu_free_obsolete_roots } from "./mmu";
 
 const EXIT_REQ: u32 = 1 << KVM_REQ_EXIT;
 const KICK_REQ: u32 = 1 << KVM_REQ_KICK;
+const FREE_OBSOLETE_ROOTS_REQ: u32 = 1 << KVM_REQ_MMU_FREE_OBSOLETE_ROOTS;
 
 /**
  * Guest entry (vcpu_enter_guest): publish IN_GUEST_MODE, then handle requests — a TLB
- * flush is done and acknowledged, a kick drains PML, a soft-full ring exits. Returns the
+ * flush is done and acknowledged, an obsolete shadow root is dropped, a kick drains PML,
+ * a soft-full ring exits. Returns the
  * exit reason, or 0 when the vCPU is in guest mode. (Stop requests wait for an instruction
  * boundary: vcpu_check_exit_request.)
  */
@@ -38,6 +42,10 @@ export function vcpu_enter_guest(vm: usize, vcpu: usize): u32 {
     if ((req & ~EXIT_REQ) == 0) return 0;
     atomic.store<u32>(vcpu + VCPU_MODE, OUTSIDE_GUEST_MODE);
     tlb_check_request(vcpu);
+    if ((req & FREE_OBSOLETE_ROOTS_REQ) != 0) {
+      atomic.and<u32>(vcpu + VCPU_REQUESTS, ~FREE_OBSOLETE_ROOTS_REQ);
+      kvm_mmu_free_obsolete_roots(vm, vcpu); // a zap made the root obsolete: load a new one
+    }
     if ((req & KICK_REQ) != 0) {
       atomic.and<u32>(vcpu + VCPU_REQUESTS, ~KICK_REQ);
       pml_flush(vm, vcpu);

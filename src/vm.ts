@@ -144,6 +144,10 @@ export interface VmStats {
   pageTrackFullExits: number;
   /** Shadow pages in use (kvm->arch.n_used_mmu_pages; 0 with the TDP MMU). */
   shadowPages: number;
+  /** Shadow pages zapped so far (the kernel's mmu_shadow_zapped). */
+  mmuShadowZapped: number;
+  /** Shadow pages unsync now: guest leaf tables mapped writable until the guest's next TLB flush (mmu_unsync). */
+  mmuUnsync: number;
 }
 
 interface SlotRegions {
@@ -904,6 +908,8 @@ export class Vm {
       pageTrackWarnings: v.getUint32(this.addr + L.VM_TRACK_WARN, true),
       pageTrackFullExits: v.getUint32(this.addr + L.VM_TRACK_FULL_EXITS, true),
       shadowPages: v.getUint32(this.addr + L.VM_SHADOW_PAGES, true),
+      mmuShadowZapped: v.getUint32(this.addr + L.VM_MMU_SHADOW_ZAPPED, true),
+      mmuUnsync: v.getUint32(this.addr + L.VM_MMU_UNSYNC, true),
     };
   }
 
