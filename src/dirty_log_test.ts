@@ -54,6 +54,13 @@ export interface DirtyLogTestOptions {
    * been reported.
    */
   kvmWrites?: boolean;
+  /**
+   * While the loops run, this thread creates and deletes a small slot of its own at every
+   * step. Each DELETE zaps every mapping of the VM (kvm_mmu_zap_all_fast) under the running
+   * vCPUs, which fault everything in again; under the shadow MMU the zap goes in batches
+   * and lets their faults in between (stats.mmuLockBreaks).
+   */
+  memslotChurn?: boolean;
   /** A compiled core to use instead of the package's (negative controls: a planted bug). */
   wasm?: WebAssembly.Module;
 }
@@ -80,6 +87,10 @@ export interface DirtyLogTestResult {
   /** kvmWrites: runstate updates and cached writes KVM made, and pages of its slot checked. */
   kvmWrites: number;
   kvmPagesChecked: number;
+  /** memslotChurn: slots deleted (each a zap of everything) while the vCPUs ran. */
+  memslotDeletes: number;
+  /** vm.stats.mmuLockBreaks at the end: waiters let in by long mmu_lock holds (shadow MMU). */
+  mmuLockBreaks: number;
   firstError?: string;
 }
 
@@ -98,6 +109,7 @@ const OPTIONS = [
   "pattern",
   "partition",
   "skipTlbFlush",
+  "memslotChurn",
   "mainThreadHammer",
   "kvmWrites",
   "wasm",
@@ -126,7 +138,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
   const iterations = o.iterations === undefined ? 32 : int(o.iterations, "iterations", call, 1, 1 << 20);
   const interval = o.intervalMs === undefined ? 10 : finite(o.intervalMs, "intervalMs", call, 0, 3_600_000);
   const entries = o.ringEntries === undefined ? 1024 : int(o.ringEntries, "ringEntries", call, 1, 65536);
-  for (const k of ["pml", "tlb", "paging", "partition", "skipTlbFlush", "mainThreadHammer", "kvmWrites"] as const) bool(o[k], k, call);
+  for (const k of ["pml", "tlb", "paging", "partition", "skipTlbFlush", "mainThreadHammer", "kvmWrites", "memslotChurn"] as const) bool(o[k], k, call);
   if (o.wasm !== undefined && !(o.wasm instanceof WebAssembly.Module)) {
     throw new KvmError("EINVAL", call, "wasm must be a WebAssembly.Module");
   }
@@ -211,6 +223,14 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
       hammerEbusy: 0,
       kvmWrites: 0,
       kvmPagesChecked: 0,
+      memslotDeletes: 0,
+      mmuLockBreaks: 0,
+    };
+    // memslotChurn: a slot nobody touches, created and deleted again (a zap of everything)
+    const churn = () => {
+      vm.setUserMemoryRegion({ slot: 4, guestPhysAddr: GPA + 0x3_0000_0000, memorySize: 16 * 4096 });
+      vm.setUserMemoryRegion({ slot: 4, guestPhysAddr: GPA + 0x3_0000_0000, memorySize: 0 });
+      result.memslotDeletes++;
     };
     /** A burst of vCPU-context calls from this thread into vCPU 0 while its loop runs. */
     const hammer = (value: bigint) => {
@@ -266,6 +286,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
         const full = vcpus.reduce((a, v) => a + v.stats.ringFullExits, 0n);
         if (step === 0 || (mode === "dirty-ring" && full !== fullSeen)) collect(bmap[0]);
         if (o.mainThreadHammer) hammer(it);
+        if (o.memslotChurn) churn();
         cachedWrite(it);
         fullSeen = full;
         step++;
@@ -317,6 +338,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
       if (o.kvmWrites) result.kvmWrites += vcpus.reduce((a, v) => a + v.xenRunstate.updates, 0) - runstateBefore;
     }
     result.ringFullWarnings = vm.stats.ringFullWarnings;
+    result.mmuLockBreaks = vm.stats.mmuLockBreaks;
     // a harness that checked nothing has not shown anything
     if (result.pagesChecked === 0) throw new KvmError("EINVAL", call, "no page was checked");
     return result;

@@ -148,6 +148,11 @@ export interface VmStats {
   mmuShadowZapped: number;
   /** Shadow pages unsync now: guest leaf tables mapped writable until the guest's next TLB flush (mmu_unsync). */
   mmuUnsync: number;
+  /**
+   * dirtlog's own: times a long hold of mmu_lock for write (the shadow MMU's zap of
+   * everything, its sync of unsync pages) let a waiting thread in between batches.
+   */
+  mmuLockBreaks: number;
 }
 
 interface SlotRegions {
@@ -910,6 +915,7 @@ export class Vm {
       shadowPages: v.getUint32(this.addr + L.VM_SHADOW_PAGES, true),
       mmuShadowZapped: v.getUint32(this.addr + L.VM_MMU_SHADOW_ZAPPED, true),
       mmuUnsync: v.getUint32(this.addr + L.VM_MMU_UNSYNC, true),
+      mmuLockBreaks: v.getUint32(this.addr + L.VM_MMU_LOCK_BREAKS, true),
     };
   }
 

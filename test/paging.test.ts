@@ -20,6 +20,7 @@ import {
   harvestDirtyRings,
   logMode,
 } from "../src/index.js";
+import * as L from "../src/layout.js";
 import { plantedCore } from "./planted-core.js";
 
 const { newVm } = vmFactory();
@@ -534,6 +535,51 @@ describe("CR3 loads sync what went unsync, whatever the paging mode", () => {
       }
     },
   );
+});
+
+describe("mmu_sync_children syncs in batches of KVM_PAGE_ARRAY_NR = 16 (spec §5.8)", () => {
+  const N = 40; // guest leaf tables under one PD
+  /** 40 guest PTs gone unsync, each with its gPTE rewritten to a new gpa; then a CR3 load. */
+  async function unsyncForty(wasm?: WebAssembly.Module) {
+    const vm = await newVm({ mmu: "shadow", ...(wasm ? { wasm } : {}) });
+    vm.setUserMemoryRegion({ slot: 0, flags: LOG, guestPhysAddr: 0, memorySize: 4 * MIB, backed: true });
+    const maps = Array.from({ length: N }, (_, k) => ({ gva: DATA + k * 2 * MIB, gpa: (k + 1) * PAGE, pages: 1 }));
+    const pt = buildPageTables(vm, 0, TABLES_AT, [...maps, { gva: TABLES_GVA, gpa: TABLES_AT, pages: 64 }]);
+    const v = vm.createVcpu(0);
+    v.setPaging({ cr3: pt.cr3, mode: "long" });
+    const gvaOf = (g: bigint) => BigInt(TABLES_GVA) + g - BigInt(TABLES_AT);
+    for (const m of maps) expect(v.writeGuest(m.gva, 1n)).toBe(0); // a shadow page per PT
+    for (const [k, m] of maps.entries()) {
+      // the guest points its gPTE at gpa 0x100000 + k pages: its PT goes unsync
+      expect(v.writeGuest(gvaOf(pt.leafGpte(m.gva) ?? 0n), BigInt(0x10_0000 + k * PAGE) | PRESENT_RW)).toBe(0);
+    }
+    expect(vm.stats.mmuUnsync).toBe(N);
+    vm.getDirtyLog(0);
+    const walks = () => new DataView(vm.memory.buffer).getUint32(vm.addr + L.VM_MMU_SYNC_WALKS, true);
+    const before = walks();
+    v.setPaging({ cr3: pt.cr3, mode: "long" }); // the reload syncs them all
+    const batches = walks() - before;
+    for (const m of maps) expect(v.writeGuest(m.gva, 2n)).toBe(0);
+    return { vm, batches };
+  }
+
+  it("40 unsync pages below one PD: 4 walks of root, PDPT, PD and 13 pages; all synced", async () => {
+    const { vm, batches } = await unsyncForty();
+    expect(batches).toBe(4); // 13 + 13 + 13 + 1
+    expect(vm.stats.mmuUnsync).toBe(0);
+    // every write went to the new gpa: each page was synced (no INVLPG was made)
+    expect(pagesOf(vm.getDirtyLog(0))).toEqual(Array.from({ length: N }, (_, k) => 0x100 + k));
+  });
+
+  it.skipIf(process.env.DIRTLOG_CORE === "debug")("a core with batches of 8 walks 8 times (planted)", async () => {
+    const wasm = plantedCore(
+      [{ file: "layout.ts", from: "KVM_PAGE_ARRAY_NR: u32 = 16;", to: "KVM_PAGE_ARRAY_NR: u32 = 8;" }],
+      "release",
+    );
+    const { vm, batches } = await unsyncForty(wasm);
+    expect(batches).toBe(8); // 5 pages a batch
+    expect(vm.stats.mmuUnsync).toBe(0);
+  });
 });
 
 describe("an unsync page found in the hash is synced before it is linked again (__kvm_mmu_find_shadow_page)", () => {
