@@ -57,4 +57,5 @@ export {
   pte_list_count,
   rmap_get_first,
   rmap_get_next,
+  kvm_rmap_write_protect,
 } from "./rmap";

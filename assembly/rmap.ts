@@ -25,7 +25,8 @@
 //
 // The iterator has the kernel's shape: private fields (desc, pos) in RMAP_ITER_SIZE bytes
 // the caller provides; rmap_get_first / rmap_get_next return SPTE addresses, 0 at the end.
-import { lockdep_assert_held_write } from "./mmu_lock";
+import { VM_RMAP_ITER } from "./layout";
+import { lockdep_assert_held_write, write_lock, write_unlock } from "./mmu_lock";
 import { SPTE_M, SPTE_W } from "./spte";
 
 export const PTE_LIST_EXT: u32 = 14;
@@ -291,6 +292,17 @@ export function rmap_write_protect(vm: usize, head: usize, pt_protect: bool, ite
     flush |= spte_write_protect(sptep, pt_protect);
   }
   return flush;
+}
+
+/**
+ * rmap_write_protect for the host (bench/rmap.js times it per SPTE beside its JS twin):
+ * takes mmu_lock for write around the walk. Returns 1 if a flush is due.
+ */
+export function kvm_rmap_write_protect(vm: usize, head: usize, pt_protect: u32): u32 {
+  write_lock(vm);
+  const flush = rmap_write_protect(vm, head, pt_protect != 0, vm + VM_RMAP_ITER);
+  write_unlock(vm);
+  return flush ? 1 : 0;
 }
 
 /**

@@ -8,8 +8,8 @@
 //             exports (vm.raw.pte_list_*, rmap_get_*), called from JS once per op, vs the twin
 //   write-protect  lists of 1 and 14 over SPTE words whose W bits are set before each
 //             sample: the twin's rmapWriteProtect (iterate + clear W with Atomics.and) vs the
-//             core's iteration only (the core exports no rmap_write_protect: its rmap
-//             re-protection is timed inside GET, below)
+//             core's rmap_write_protect (kvm_rmap_write_protect: mmu_lock taken, the list
+//             walked, W cleared; one call per list), and each side's iteration alone
 //   GET       classic KVM_GET_DIRTY_LOG of a 1 GiB logged slot at 1 %, 10 %, 100 % dirty on a
 //             shadow-MMU VM (re-protection through each dirty page's 4K rmap), beside the same
 //             on a TDP-MMU VM; against real KVM's shadow MMU and the target "GET through the
@@ -172,6 +172,7 @@ const wAdd = raw.pte_list_add;
 const wRemove = raw.pte_list_remove;
 const wFirst = raw.rmap_get_first;
 const wNext = raw.rmap_get_next;
+const wWp = raw.kvm_rmap_write_protect;
 const wCount = raw.pte_list_count;
 const wUsed = raw.pte_list_pool_used;
 const jAdd = js.add;
@@ -242,6 +243,13 @@ function iterateJs(s) {
   }
   seen[0] = sum;
   seen[1] = c;
+}
+/** The core's rmap_write_protect on every list (W only); returns how many said a flush is due. */
+function writeProtectWasm(s) {
+  const { heads, n } = s;
+  let flushes = 0;
+  for (let j = 0; j < n; j++) flushes += wWp(LV.addr, heads + 8 * j, 0);
+  return flushes;
 }
 /** The twin's rmap_write_protect on every list; returns how many said a flush is due. */
 function writeProtectJs(s) {
@@ -365,23 +373,16 @@ log(`checking the twin against the core: lists of ${LENGTHS.join(", ")} entries`
       u32[(SPTES >>> 2) + 2 * k + 1] = SPTE_HI;
     }
     checkTwin(
-      `rmapWriteProtect, 5 lists of ${len} (the core's iteration + spte_write_protect's and-not)`,
+      `rmapWriteProtect, 5 lists of ${len} (the core's kvm_rmap_write_protect, W only)`,
       () => {
         const out = [];
-        for (let j = 0; j < nl; j++) {
-          let flush = 0;
-          for (let p = wFirst(scratch.heads + 8 * j, scratch.iter); p !== 0; p = wNext(scratch.iter)) {
-            if ((i32[p >>> 2] & SPTE_W) === 0) continue;
-            Atomics.and(i32, p >>> 2, ~SPTE_W);
-            flush = 1;
-          }
-          out.push(flush);
-        }
+        for (let j = 0; j < nl; j++) out.push(wWp(LV.addr, scratch.heads + 8 * j, 0));
         return out;
       },
       () => {
         const out = [];
-        for (let j = 0; j < nl; j++) out.push(jWp(scratch.heads + 8 * j, scratch.iter) ? 1 : 0);
+        // (the iterator the core uses: the VM's, in its control block)
+        for (let j = 0; j < nl; j++) out.push(jWp(scratch.heads + 8 * j, LV.addr + L.VM_RMAP_ITER) ? 1 : 0);
         return out;
       },
     );
@@ -611,6 +612,21 @@ for (const len of WP_LENGTHS) {
       },
     },
     {
+      id: `wp-${len}-wasm`,
+      label: `WASM: rmap_write_protect (lock, iterate, clear W), ${n} lists of ${len}`,
+      ops: E,
+      len,
+      impl: "wasm",
+      beforeEach: setW,
+      fn: () => {
+        result = writeProtectWasm(w);
+      },
+      afterEach() {
+        check(result === n, `wp ${len} wasm: ${result} of ${n} lists said a flush is due`);
+        check(equalWords(spteWords(), spteNoW), `wp ${len} wasm: W cleared on every SPTE, nothing else`);
+      },
+    },
+    {
       id: `wp-${len}-js`,
       label: `JS twin: rmapWriteProtect (iterate + clear W), ${n} lists of ${len}`,
       ops: E,
@@ -628,7 +644,7 @@ for (const len of WP_LENGTHS) {
   );
 }
 await group(
-  "rmap write-protect per SPTE, W set before each sample (ns per SPTE; the core exports no rmap_write_protect: its side is the iteration only, its re-protection is timed in GET)",
+  "rmap write-protect per SPTE, W set before each sample (ns per SPTE; the iteration alone beside it)",
   { time: 150, iterations: 40 },
   wpTasks,
 );
@@ -701,8 +717,8 @@ const twinPairs = [
     })),
   ),
   ...WP_LENGTHS.map((len) => ({
-    what: `write-protect, lists of ${len} (WASM: iteration only)`,
-    wasmNs: perOp(`wp-iter-${len}-wasm`),
+    what: `write-protect, lists of ${len}`,
+    wasmNs: perOp(`wp-${len}-wasm`),
     jsNs: perOp(`wp-${len}-js`),
   })),
 ].map((t) => ({ ...t, jsOverWasm: t.jsNs / t.wasmNs }));
@@ -773,7 +789,7 @@ const getCells = gets.map((g) => [
   fmt(g.tdpNsPerPage, 2),
 ]);
 const summary = [
-  `write-protect per SPTE (JS twin) minus its iteration: ${WP_LENGTHS.map((len) => `lists of ${len} ${fmt(perOp(`wp-${len}-js`) - perOp(`wp-iter-${len}-js`), 2)} ns`).join(", ")} (the plain read + Atomics.and of W)`,
+  `write-protect per SPTE: ${WP_LENGTHS.map((len) => `lists of ${len}: WASM ${fmt(perOp(`wp-${len}-wasm`), 2)} ns (one call per list, mmu_lock taken and dropped in it), JS twin ${fmt(perOp(`wp-${len}-js`), 2)} ns, of which its iteration ${fmt(perOp(`wp-iter-${len}-js`), 2)} ns`).join("; ")} (the WASM iteration rows make one call per entry, so they do not split the WASM figure)`,
   `WASM per-op figures include one JS → WASM call per op (per entry, plus one per list for the final rmap_get_next); the twin's ops are JS calls V8 may inline`,
   `GET with nothing dirty (the fixed cost: summary scan, a 32 KiB bitmap handed out, no flush): shadow ${fmt(p50("get0-shadow"), 1)} µs, TDP ${fmt(p50("get0-tdp"), 1)} µs; at 1 % the shadow GET is ${fmt(p50("get1-shadow") - p50("get0-shadow"), 1)} µs above it (${fmt(((p50("get1-shadow") - p50("get0-shadow")) * 1000) / n1, 2)} ns per dirty page), the TDP GET ${fmt(p50("get1-tdp") - p50("get0-tdp"), 1)} µs`,
   `shadow VM: ${shadowPages} shadow pages; every gfn's rmap holds exactly one SPTE (a direct 4K map, no aliases): a bare pointer, no descriptors, so GET's walk per dirty page is one head load and one SPTE`,
@@ -828,8 +844,9 @@ const md = [
     " starts from empty lists, remove from the full lists (a seeded random order over all entries); after each sample" +
     " the list memory must equal the snapshot taken at setup. iterate sums the SPTE addresses it is handed.",
   "- write-protect: the SPTE words get W back before each sample; after it, every word must have W clear and nothing" +
-    " else changed, and every list must report a flush due. The core exports no rmap_write_protect, so its row is" +
-    " its iteration only; its rmap re-protection is measured inside the shadow GET.",
+    " else changed, and every list must report a flush due. The core's row calls kvm_rmap_write_protect once per list" +
+    " (mmu_lock for write around rmap_write_protect, pt_protect = false); the iteration rows call rmap_get_first/next" +
+    " per entry.",
   "- GET: before each sample the pages are written once (each write must be a fast fault: the previous GET re-armed" +
     " it); the bitmap is checked bit by bit after. TDP VM: the same slot and writes.",
   `- Twin = core: ${verified.join("; ")}.`,

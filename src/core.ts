@@ -92,6 +92,7 @@ export interface CoreExports {
   pte_list_count(head: number): number;
   rmap_get_first(head: number, iter: number): number;
   rmap_get_next(iter: number): number;
+  kvm_rmap_write_protect(vm: number, head: number, ptProtect: number): number;
   // write tracking (assembly/page_track.ts, assembly/mmu.ts)
   page_track_bytes(npages: bigint): bigint;
   kvm_page_track_alloc_slot(slot: number, region: number): void;
