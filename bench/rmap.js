@@ -114,11 +114,9 @@ const raw = LV.raw;
 const js = createJsRmap(LV.memory);
 const mem8 = () => new Uint8Array(LV.memory.buffer);
 let u32 = new Uint32Array(LV.memory.buffer);
-let i32 = new Int32Array(LV.memory.buffer);
 function views() {
   if (u32.buffer !== LV.memory.buffer) {
     u32 = new Uint32Array(LV.memory.buffer);
-    i32 = new Int32Array(LV.memory.buffer);
   }
   js.refresh();
 }
