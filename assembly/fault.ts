@@ -76,6 +76,7 @@ import {
   mmu_sync_children,
   is_obsolete_sp,
   kvm_mmu_remote_flush_or_zap,
+  shadow_has_indirect_pages,
   mmu_try_to_unsync_pages,
   shadow_fetch,
   shadow_pte_pool,
@@ -237,7 +238,7 @@ function emulate_write(vm: usize, vcpu: usize, as_id: u32, gpa: u64, value: u64)
   atomic.add<u64>(vm + VM_EMULATED_WRITES, 1);
   // kvm_mmu_track_write: the shadow MMU drops what the write changed in the guest tables
   // it shadows (a write-tracked page is one, unless only an external user tracks it)
-  if (is_shadow_mmu(vm)) {
+  if (is_shadow_mmu(vm) && shadow_has_indirect_pages(vm)) {
     write_lock(vm);
     kvm_mmu_remote_flush_or_zap(vm, kvm_mmu_track_write(vm, gpa, 8), vcpu_can_block(vm, vcpu));
     write_unlock(vm);

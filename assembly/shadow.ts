@@ -77,6 +77,7 @@ import {
   VM_MMU_SYNC_WALKS,
   VM_MMU_UNSYNC,
   VM_MMU_VALID_GEN,
+  VM_INDIRECT_SHADOW_PAGES,
 } from "./layout";
 import {
   nsorted,
@@ -289,6 +290,8 @@ function next_sp_of_gfn(vm: usize, gfn: u64, after: usize): usize {
 
 /** account_shadowed / unaccount_shadowed (delta ±1), the guest table's slot in `as_id`. */
 function account_shadowed(vm: usize, sp: usize, delta: i32): bool {
+  // read without mmu_lock by kvm_mmu_track_write's callers (nothing shadowed: no lock taken)
+  atomic.store<u32>(vm + VM_INDIRECT_SHADOW_PAGES, load<u32>(vm + VM_INDIRECT_SHADOW_PAGES) + delta);
   const gfn = load<u64>(sp + SP_GFN);
   const slot = memslot_lookup(vm, load<u32>(sp + SP_ROLE) >> ROLE_SMM_SHIFT, gfn);
   if (slot == 0) return false;
@@ -1001,4 +1004,12 @@ export function shadow_free_obsolete_roots(vm: usize, vcpu: usize): void {
   kvm_mmu_unload_root(vm, vcpu);
   kvm_mmu_remote_flush_or_zap(vm, false, vcpu_can_block(vm, vcpu));
   tlb_flush_local(vcpu);
+}
+
+/**
+ * kvm_mmu_track_write's early exit: no indirect shadow page exists, so no guest table is
+ * shadowed and nothing can need zapping (read without mmu_lock, as the kernel's READ_ONCE).
+ */
+@inline export function shadow_has_indirect_pages(vm: usize): bool {
+  return atomic.load<u32>(vm + VM_INDIRECT_SHADOW_PAGES) != 0;
 }
