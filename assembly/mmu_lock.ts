@@ -3,6 +3,8 @@
 //
 // Read side: TDP MMU faults (they change SPTEs only by compare-and-swap).
 // Write side: GET/CLEAR re-protection, ring reset, memslot commits, zap, eager split.
+// A long write hold may let waiters in between batches (mmu_lock_needbreak +
+// cond_resched_rwlock_write): the shadow MMU's zap of everything and its unsync sync do.
 //
 // lockdep_assert_held_write: functions whose rule is "caller holds mmu_lock for write"
 // assert it in the debug build (asc --target debug); the release build compiles the check

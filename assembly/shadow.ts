@@ -1,7 +1,8 @@
 // shadow — the shadow MMU's pages and their rmaps (arch/x86/kvm/mmu/mmu.c: struct
 // kvm_mmu_page, kvm_mmu_get_shadow_page, link_shadow_page, rmap_add, account_shadowed,
-// mmu_try_to_unsync_pages, mark_unsync, mmu_sync_children, kvm_mmu_track_write,
-// kvm_mmu_zap_all_fast; paging_tmpl.h FNAME(fetch), FNAME(sync_spte); spec §4.4, §4.5,
+// mmu_try_to_unsync_pages, mark_unsync, mmu_unsync_walk, mmu_sync_children,
+// kvm_mmu_prepare_zap_page / kvm_mmu_commit_zap_page, kvm_mmu_track_write,
+// kvm_mmu_zap_all_fast / kvm_zap_obsolete_pages; paging_tmpl.h FNAME(fetch), FNAME(sync_spte); spec §4.4, §4.5,
 // §5.7, §5.8). Selected with createVm({ mmu: "shadow" }) (VM_MMU = MMU_SHADOW).
 //
 //   shadow page table   4 levels of 512 SPTEs in pt_pool pages, the same format the TDP
@@ -24,7 +25,19 @@
 //   - rmaps, parent_ptes and shadow pages change only under mmu_lock for write (every
 //     shadow-MMU fault takes the write side; only the lockless fast path runs without it,
 //     and it changes no list: it sets W on a present SPTE);
-//   - an SPTE is on exactly one rmap while present, and on none once zapped.
+//   - an SPTE is on exactly one rmap while present, and on none once zapped;
+//   - zapping is two steps, as in the kernel: kvm_mmu_prepare_zap_page empties a page,
+//     unlinks it and marks it invalid (lookups pass over it; it stays in the hash), and
+//     kvm_mmu_commit_zap_page flushes every vCPU's TLB, then frees the invalid list. No
+//     page is freed before that flush, so a lockless walker never reads a reused page;
+//   - every page carries the mmu_valid_gen it was made in; kvm_mmu_zap_all_fast toggles
+//     the VM's, which makes every existing page obsolete at once (zapped in batches after);
+//   - a root in use (root_count > 0) is never freed: zapped, it stays invalid until its
+//     last vCPU lets go (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS asks them to), and a fault on an
+//     obsolete root retries;
+//   - the long holds of mmu_lock for write (the zap of everything, mmu_sync_children) let
+//     a waiting thread in between batches, after the flush their changes need; what they
+//     walk is either restarted from the root they hold or can only have become obsolete.
 import {
   MMU_SHADOW,
   PAGE_SIZE,
