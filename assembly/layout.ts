@@ -295,6 +295,7 @@ export const VCPU_PAGING: u32 = 520; // u32: PAGING_OFF (gva = gpa) or PAGING_LO
 export const VCPU_ROOT: u32 = 524; // u32: the shadow MMU's root for this CR3 (0 = none loaded: the VM's direct root)
 export const VCPU_FAULT_ADDR: u32 = 528; // u64: the gva of the last guest page fault (KVM_EXIT_EXCEPTION)
 export const VCPU_WALK: u32 = 536; // 64 bytes: the last guest walk (WALK_*)
+export const VCPU_ROOT_GEN: u32 = 600; // u32: the mmu_valid_gen of the shadow MMU when the vCPU last took its root (the VM's direct root, unpaged)
 export const WALK_GPA: u32 = 0; // u64: the translated gpa
 export const WALK_TABLE_GFN: u32 = 8; // u64 × 4: [level - 1] = gfn of the guest table holding the level's gPTE
 export const WALK_WRITABLE: u32 = 40; // u32: every level allows writes

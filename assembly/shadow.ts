@@ -91,6 +91,7 @@ import {
   VM_MMU_UNSYNC,
   VM_MMU_VALID_GEN,
   VM_INDIRECT_SHADOW_PAGES,
+  VCPU_ROOT_GEN,
 } from "./layout";
 import {
   nsorted,
@@ -1007,15 +1008,23 @@ export function shadow_sync_one(vm: usize, sptep: usize): bool {
 
 /**
  * kvm_mmu_free_obsolete_roots (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, on the vCPU's thread at
- * guest entry): if the vCPU's root is obsolete it lets go of it, flushing its own TLB as
- * loading the next root does; the next fault loads a root of the current generation.
+ * guest entry): if the vCPU's root is obsolete it lets go of it and flushes its own TLB,
+ * as loading the next root does; the next fault loads a root of the current generation.
+ * An unpaged vCPU's root is the VM's direct root, renewed in place by the zap: it has
+ * "reloaded" it when the generation moved since it last looked (VCPU_ROOT_GEN).
  */
 export function shadow_free_obsolete_roots(vm: usize, vcpu: usize): void {
   lockdep_assert_held_write(vm);
+  const gen = load<u32>(vm + VM_MMU_VALID_GEN);
   const table = <usize>load<u32>(vcpu + VCPU_ROOT);
-  if (table == 0 || !is_obsolete_sp(vm, sptep_to_sp(vm, table))) return;
-  kvm_mmu_unload_root(vm, vcpu);
-  kvm_mmu_remote_flush_or_zap(vm, false, vcpu_can_block(vm, vcpu));
+  if (table != 0) {
+    if (!is_obsolete_sp(vm, sptep_to_sp(vm, table))) return;
+    kvm_mmu_unload_root(vm, vcpu);
+    kvm_mmu_remote_flush_or_zap(vm, false, vcpu_can_block(vm, vcpu));
+  } else if (load<u32>(vcpu + VCPU_ROOT_GEN) == gen) {
+    return;
+  }
+  store<u32>(vcpu + VCPU_ROOT_GEN, gen);
   tlb_flush_local(vcpu);
 }
 

@@ -24,6 +24,8 @@ import {
   VM_VCPU_TABLE,
   VM_TLB_MODEL,
   VCPU_TLB,
+  VCPU_ROOT_GEN,
+  VM_MMU_VALID_GEN,
 } from "./layout";
 import { dirty_ring_alloc } from "./dirty_ring";
 import { pml_init } from "./pml";
@@ -74,6 +76,7 @@ export function kvm_vcpu_init(
 ): void {
   store<u32>(vcpu + VCPU_ID, id);
   store<u32>(vcpu + VCPU_TLB, <u32>tlb);
+  store<u32>(vcpu + VCPU_ROOT_GEN, load<u32>(vm + VM_MMU_VALID_GEN)); // (shadow MMU)
   kvm_xen_init_vcpu(vm, vcpu);
   if (pml_buffer != 0) pml_init(vcpu, pml_buffer);
   const ring_bytes = load<u32>(vm + VM_RING_SIZE);
