@@ -22,11 +22,12 @@ export interface DirtyLogTestOptions {
   /** The MMU (VmOptions.mmu, default "tdp"). */
   mmu?: "tdp" | "shadow";
   /**
-   * The guest runs paged (x86-64 4-level tables in a slot of their own, mapping the test
-   * region at the same addresses): the CPU's walk under the TDP MMU, shadow pages of the
-   * guest's tables under the shadow MMU.
+   * The guest runs paged (`true` or `"long"`: x86-64 4-level tables; `"32bit"`: a 32-bit
+   * non-PAE guest's 2-level tables of 4-byte gPTEs, its region then below 4 GiB), the
+   * tables in a slot of their own, mapping the test region at the same addresses: the
+   * CPU's walk under the TDP MMU, shadow pages of the guest's tables under the shadow MMU.
    */
-  paging?: boolean;
+  paging?: boolean | "long" | "32bit";
   /** The vCPU TLB model (default on). */
   tlb?: boolean;
   vcpus?: number;
@@ -95,6 +96,7 @@ export interface DirtyLogTestResult {
 }
 
 const GPA = 0x1_0000_0000;
+const GPA_32BIT = 0x4000_0000; // (pages ≤ 2^19: the region ends by 0xc000_0000, where the tables go)
 const OPTIONS = [
   "mode",
   "ringEntries",
@@ -138,11 +140,15 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
   const iterations = o.iterations === undefined ? 32 : int(o.iterations, "iterations", call, 1, 1 << 20);
   const interval = o.intervalMs === undefined ? 10 : finite(o.intervalMs, "intervalMs", call, 0, 3_600_000);
   const entries = o.ringEntries === undefined ? 1024 : int(o.ringEntries, "ringEntries", call, 1, 65536);
-  for (const k of ["pml", "tlb", "paging", "partition", "skipTlbFlush", "mainThreadHammer", "kvmWrites", "memslotChurn"] as const) bool(o[k], k, call);
+  for (const k of ["pml", "tlb", "partition", "skipTlbFlush", "mainThreadHammer", "kvmWrites", "memslotChurn"] as const) bool(o[k], k, call);
   if (o.wasm !== undefined && !(o.wasm instanceof WebAssembly.Module)) {
     throw new KvmError("EINVAL", call, "wasm must be a WebAssembly.Module");
   }
   if (o.pattern !== undefined) oneOf(o.pattern, PATTERNS, "pattern", call);
+  const paging = o.paging === undefined || o.paging === false ? undefined : o.paging === true ? "long" : o.paging;
+  if (paging !== undefined) oneOf(paging, { long: 1, "32bit": 1 }, "paging", call);
+  // a 32-bit guest's gPTEs reach 4 GiB: its region and tables live below
+  const base = paging === "32bit" ? GPA_32BIT : GPA;
   // the selftest's clear-log mode runs with INITIALLY_SET; the mode checks its own rules
   // (a ring size the kernel refuses) before any VM exists
   let logmode: LogMode;
@@ -163,19 +169,20 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     if (options.skipTlbFlush) vm.setDebug({ skipTlbFlush: true });
     logmode.createVmDone(vm);
     const slot = 1;
-    vm.setUserMemoryRegion({ slot, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: GPA, memorySize: pages * 4096, backed: true });
+    vm.setUserMemoryRegion({ slot, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: base, memorySize: pages * 4096, backed: true });
     const memory = vm.guestMemory(slot) as Uint8Array;
     const values = new BigUint64Array(memory.buffer, memory.byteOffset, pages * 512);
     const vcpus = Array.from({ length: nVcpus }, (_, i) => vm.createVcpu(i));
-    const regions = options.partition ? splitRegion(GPA, pages, nVcpus) : splitRegion(GPA, pages, nVcpus, true);
+    const regions = options.partition ? splitRegion(base, pages, nVcpus) : splitRegion(base, pages, nVcpus, true);
     for (const [i, v] of vcpus.entries()) v.setWorkload({ pattern: options.pattern ?? "uniform", ...regions[i], batch: 1024 });
-    if (o.paging) {
+    if (paging !== undefined) {
       // the guest's page tables: their own slot (not logged), an identity map of the region
       const tableSlot = 3;
       const tableBytes = (Math.ceil(pages / 512) + 8) * 4096;
-      vm.setUserMemoryRegion({ slot: tableSlot, guestPhysAddr: GPA + 0x2_0000_0000, memorySize: tableBytes, backed: true });
-      const tables = buildPageTables(vm, tableSlot, 0, [{ gva: GPA, gpa: GPA, pages }]);
-      for (const v of vcpus) v.setPaging({ cr3: tables.cr3, mode: "long" });
+      const tablesAt = paging === "32bit" ? 0xc000_0000 : GPA + 0x2_0000_0000;
+      vm.setUserMemoryRegion({ slot: tableSlot, guestPhysAddr: tablesAt, memorySize: tableBytes, backed: true });
+      const tables = buildPageTables(vm, tableSlot, 0, [{ gva: base, gpa: base, pages }], { mode: paging });
+      for (const v of vcpus) v.setPaging({ cr3: tables.cr3, mode: paging });
     }
     // KVM's own writes: a second slot, pages 2i and 2i + 1 for vCPU i's runstate area
     // (crossing between them), then one page for each cache of the collector
@@ -209,7 +216,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     const bytes = Math.ceil(pages / 64) * 8;
     const bmap = [new Uint8Array(bytes), new Uint8Array(bytes)];
     const result: DirtyLogTestResult = {
-      mode: `${mode}${mode === "dirty-ring" ? `-${entries}` : ""}${options.pml ? "+pml" : ""}${options.tlb === false ? "-notlb" : ""}${options.mmu === "shadow" ? "+shadow" : ""}${options.paging ? "+paging" : ""}`,
+      mode: `${mode}${mode === "dirty-ring" ? `-${entries}` : ""}${options.pml ? "+pml" : ""}${options.tlb === false ? "-notlb" : ""}${options.mmu === "shadow" ? "+shadow" : ""}${paging === undefined ? "" : paging === "32bit" ? "+paging32" : "+paging"}`,
       iterations,
       pagesChecked: 0,
       dirtyPages: 0,
@@ -228,8 +235,8 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     };
     // memslotChurn: a slot nobody touches, created and deleted again (a zap of everything)
     const churn = () => {
-      vm.setUserMemoryRegion({ slot: 4, guestPhysAddr: GPA + 0x3_0000_0000, memorySize: 16 * 4096 });
-      vm.setUserMemoryRegion({ slot: 4, guestPhysAddr: GPA + 0x3_0000_0000, memorySize: 0 });
+      vm.setUserMemoryRegion({ slot: 4, guestPhysAddr: base + 0x3_0000_0000, memorySize: 16 * 4096 });
+      vm.setUserMemoryRegion({ slot: 4, guestPhysAddr: base + 0x3_0000_0000, memorySize: 0 });
       result.memslotDeletes++;
     };
     /** A burst of vCPU-context calls from this thread into vCPU 0 while its loop runs. */
@@ -238,7 +245,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
         result.hammerCalls++;
         try {
           // a call that went through would be a legitimate write of this iteration's value
-          vcpus[0].writeGuest(GPA + ((result.hammerCalls * 7919) % pages) * 4096, value);
+          vcpus[0].writeGuest(base + ((result.hammerCalls * 7919) % pages) * 4096, value);
         } catch (e) {
           if (!(e instanceof KvmError) || e.errno !== "EBUSY") throw e;
           result.hammerEbusy++;
@@ -320,7 +327,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
           result.firstError ??= `iteration ${iteration}: page ${p} reported with value ${val}`;
         } else if (val >= it) {
           result.lost++;
-          result.firstError ??= `iteration ${iteration}: page ${p} holds ${val} but was not reported (spte 0x${vm.spte(0, GPA + p * 4096).spte.toString(16)})`;
+          result.firstError ??= `iteration ${iteration}: page ${p} holds ${val} but was not reported (spte 0x${vm.spte(0, base + p * 4096).spte.toString(16)})`;
         }
       }
       // KVM's pages: one whose content changed in this iteration must have been reported

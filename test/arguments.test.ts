@@ -966,6 +966,8 @@ const dltRows: AsyncRow[] = [
       ["tlb", ["false", 0, null]],
       ["partition", ["no", 1]],
       ["skipTlbFlush", ["true", 1]],
+      ["paging", ["pae", "toString", 1, null]],
+      ["memslotChurn", ["true", 1]],
     ] as Array<[string, unknown[]]>
   ).map(
     ([field, values]): AsyncRow => ({

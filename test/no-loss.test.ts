@@ -24,6 +24,9 @@ const modes: Array<[string, DirtyLogTestOptions]> = [
   ["dirty-log, paged guest, TDP MMU", { mode: "dirty-log", paging: true }],
   ["dirty-log, paged guest, shadow MMU", { mode: "dirty-log", mmu: "shadow", paging: true }],
   ["dirty-ring 1024, paged guest, shadow MMU", { mode: "dirty-ring", ringEntries: 1024, mmu: "shadow", paging: true }],
+  // a 32-bit guest: 4-byte gPTEs, each table shadowed by several pages (role.quadrant)
+  ["dirty-log, 32-bit paged guest, shadow MMU", { mode: "dirty-log", mmu: "shadow", paging: "32bit" }],
+  ["dirty-ring 1024, 32-bit paged guest, TDP MMU", { mode: "dirty-ring", ringEntries: 1024, paging: "32bit" }],
   // a slot deleted at every step: each DELETE zaps everything under the running vCPUs (the
   // shadow MMU's in batches, letting their faults in between)
   ["dirty-log, memslot churn, TDP MMU", { mode: "dirty-log", memslotChurn: true }],
