@@ -42,6 +42,7 @@ export {
 export { kvm_mmu_notifier_invalidate_slot } from "./mmu_notifier";
 export { kvm_xen_set_runstate_area, kvm_xen_update_runstate } from "./xen";
 export { kvm_run } from "./run";
+export { kvm_smm_changed } from "./x86";
 export { kvm_vcpu_kick, kvm_vcpu_lock, kvm_vcpu_mutex_wait_prepare, kvm_vcpu_unlock } from "./vcpu";
 export { tdp_count_bits, tdp_walk } from "./tdp";
 export { kvm_flush_remote_tlbs } from "./tlb";

@@ -55,6 +55,8 @@ import {
   shadow_pte_pool,
   shadow_rmap_add,
   kvm_mmu_zap_all_fast_shadow,
+  kvm_mmu_remote_flush_or_zap,
+  kvm_mmu_unload_root,
   shadow_free_obsolete_roots,
 } from "./shadow";
 import {
@@ -70,6 +72,7 @@ import {
   tdp_zap_range,
 } from "./tdp";
 import { flush_remote_tlbs, flush_remote_tlbs_dirty_log } from "./tlb";
+import { vcpu_can_block } from "./vcpu";
 import { SPTE_A, SPTE_D, SPTE_M, SPTE_W } from "./spte";
 
 /**
@@ -262,6 +265,18 @@ export function kvm_mmu_slot_gfn_write_protect(vm: usize, slot: usize, as_id: u3
 export function kvm_mmu_zap_all_fast(vm: usize, nr_as: u32, can_block: bool): void {
   if (is_shadow_mmu(vm)) kvm_mmu_zap_all_fast_shadow(vm, nr_as, can_block);
   else tdp_zap_all(vm, nr_as);
+}
+
+/**
+ * kvm_mmu_reset_context for a change of the vCPU's MMU role (SMM entry or exit: role.smm):
+ * the shadow MMU lets go of the vCPU's root, and the next fault loads one of the new role.
+ */
+export function kvm_mmu_reset_context(vm: usize, vcpu: usize): void {
+  if (!is_shadow_mmu(vm)) return;
+  write_lock(vm);
+  kvm_mmu_unload_root(vm, vcpu);
+  kvm_mmu_remote_flush_or_zap(vm, false, vcpu_can_block(vm, vcpu));
+  write_unlock(vm);
 }
 
 /** KVM_REQ_MMU_FREE_OBSOLETE_ROOTS on the vCPU's thread: drop its root if obsolete (shadow MMU). */

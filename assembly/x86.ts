@@ -14,13 +14,15 @@ import {
   KVM_REQ_KICK,
   KVM_REQ_MMU_FREE_OBSOLETE_ROOTS,
   OUTSIDE_GUEST_MODE,
+  VCPU_AS,
   VCPU_MODE,
   VCPU_REQUESTS,
 } from "./layout";
 import { dirty_ring_check_request, dirty_ring_publish } from "./dirty_ring";
 import { pml_flush } from "./pml";
 import { tlb_check_request } from "./tlb";
-import { kvm_mmu_free_obsolete_roots } from "./mmu";
+import { kvm_mmu_free_obsolete_roots, kvm_mmu_reset_context } from "./mmu";
+import { vcpu_load, vcpu_put } from "./vcpu";
 
 const EXIT_REQ: u32 = 1 << KVM_REQ_EXIT;
 const KICK_REQ: u32 = 1 << KVM_REQ_KICK;
@@ -77,3 +79,19 @@ export function vcpu_check_exit_request(vcpu: usize): u32 {
   dirty_ring_publish(vcpu);
 }
 
+
+/**
+ * kvm_smm_changed (arch/x86/kvm/smm.c; vCPU context): the vCPU enters (1) or leaves (0)
+ * SMM and uses that address space from now on; its MMU context is reset (the shadow MMU's
+ * root has role.smm, so a new one is loaded). -EBUSY when another thread holds vcpu->mutex.
+ */
+export function kvm_smm_changed(vm: usize, vcpu: usize, tag: u32, entering: u32): i32 {
+  const loaded = vcpu_load(vcpu, tag);
+  if (loaded < 0) return loaded;
+  if (load<u32>(vcpu + VCPU_AS) != entering) {
+    store<u32>(vcpu + VCPU_AS, entering);
+    kvm_mmu_reset_context(vm, vcpu);
+  }
+  vcpu_put(vcpu, loaded);
+  return 0;
+}

@@ -120,6 +120,7 @@ export interface CoreExports {
   kvm_vcpu_write(vm: number, vcpu: number, tag: number, gpa: bigint, value: bigint): number;
   kvm_vcpu_read(vm: number, vcpu: number, tag: number, gpa: bigint): number;
   kvm_set_cr3(vm: number, vcpu: number, tag: number, cr3: bigint, mode: number): number;
+  kvm_smm_changed(vm: number, vcpu: number, tag: number, entering: number): number;
   kvm_mmu_invlpg(vm: number, vcpu: number, tag: number, gva: bigint): number;
   kvm_vcpu_write_strided(
     vm: number,

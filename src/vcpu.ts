@@ -556,7 +556,7 @@ export class Vcpu {
     const call = "smm";
     this.vm.checkAlive(call);
     if (typeof on !== "boolean") throw new KvmError("EINVAL", call, "smm must be true or false");
-    this.withVcpu(call, () => this.view().setUint32(this.addr + L.VCPU_AS, on ? 1 : 0, true));
+    this.withVcpu(call, () => this.owned(this.core.kvm_smm_changed(this.vm.addr, this.addr, HOST_TAG, on ? 1 : 0), call));
   }
   get smm(): boolean {
     this.vm.checkAlive("smm");

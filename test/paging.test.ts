@@ -537,6 +537,60 @@ describe("CR3 loads sync what went unsync, whatever the paging mode", () => {
   );
 });
 
+describe("paging in SMM: the vCPU's tables and pages come from address space 1 (kvm_smm_changed resets the MMU context)", () => {
+  it.each(["long", "32bit"] as const)(
+    "%s: TDP and shadow report an SMM write in the SMM slot, and a normal one in slot 0",
+    async (mode) => {
+      for (const mmu of ["tdp", "shadow"] as const) {
+        const vm = await newVm({ mmu });
+        const SMM = (1 << 16) | 0;
+        for (const slot of [0, SMM]) {
+          vm.setUserMemoryRegion({ slot, flags: LOG, guestPhysAddr: 0, memorySize: 4 * MIB, backed: true });
+        }
+        // the same layout in both spaces: DATA → gpa 0x1000 (normal), → 0x2000 (SMM)
+        const normal = buildPageTables(vm, 0, TABLES_AT, [{ gva: DATA, gpa: 0x1000, pages: 1 }], { mode });
+        const smm = buildPageTables(vm, SMM, TABLES_AT, [{ gva: DATA, gpa: 0x2000, pages: 1 }], { mode });
+        expect(smm.cr3).toBe(normal.cr3);
+        const v = vm.createVcpu(0);
+        v.setPaging({ cr3: normal.cr3, mode });
+        for (const slot of [0, SMM]) vm.getDirtyLog(slot);
+        expect(v.writeGuest(DATA, 1n)).toBe(0);
+        v.smm = true;
+        expect(v.readGuest(DATA)).toBe(0n); // SMM's own page
+        expect(v.writeGuest(DATA, 2n)).toBe(0);
+        v.smm = false;
+        expect(v.readGuest(DATA)).toBe(1n);
+        expect(pagesOf(vm.getDirtyLog(0))).toEqual([1]);
+        expect(pagesOf(vm.getDirtyLog(SMM))).toEqual([2]);
+        v.smm = true;
+        expect(v.readGuest(DATA)).toBe(2n);
+      }
+    },
+  );
+
+  it.skipIf(process.env.DIRTLOG_CORE === "debug")(
+    "a shadow MMU that keeps the root across SMM entry writes the normal page (planted)",
+    async () => {
+      const wasm = plantedCore(
+        [{ file: "x86.ts", from: "    kvm_mmu_reset_context(vm, vcpu);\n", to: "\n" }],
+        "release",
+      );
+      const vm = await newVm({ mmu: "shadow", wasm });
+      const SMM = (1 << 16) | 0;
+      for (const slot of [0, SMM])
+        vm.setUserMemoryRegion({ slot, flags: LOG, guestPhysAddr: 0, memorySize: 4 * MIB, backed: true });
+      const pt = buildPageTables(vm, 0, TABLES_AT, [{ gva: DATA, gpa: 0x1000, pages: 1 }]);
+      buildPageTables(vm, SMM, TABLES_AT, [{ gva: DATA, gpa: 0x2000, pages: 1 }]);
+      const v = vm.createVcpu(0);
+      v.setPaging({ cr3: pt.cr3, mode: "long" });
+      expect(v.writeGuest(DATA, 1n)).toBe(0);
+      v.smm = true;
+      expect(v.writeGuest(DATA, 2n)).toBe(0);
+      expect(pagesOf(vm.getDirtyLog(SMM))).not.toEqual([2]);
+    },
+  );
+});
+
 describe("mmu_sync_children syncs in batches of KVM_PAGE_ARRAY_NR = 16 (spec §5.8)", () => {
   const N = 40; // guest leaf tables under one PD
   /** 40 guest PTs gone unsync, each with its gPTE rewritten to a new gpa; then a CR3 load. */
