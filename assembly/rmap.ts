@@ -56,11 +56,6 @@ export function pte_list_pool_init(pool: usize, base: usize, capacity: u32): voi
   store<u32>(pool + POOL_BASE, <u32>base);
 }
 
-/** Free every descriptor at once (after a zap of everything). */
-export function pte_list_pool_reset(pool: usize): void {
-  pte_list_pool_init(pool, <usize>load<u32>(pool + POOL_BASE), load<u32>(pool + POOL_CAPACITY));
-}
-
 /** Descriptors in use. */
 export function pte_list_pool_used(pool: usize): u32 {
   return atomic.load<u32>(pool + POOL_USED);

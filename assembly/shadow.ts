@@ -56,7 +56,6 @@ import {
   VM_SHADOW_PAGES,
   VM_SP_TABLE,
   KVM_NR_AS,
-  SLOT_NPAGES,
   VM_ROOT,
   SP_GFNS,
   SP_HASH_NEXT,
@@ -93,12 +92,7 @@ import {
   VM_INDIRECT_SHADOW_PAGES,
   VCPU_ROOT_GEN,
 } from "./layout";
-import {
-  nsorted,
-  slot_ptr,
-  sorted_ptr,
-  memslot_lookup,
-} from "./kvm_host";
+import { memslot_lookup } from "./kvm_host";
 import { cond_resched_rwlock_write, lockdep_assert_held_write, mmu_lock_needbreak } from "./mmu_lock";
 import { pool_alloc, pool_free } from "./pt_pool";
 import {
@@ -107,7 +101,6 @@ import {
   pte_list_add,
   pte_list_pool_has_room,
   pte_list_pool_init,
-  pte_list_pool_reset,
   pte_list_at,
   pte_list_destroy,
   pte_list_remove,
