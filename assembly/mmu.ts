@@ -57,7 +57,7 @@ import {
   kvm_mmu_zap_all_fast_shadow,
   kvm_mmu_remote_flush_or_zap,
   kvm_mmu_unload_root,
-  shadow_free_obsolete_roots,
+  kvm_mmu_free_obsolete_roots as shadow_free_obsolete_roots,
 } from "./shadow";
 import {
   tdp_clear_dirty_range,
@@ -281,10 +281,7 @@ export function kvm_mmu_reset_context(vm: usize, vcpu: usize): void {
 
 /** KVM_REQ_MMU_FREE_OBSOLETE_ROOTS on the vCPU's thread: drop its root if obsolete (shadow MMU). */
 export function kvm_mmu_free_obsolete_roots(vm: usize, vcpu: usize): void {
-  if (!is_shadow_mmu(vm)) return;
-  write_lock(vm);
-  shadow_free_obsolete_roots(vm, vcpu);
-  write_unlock(vm);
+  if (is_shadow_mmu(vm)) shadow_free_obsolete_roots(vm, vcpu);
 }
 
 /**

@@ -47,8 +47,8 @@ import { RW_WRITER, rw_is_contended, rw_read_lock, rw_read_unlock, rw_write_lock
 export function cond_resched_rwlock_write(vm: usize): void {
   const p = vm + VM_MMU_LOCK;
   rw_write_unlock(p);
-  // a spinning waiter must see the lock free: give it a moment to take it (the word
-  // leaves 0) before competing again
-  for (let spins: u32 = 0; spins < 4096 && atomic.load<u32>(p) == 0; spins++) {}
+  // hand the lock over: the waiter that set WAITING spins for it, so wait until someone
+  // took it (the word leaves 0), bounded (≈ 0.1 ms) in case that thread is not running
+  for (let spins: u32 = 0; spins < 1 << 18 && atomic.load<u32>(p) == 0; spins++) {}
   rw_write_lock(p);
 }

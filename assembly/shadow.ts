@@ -93,7 +93,7 @@ import {
   VCPU_ROOT_GEN,
 } from "./layout";
 import { memslot_lookup } from "./kvm_host";
-import { cond_resched_rwlock_write, lockdep_assert_held_write, mmu_lock_needbreak } from "./mmu_lock";
+import { cond_resched_rwlock_write, lockdep_assert_held_write, mmu_lock_needbreak, write_lock, write_unlock } from "./mmu_lock";
 import { pool_alloc, pool_free } from "./pt_pool";
 import {
   PTE_LIST_DESC_SIZE,
@@ -1001,19 +1001,23 @@ export function shadow_sync_one(vm: usize, sptep: usize): bool {
 
 /**
  * kvm_mmu_free_obsolete_roots (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, on the vCPU's thread at
- * guest entry): if the vCPU's root is obsolete it lets go of it and flushes its own TLB,
- * as loading the next root does; the next fault loads a root of the current generation.
- * An unpaged vCPU's root is the VM's direct root, renewed in place by the zap: it has
- * "reloaded" it when the generation moved since it last looked (VCPU_ROOT_GEN).
+ * guest entry): if the vCPU's root is obsolete it lets go of it (under mmu_lock) and
+ * flushes its own TLB, as loading the next root does; the next fault loads a root of the
+ * current generation. Whether it is obsolete is read without the lock, as the kernel's
+ * is_obsolete_root does: the root cannot go while this vCPU holds it, and a zap that marks
+ * it later asks again. An unpaged vCPU's root is the VM's direct root, renewed in place by
+ * the zap: it has "reloaded" it when the generation moved since it last looked
+ * (VCPU_ROOT_GEN), which needs no lock.
  */
-export function shadow_free_obsolete_roots(vm: usize, vcpu: usize): void {
-  lockdep_assert_held_write(vm);
+export function kvm_mmu_free_obsolete_roots(vm: usize, vcpu: usize): void {
   const gen = load<u32>(vm + VM_MMU_VALID_GEN);
   const table = <usize>load<u32>(vcpu + VCPU_ROOT);
   if (table != 0) {
     if (!is_obsolete_sp(vm, sptep_to_sp(vm, table))) return;
+    write_lock(vm);
     kvm_mmu_unload_root(vm, vcpu);
     kvm_mmu_remote_flush_or_zap(vm, false, vcpu_can_block(vm, vcpu));
+    write_unlock(vm);
   } else if (load<u32>(vcpu + VCPU_ROOT_GEN) == gen) {
     return;
   }

@@ -9,7 +9,7 @@ import { plantedCore } from "./planted-core.js";
 
 const MIB = 1 << 20;
 const PAGE = 4096;
-const BIG = 128 * MIB; // slot 0, mapped from this thread: 32768 leaves in 64 direct PTs
+const BIG = 512 * MIB; // slot 0, mapped from this thread: 131072 leaves in 256 direct PTs
 const VICTIM_GPA = 1 << 30; // slot 1, written by the vCPU's loop, then deleted
 const VICTIM_PAGES = 256;
 
@@ -41,12 +41,15 @@ async function deleteUnderLoad(attempts: number, wasm?: WebAssembly.Module) {
       vm.setUserMemoryRegion({ slot: 1, guestPhysAddr: VICTIM_GPA, memorySize: VICTIM_PAGES * PAGE });
       expect(mapper.writeStrided(0, PAGE, BIG / PAGE, 1)).toBe(BIG / PAGE);
       runner.setWorkload({ pattern: "uniform", gpa: VICTIM_GPA, pages: VICTIM_PAGES, batch: 1 << 16 });
+      const faulted = runner.stats.slowFaults;
       await runner.startLoop();
-      await new Promise((r) => setTimeout(r, 2));
+      // until the loop runs (it faults slot 1's pages in)
+      while (runner.stats.slowFaults === faulted) await new Promise((r) => setTimeout(r, 1));
       const before = vm.stats.mmuLockBreaks;
       vm.setUserMemoryRegion({ slot: 1, guestPhysAddr: VICTIM_GPA, memorySize: 0 });
       breaks += vm.stats.mmuLockBreaks - before;
-      await runner.loopEnd; // its next fault on the deleted range is an MMIO exit
+      // (a core that mapped the deleted range may keep writing through it: end the thread)
+      await runner.terminate();
       left = leftovers(vm);
     }
     return { breaks, left };
