@@ -122,6 +122,12 @@ export function kvm_arch_mmu_enable_log_dirty_pt_masked(vm: usize, slot: usize, 
 @inline export function mmu_spte_clear_bits(vm: usize, p: usize, bits: u64): void {
   lockdep_assert_held_write(vm);
   const old = load<u64>(p);
+  // the common case first: writable, accessed and dirty has no volatile bits (and W or D,
+  // whichever `bits` is, to clear); one test instead of the rule's four
+  if (ASC_NO_ASSERT && (old & (SPTE_W | SPTE_A | SPTE_D)) == (SPTE_W | SPTE_A | SPTE_D)) {
+    store<u64>(p, old & ~bits);
+    return;
+  }
   if ((old & bits) == 0) return;
   if (spte_has_volatile_bits(old)) {
     atomic.and<u64>(p, ~bits);
@@ -147,14 +153,35 @@ export function kvm_arch_mmu_enable_log_dirty_pt_masked(vm: usize, slot: usize, 
     rmap_clear_masked(vm, slot, gfn, mask, SPTE_W);
     return;
   }
-  const bit = load<u32>(vm + VM_PML) == 0 ? SPTE_W : SPTE_D;
+  kvm_tdp_mmu_clear_dirty_pt_masked(vm, as_id, gfn, mask, kvm_mmu_dirty_log_bit(vm));
+}
+
+/** The bit dirty-log re-protection clears on a 4K leaf: W, or D under PML. */
+@inline export function kvm_mmu_dirty_log_bit(vm: usize): u64 {
+  return load<u32>(vm + VM_PML) == 0 ? SPTE_W : SPTE_D;
+}
+
+/**
+ * The TDP MMU's part of kvm_mmu_clear_dirty_pt_masked, `bit` decided by the caller
+ * (kvm_mmu_dirty_log_bit): GET decides it, and the MMU kind, once per call rather than
+ * once per bitmap word. Same rules and caller duties as kvm_mmu_clear_dirty_pt_masked.
+ */
+@inline export function kvm_tdp_mmu_clear_dirty_pt_masked(vm: usize, as_id: u32, gfn: u64, mask: u64, bit: u64): void {
+  lockdep_assert_held_write(vm);
   const cache = vm + VM_WALK_CACHE;
-  if (mask == 0xffff_ffff_ffff_ffff && (gfn & 63) == 0) {
-    // a full word: 64 consecutive SPTEs of one leaf table (64 | 512), one lookup
+  if ((gfn & 511) <= 512 - 64) {
+    // the word's 64 pages lie in one leaf table (every word of a 64-aligned slot): one lookup
     const table = tdp_leaf_table_cached(vm, as_id, gfn, cache);
     if (table == 0) return; // not mapped at 4K (huge leaves are skipped)
     const first = table + ((<usize>(gfn & 511)) << 3);
-    for (let i: usize = 0; i < 64; i++) mmu_spte_clear_bits(vm, first + (i << 3), bit);
+    if (mask == 0xffff_ffff_ffff_ffff) {
+      for (let i: usize = 0; i < 64; i++) mmu_spte_clear_bits(vm, first + (i << 3), bit);
+      return;
+    }
+    do {
+      mmu_spte_clear_bits(vm, first + ((<usize>ctz<u64>(mask)) << 3), bit);
+      mask &= mask - 1;
+    } while (mask != 0);
     return;
   }
   while (mask != 0) {

@@ -263,11 +263,16 @@ export function tdp_write_protect_gfn(vm: usize, as_id: u32, gfn: u64, min_level
  * ((gfn >> 9) << 1 | as_id) + 1, u32 table): re-protection visits the pages of a harvest in
  * gfn order, so one walk serves a whole 512-page table. The table structure cannot change
  * while mmu_lock is held for write (callers empty the cache when they take the lock, and
- * after splits). Inlined: GET calls it once per dirty page.
+ * after splits). Inlined: GET calls it once per bitmap word.
  */
 @inline export function tdp_leaf_table_cached(vm: usize, as_id: u32, gfn: u64, cache: usize): usize {
   const tag = ((gfn >> 9) << 1 | <u64>as_id) + 1;
   if (tag == load<u64>(cache)) return <usize>load<u32>(cache + 8);
+  return tdp_leaf_table_fill(vm, as_id, gfn, cache, tag);
+}
+
+/** tdp_leaf_table_cached's miss (once per leaf table): out of line, so the hit stays small. */
+function tdp_leaf_table_fill(vm: usize, as_id: u32, gfn: u64, cache: usize, tag: u64): usize {
   const w = tdp_walk(vm, as_id, gfn);
   const table = (w & 7) == 1 ? (w & ~(<usize>0xfff)) : 0;
   store<u64>(cache, tag);

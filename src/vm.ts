@@ -360,8 +360,8 @@ export class Vm {
     this.bugged ??= reason;
   }
 
-  private slotAddr(slot: number): number {
-    const slots = this.view().getUint32(this.addr + L.VM_SLOTS, true);
+  private slotAddr(slot: number, view = this.view()): number {
+    const slots = view.getUint32(this.addr + L.VM_SLOTS, true);
     return slots + ((slot >>> 16) * 32768 + (slot & 0xffff)) * L.SLOT_SIZE;
   }
 
@@ -797,7 +797,10 @@ export class Vm {
     const call = "KVM_GET_DIRTY_LOG";
     this.checkAlive(call);
     const id = u32(slot, "slot", call);
-    const n = this.bitmapBytes(id);
+    // one view for the whole call: everything it reads was allocated before the call, and a
+    // SharedArrayBuffer is never detached when the memory grows
+    const view = this.view();
+    const n = this.bitmapBytes(id, view);
     // the user's buffer is checked before the bits are taken (the kernel finds out only
     // when copy_to_user fails, after the exchange: here nothing is lost on EFAULT)
     if (into !== undefined && (!(into instanceof Uint8Array) || into.byteLength < n)) {
@@ -810,17 +813,15 @@ export class Vm {
     // 512 bytes each) that held bits; everything else of the source is zero (classic: the
     // second bitmap between calls) or may be read as it is (manual protect: the kernel
     // copies the whole live bitmap). So one copy of the span from the first to the last.
-    const u8 = this.u8();
     const src = this.core.kvm_dirty_log_source(this.addr, id) >>> 0;
     const list = this.core.kvm_dirty_log_scratch(this.addr, id) >>> 0;
-    const view = this.view();
     const first = view.getUint32(list, true) * 512;
     const end = Math.min(n, view.getUint32(list + (count - 1) * 4, true) * 512 + 512);
     if (into) {
       out.fill(0, 0, first);
       out.fill(0, end);
     }
-    out.set(u8.subarray(src + first, src + end), first);
+    out.set(new Uint8Array(view.buffer, src + first, end - first), first);
     this.core.kvm_dirty_log_done(this.addr, id, count);
     return out;
   }
@@ -842,11 +843,15 @@ export class Vm {
     this.core.kvm_clear_dirty_log(this.addr, id, first, num, CAN_BLOCK);
   }
 
-  /** Bytes of a slot's dirty log (0 for an id outside the slot table: the core rejects it). */
-  private bitmapBytes(slot: number): number {
+  /**
+   * Bytes of a slot's dirty log (0 for an id outside the slot table: the core rejects it).
+   * In numbers, not bigints, as GET pays it on every call: exact, npages < 2^52.
+   */
+  private bitmapBytes(slot: number, view: DataView): number {
     if (slot >>> 16 >= L.KVM_NR_AS || (slot & 0xffff) >= L.SLOT_TABLE_ENTRIES / L.KVM_NR_AS) return 0;
-    const npages = this.view().getBigUint64(this.slotAddr(slot) + L.SLOT_NPAGES, true);
-    return Number(((npages + 63n) / 64n) * 8n);
+    const at = this.slotAddr(slot, view) + L.SLOT_NPAGES;
+    const npages = view.getUint32(at, true) + view.getUint32(at + 4, true) * 2 ** 32;
+    return Math.ceil(npages / 64) * 8;
   }
 
   // ---- vCPUs ----
