@@ -46,7 +46,7 @@ export { kvm_smm_changed } from "./x86";
 export { kvm_vcpu_kick, kvm_vcpu_lock, kvm_vcpu_mutex_wait_prepare, kvm_vcpu_unlock } from "./vcpu";
 export { tdp_count_bits, tdp_walk } from "./tdp";
 export { kvm_flush_remote_tlbs } from "./tlb";
-export { measure_plain_pass, measure_atomic_pass } from "./measure";
+export { measure_plain_pass, measure_plain_pass_strided, measure_atomic_pass } from "./measure";
 export { shadow_init, shadow_pte_pool_bytes } from "./shadow";
 export { kvm_rmap_count } from "./mmu";
 // the pte_list over raw addresses (test/rmap.test.ts, bench/rmap.js)

@@ -573,6 +573,19 @@ await group("GET 1 %: the same pages per GET, scattered or in runs", { time: 150
   getTask("get1-again", "WASM GET 1 %, every 100th page", 100, n1, wasmGet, KERNEL_US.get1),
   runsTask("get1-runs8", "WASM GET 1 %, runs of 8 pages every 800", 8, 800),
   runsTask("get1-runs64", "WASM GET 1 %, runs of 64 pages every 6400", 64, 6400),
+  {
+    id: "get0-wasm",
+    label: "WASM GET, nothing dirty (the fixed cost: the call, the summary scan, the log handed out)",
+    impl: "wasm",
+    ops: 1,
+    fn: () => {
+      bitmap = wasmGet();
+    },
+    afterEach() {
+      check(bitmap.length === SLOT_PAGES / 8 && bitmap.every((b) => b === 0), "empty GET: an empty log");
+      bitmap = null;
+    },
+  },
 ]);
 
 // 3c. The memory floors of re-protection: one pass over as many SPTE-sized words as GET
@@ -591,6 +604,15 @@ const floorTask = (id, label, pass) => ({
 await group("re-protection floor: one pass over 262144 SPTE-sized words", { time: 80, iterations: 24 }, [
   floorTask("floor-plain", "plain load + store per word", (a, n, b) => B.vm.raw.measure_plain_pass(a, n, b)),
   floorTask("floor-atomic", "atomic RMW per word", (a, n, b) => B.vm.raw.measure_atomic_pass(a, n, b)),
+  {
+    id: "floor-plain-1pct",
+    label: `plain load + store of every 100th word (${n1} words, GET 1 %'s pattern)`,
+    impl: "wasm",
+    ops: n1,
+    fn: () => {
+      floorSink ^= B.vm.raw.measure_plain_pass_strided(floorWords, n1, 100, 2n);
+    },
+  },
 ]);
 check(typeof floorSink === "bigint", "floor passes ran");
 
@@ -918,6 +940,7 @@ const twinCells = twinPairs.map((t) => [t.what, fmt(t.wasmUs), fmt(t.jsUs), x2(t
 const summary = [
   `first write: fast fault + bitmap set ${fmt(ratios.fastFaultNs, 1)} ns above the floor of ${fmt(perOp("write-floor"), 1)} ns/store; a ring push costs ${fmt(ratios.pushOverBitSetNs, 2)} ns more than a bitmap set; a slow fault (map + set) ${fmt(ratios.slowFaultNs, 1)} ns above the floor`,
   `GET at 1 %, ns per dirty page: every 100th page ${fmt(perOp("get1-again"), 2)}, runs of 8 every 800 ${fmt(perOp("get1-runs8"), 2)}, runs of 64 every 6400 ${fmt(perOp("get1-runs64"), 2)}; at 100 % ${fmt(perOp("get100-wasm"), 2)} (a scattered page pays alone for its bitmap word's exchange, its SPTE's cache line and a share of its leaf table's walk)`,
+  `GET 1 % net of a GET with nothing dirty (${fmt(p50("get0-wasm"), 1)} µs): ${fmt(((p50("get1-wasm") - p50("get0-wasm")) * 1000) / n1, 2)} ns per dirty page, ${x2(((p50("get1-wasm") - p50("get0-wasm")) * 1000) / n1 / perOp("get100-wasm"))} the dense cost; the memory floor alone, a plain load + store of every 100th SPTE-sized word, costs ${fmt(perOp("floor-plain-1pct"), 2)} ns/word against ${fmt(perOp("floor-plain"), 2)} densely (${x2(perOp("floor-plain-1pct") / perOp("floor-plain"))})`,
   `harvest at 10 %: harvestDirtyRings ${x2(ratios.harvestApiOverCollectReset)} and the LogMode ring harvest ${x2(ratios.logModeOverCollectReset)} collect + reset with a plain callback`,
   `collect once collectDirtyRing's consumer call site is shared (LogMode, harvestDirtyRings, a user callback): ${fmt(perOp("collect-poly-wasm"), 2)} ns/entry vs ${fmt(perOp("collect-wasm"), 2)} with one consumer (scan/collect ${x2(p50("collect-poly-js") / p50("collect-poly-wasm"))})`,
   `TLB flush, p50: ${["flush0", "flush1-parked", "flush2-parked", "flush1-running", "flush2-running"].map((id) => `${row(id).task} ${fmt(p50(id), 3)} µs`).join("; ")}`,

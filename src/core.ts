@@ -106,6 +106,7 @@ export interface CoreExports {
   spte_has_volatile_bits(spte: bigint): number;
   // memory floors for bench/ (assembly/measure.ts)
   measure_plain_pass(addr: number, n: number, bits: bigint): bigint;
+  measure_plain_pass_strided(addr: number, n: number, stride: number, bits: bigint): bigint;
   measure_atomic_pass(addr: number, n: number, bits: bigint): bigint;
   memslot_meta_bytes(npages: bigint): bigint;
   memslot_lookup(vm: number, asId: number, gfn: bigint): number;
