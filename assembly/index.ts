@@ -12,7 +12,8 @@ export {
   page_track_bytes,
   gfn_write_track_count,
 } from "./page_track";
-export { kvm_write_track_update_gfn, spte_has_volatile_bits } from "./mmu";
+export { kvm_write_track_update_gfn } from "./mmu";
+export { spte_has_volatile_bits } from "./spte";
 export {
   kvm_get_dirty_log,
   kvm_dirty_log_done,

@@ -73,7 +73,7 @@ import {
 } from "./tdp";
 import { flush_remote_tlbs, flush_remote_tlbs_dirty_log } from "./tlb";
 import { vcpu_can_block } from "./vcpu";
-import { SPTE_A, SPTE_D, SPTE_M, SPTE_W } from "./spte";
+import { SPTE_A, SPTE_D, SPTE_W, spte_has_volatile_bits } from "./spte";
 
 /**
  * kvm_arch_mmu_enable_log_dirty_pt_masked: re-arm the pages of mask at slot offset
@@ -95,21 +95,6 @@ export function kvm_arch_mmu_enable_log_dirty_pt_masked(vm: usize, slot: usize, 
     if (start >> 9 != end >> 9) tdp_write_protect_gfn(vm, as_id, end, 2);
   }
   kvm_mmu_clear_dirty_pt_masked(vm, slot, as_id, gfn, mask);
-}
-
-/**
- * spte_has_volatile_bits (spte.c): could a thread that does not hold mmu_lock for write
- * change this SPTE? Only then must an update be an atomic read-modify-write:
- *   - W clear, MMU-writable set (1 1 0): the lockless fast page fault may set W (cmpxchg);
- *   - A/D enabled (every dirtlog leaf) with A clear: the CPU may set A;
- *   - writable with D clear: the CPU may set D (with PML it also logs the gpa).
- * Every other lockless actor is excluded by the write side of mmu_lock: TDP faults hold
- * the read side, zaps and notifiers the write side, and a vCPU's TLB never writes SPTEs.
- */
-@inline export function spte_has_volatile_bits(spte: u64): bool {
-  if ((spte & SPTE_W) == 0 && (spte & SPTE_M) != 0) return true;
-  if ((spte & SPTE_A) == 0) return true;
-  return (spte & SPTE_W) != 0 && (spte & SPTE_D) == 0;
 }
 
 /**

@@ -27,7 +27,7 @@
 // the caller provides; rmap_get_first / rmap_get_next return SPTE addresses, 0 at the end.
 import { VM_RMAP_ITER } from "./layout";
 import { lockdep_assert_held_write, write_lock, write_unlock } from "./mmu_lock";
-import { SPTE_M, SPTE_W } from "./spte";
+import { SPTE_M, SPTE_W, spte_has_volatile_bits } from "./spte";
 
 export const PTE_LIST_EXT: u32 = 14;
 export const PTE_LIST_DESC_SIZE: u32 = 128;
@@ -267,11 +267,18 @@ const ITER_POS: usize = 4; // u32: index of the current entry in it
  * is relied on (W was set, or MMU-writable was cleared).
  */
 @inline export function spte_write_protect(sptep: usize, pt_protect: bool): bool {
-  const spte = atomic.load<u64>(sptep);
+  const spte = load<u64>(sptep);
   const bits = pt_protect ? SPTE_W | SPTE_M : SPTE_W;
   if ((spte & bits) == 0) return false;
-  // atomic: a (1 1 0) SPTE may get W from the lockless fast path at any moment
-  atomic.and<u64>(sptep, ~bits);
+  // mmu_spte_update under the write side of mmu_lock: atomic only if the lockless fast path
+  // (a (1 1 0) SPTE may get W at any moment) or the CPU (A, D) may change the SPTE meanwhile
+  if (spte_has_volatile_bits(spte)) {
+    atomic.and<u64>(sptep, ~bits);
+  } else if (!ASC_NO_ASSERT) {
+    assert(atomic.cmpxchg<u64>(sptep, spte, spte & ~bits) == spte, "a non-volatile SPTE changed under mmu_lock");
+  } else {
+    store<u64>(sptep, spte & ~bits);
+  }
   return true;
 }
 

@@ -87,3 +87,18 @@ export const SPTE_PFN_MASK: u64 = 0x000f_ffff_ffff_f000;
 @inline export function level_index(gfn: u64, level: u32): u32 {
   return <u32>((gfn >> (9 * (level - 1))) & 511);
 }
+
+/**
+ * spte_has_volatile_bits (spte.c): could a thread that does not hold mmu_lock for write
+ * change this SPTE? Only then must an update be an atomic read-modify-write:
+ *   - W clear, MMU-writable set (1 1 0): the lockless fast page fault may set W (cmpxchg);
+ *   - A/D enabled (every dirtlog leaf) with A clear: the CPU may set A;
+ *   - writable with D clear: the CPU may set D (with PML it also logs the gpa).
+ * Every other lockless actor is excluded by the write side of mmu_lock: TDP faults hold
+ * the read side, zaps and notifiers the write side, and a vCPU's TLB never writes SPTEs.
+ */
+@inline export function spte_has_volatile_bits(spte: u64): bool {
+  if ((spte & SPTE_W) == 0 && (spte & SPTE_M) != 0) return true;
+  if ((spte & SPTE_A) == 0) return true;
+  return (spte & SPTE_W) != 0 && (spte & SPTE_D) == 0;
+}
