@@ -1,6 +1,7 @@
 // x86 — entering and leaving guest mode (arch/x86/kvm/x86.c vcpu_enter_guest and the VM
 // exit path, virt/kvm/kvm_main.c kvm_vcpu_check_block's request checks), shared by KVM_RUN
-// (run.ts) and the single guest accesses (fault.ts).
+// (run.ts) and the single guest accesses (fault.ts); and SMM entry and exit (smm.c
+// kvm_smm_changed).
 //
 // Invariant: a vCPU publishes IN_GUEST_MODE before it reads its requests (both
 // sequentially consistent), so a thread that saw it outside guest mode made its request
@@ -31,9 +32,8 @@ const FREE_OBSOLETE_ROOTS_REQ: u32 = 1 << KVM_REQ_MMU_FREE_OBSOLETE_ROOTS;
 /**
  * Guest entry (vcpu_enter_guest): publish IN_GUEST_MODE, then handle requests — a TLB
  * flush is done and acknowledged, an obsolete shadow root is dropped, a kick drains PML,
- * a soft-full ring exits. Returns the
- * exit reason, or 0 when the vCPU is in guest mode. (Stop requests wait for an instruction
- * boundary: vcpu_check_exit_request.)
+ * a soft-full ring exits. Returns the exit reason, or 0 when the vCPU is in guest mode.
+ * (Stop requests wait for an instruction boundary: vcpu_check_exit_request.)
  */
 export function vcpu_enter_guest(vm: usize, vcpu: usize): u32 {
   while (true) {
@@ -78,7 +78,6 @@ export function vcpu_check_exit_request(vcpu: usize): u32 {
   pml_flush(vm, vcpu); // every VM exit drains the PML buffer
   dirty_ring_publish(vcpu);
 }
-
 
 /**
  * kvm_smm_changed (arch/x86/kvm/smm.c; vCPU context): the vCPU enters (1) or leaves (0)

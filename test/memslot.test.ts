@@ -623,6 +623,10 @@ describe("§1.4 memslot generations", () => {
     expect(dirtyPages(vm, 0)).toEqual([2]);
     expect(vm.generation(1)).toBe(g1);
     expect(vm.generation(0)).toBe(g0 + 4n);
+    // the slot is usable again: not left KVM_MEMSLOT_INVALID (its faults would retry forever)
+    expect(vm.memslots().find((m) => m.slot === 0)?.flags).toBe(LOG);
+    touch(vcpu, 0x100000, [3]);
+    expect(dirtyPages(vm, 0)).toEqual([3]);
   });
 
   it("MOVE and DELETE zap every mapping of the VM, other slots' too; CREATE and FLAGS_ONLY do not", async () => {
