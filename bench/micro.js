@@ -108,7 +108,7 @@ const T = {
   wasmVsJs: 3,
   get1Vs100PerPage: 2,
   get100VsPlainPass: 4,
-  get1Vs100PerPageRunsOf64: 4,
+  get1Vs100PerPage10: 4, // #10: every 100th page, as the #8 target above
   collectVsScan: 1,
   ringVsBitmapFirstWrite: 1.1,
   harvestVsCollectReset: 1.2,
@@ -902,9 +902,9 @@ const targets = [
     met: ratios.get100OverPlainPass <= T.get100VsPlainPass,
   },
   {
-    target: `GET per dirty page at 1 % ≤ ${T.get1Vs100PerPageRunsOf64}× its cost at 100 % (#10)`,
+    target: `GET per dirty page at 1 % ≤ ${T.get1Vs100PerPage10}× its cost at 100 % (#10)`,
     value: `${x2(ratios.get1Vs100PerPage)} (${fmt(perOp("get1-wasm"), 2)} vs ${fmt(perOp("get100-wasm"), 2)} ns/page)`,
-    met: ratios.get1Vs100PerPage <= T.get1Vs100PerPageRunsOf64,
+    met: ratios.get1Vs100PerPage <= T.get1Vs100PerPage10,
   },
   {
     target: "userspace ring collect no slower than a plain Uint32Array scan of the same ring",
