@@ -94,7 +94,7 @@ export const VM_ITERATION: u32 = 128; // u64: the value guest workloads store (d
 export const VM_TLB_MODEL: u32 = 136; // u32: 1 = vCPUs cache translations (the TLB model is on)
 export const VM_DEBUG: u32 = 140; // u32: fault injection for tests (VM_DEBUG_* bits)
 export const VM_DEBUG_SKIP_TLB_FLUSH: u32 = 1; // remote flushes are counted but never requested
-export const VM_WALK_CACHE: u32 = 144; // u64 gfn >> 9 (+1, 0 = empty), u32 leaf table: re-protection's walk cache
+export const VM_WALK_CACHE: u32 = 144; // u64 gfn >> 9 (+1, 0 = empty), u32 leaf table, u32 level-2 table: re-protection's walk cache
 export const VM_ERR_REASON: u32 = 160; // u32: ERR_* code of the last call that failed (the host words it)
 // mmu notifier (mmu_notifier.ts) and the pfn caches it invalidates (pfncache.ts)
 export const VM_MN_ACTIVE_INVALIDATE: u32 = 168; // u32: mn_active_invalidate_count

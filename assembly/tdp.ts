@@ -260,10 +260,12 @@ export function tdp_write_protect_gfn(vm: usize, as_id: u32, gfn: u64, min_level
 /**
  * The 4K leaf table holding gfn's SPTE in address space as_id, or 0 when gfn is not mapped
  * at 4K (absent, or inside a huge leaf), through `cache` (16 bytes: u64 tag
- * ((gfn >> 9) << 1 | as_id) + 1, u32 table): re-protection visits the pages of a harvest in
- * gfn order, so one walk serves a whole 512-page table. The table structure cannot change
- * while mmu_lock is held for write (callers empty the cache when they take the lock, and
- * after splits). Inlined: GET calls it once per bitmap word.
+ * ((gfn >> 9) << 1 | as_id) + 1, u32 leaf table, u32 the level-2 table of the last full
+ * walk): re-protection visits the pages of a harvest in gfn order, so one lookup serves a
+ * whole 512-page table, and a leaf table of the same 1 GiB costs one PDE load instead of a
+ * walk. The table structure cannot change while mmu_lock is held for write (callers empty
+ * the cache when they take the lock, and after splits; an empty tag also disowns the
+ * level-2 table). Inlined: GET calls it once per bitmap word.
  */
 @inline export function tdp_leaf_table_cached(vm: usize, as_id: u32, gfn: u64, cache: usize): usize {
   const tag = ((gfn >> 9) << 1 | <u64>as_id) + 1;
@@ -273,8 +275,29 @@ export function tdp_write_protect_gfn(vm: usize, as_id: u32, gfn: u64, min_level
 
 /** tdp_leaf_table_cached's miss (once per leaf table): out of line, so the hit stays small. */
 function tdp_leaf_table_fill(vm: usize, as_id: u32, gfn: u64, cache: usize, tag: u64): usize {
-  const w = tdp_walk(vm, as_id, gfn);
-  const table = (w & 7) == 1 ? (w & ~(<usize>0xfff)) : 0;
+  const old = load<u64>(cache);
+  const pd = <usize>load<u32>(cache + 12);
+  let table: usize = 0;
+  // the same address space and 1 GiB as the last lookup (tag bits 1-9 may differ): its
+  // level-2 table holds this leaf table's PDE
+  if (old != 0 && pd != 0 && (((old - 1) ^ (tag - 1)) & ~(<u64>0x3fe)) == 0) {
+    const spte = atomic.load<u64>(entry_at(pd, gfn, 2));
+    if (is_present(spte) && !is_leaf(spte, 2)) table = <usize>(spte & SPTE_PFN_MASK);
+  } else {
+    let t = tdp_root(vm, as_id);
+    let level2: usize = 0;
+    for (let level = PT_LEVELS; level > 1; level--) {
+      if (level == 2) level2 = t;
+      const spte = atomic.load<u64>(entry_at(t, gfn, level));
+      if (!is_present(spte) || is_leaf(spte, level)) {
+        t = 0;
+        break;
+      }
+      t = <usize>(spte & SPTE_PFN_MASK);
+    }
+    table = t;
+    store<u32>(cache + 12, <u32>level2);
+  }
   store<u64>(cache, tag);
   store<u32>(cache + 8, <u32>table);
   return table;

@@ -147,23 +147,34 @@ export function twinCore(vm) {
   };
 
   /** tdp_walk to gfn's 4K leaf table: its i32 index, or -1 (a level absent, or a huge leaf). */
+  // (the walk's level-2 table, a byte address, 0 when the walk did not reach one)
+  let walkPd = 0;
   function leafTable(root, gfn) {
     const i32 = c.i32;
+    walkPd = 0;
     let e = i32[(root >>> 2) + ((gfn / 134217728) & 511) * 2];
     if ((e & SPTE_MMU_PRESENT) === 0 || (e & SPTE_PS) !== 0) return -1;
     e = i32[((e & ~0xfff) >>> 2) + ((gfn / 262144) & 511) * 2];
     if ((e & SPTE_MMU_PRESENT) === 0 || (e & SPTE_PS) !== 0) return -1;
-    e = i32[((e & ~0xfff) >>> 2) + ((gfn / 512) & 511) * 2];
+    walkPd = (e & ~0xfff) >>> 0;
+    return pdeTable(walkPd, gfn);
+  }
+  /** The leaf table the PDE of gfn in the level-2 table at byte address pd points to (i32 index), or -1. */
+  function pdeTable(pd, gfn) {
+    const e = c.i32[(pd >>> 2) + ((gfn / 512) & 511) * 2];
     if ((e & SPTE_MMU_PRESENT) === 0 || (e & SPTE_PS) !== 0) return -1;
     return (e & ~0xfff) >>> 2;
   }
 
-  // The walk cache (VM_WALK_CACHE: u64 tag = (gfn >> 9) << 1 | as) + 1, u32 leaf table),
-  // held in locals between cacheReset() and cacheStore() like the core holds it in memory:
-  // the first gfn of the cached leaf table (-1: none), its address space, the table.
+  // The walk cache (VM_WALK_CACHE: u64 tag = (gfn >> 9) << 1 | as) + 1, u32 leaf table,
+  // u32 level-2 table of the last full walk), held in locals between cacheReset() and
+  // cacheStore() like the core holds it in memory: the first gfn of the cached leaf table
+  // (-1: none), its address space, the table; the level-2 table and whether a walk set it.
   let key = -1;
   let keyAs = 0;
   let table = -1;
+  let pd = 0;
+  let pdWalked = false;
   let touched = false;
   c.cacheReset = () => {
     key = -1;
@@ -177,6 +188,8 @@ export function twinCore(vm) {
     u32[p] = tag % TWO32;
     u32[p + 1] = Math.floor(tag / TWO32);
     if (tag !== 0) u32[p + 2] = table < 0 ? 0 : table * 4;
+    if (pdWalked) u32[p + 3] = pd;
+    pdWalked = false;
     touched = false;
   };
   /**
@@ -202,9 +215,17 @@ export function twinCore(vm) {
         const g = gfn + h * 32 + (31 - Math.clz32(low));
         const off = g & 511;
         if (g - off !== key || asId !== keyAs) {
+          // the same address space and 1 GiB as the last lookup: one PDE load (tdp_leaf_table_fill)
+          const sameGiB = key >= 0 && asId === keyAs && Math.floor(key / 262144) === Math.floor(g / 262144);
           key = g - off;
           keyAs = asId;
-          table = leafTable(root, g);
+          if (sameGiB && pd !== 0) {
+            table = pdeTable(pd, g);
+          } else {
+            table = leafTable(root, g);
+            pd = walkPd;
+            pdWalked = true;
+          }
         }
         if (table < 0) continue;
         const p = table + off * 2;
