@@ -77,6 +77,7 @@ import {
   is_obsolete_sp,
   kvm_mmu_remote_flush_or_zap,
   shadow_has_indirect_pages,
+  shadow_pool_short_during_zap,
   mmu_try_to_unsync_pages,
   shadow_fetch,
   shadow_pte_pool,
@@ -176,10 +177,13 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
   // (the shadow MMU maps 4K only; dirtlog's host page is as large as the mapping, so its
   // host pages are 4K too: no THP)
   let level = shadow || zero_page ? 1 : kvm_mmu_max_mapping_level(slot, gfn);
-  const w = kvm_mmu_leaf_has_room(vm) ? kvm_mmu_map(vm, as_id, gfn, level) : 0;
+  const w = kvm_mmu_leaf_has_room(vm, slot, gfn) ? kvm_mmu_map(vm, as_id, gfn, level) : 0;
   if (w == 0) {
+    // out of page tables or descriptors; while a zap of everything is under way, what it
+    // has yet to free is what is missing: fault again after it (shadow MMU)
+    const retry = shadow && shadow_pool_short_during_zap(vm);
     fault_unlock(vm, shadow);
-    return KVM_EXIT_INTERNAL_ERROR;
+    return retry ? 0 : KVM_EXIT_INTERNAL_ERROR;
   }
   const p = w & ~7;
   level = <u32>(w & 7);
@@ -291,8 +295,9 @@ function shadow_paged_fault(vm: usize, vcpu: usize, gva: u64, write: bool): u32 
   const p = pte_list_pool_has_room(shadow_pte_pool(vm)) ? shadow_fetch(vm, vcpu, gva, flush_flag(vcpu)) : 0;
   if (p == 0) {
     kvm_mmu_remote_flush_or_zap(vm, load<u32>(flush_flag(vcpu)) != 0, vcpu_can_block(vm, vcpu));
+    const retry = shadow_pool_short_during_zap(vm); // (see slow_fault)
     write_unlock(vm);
-    return KVM_EXIT_INTERNAL_ERROR;
+    return retry ? 0 : KVM_EXIT_INTERNAL_ERROR;
   }
   // The write creates the host page (copy-on-write of the zero page): as the mmu notifier
   // would, drop the gfn's other mappings — read-only maps of the zero page through other

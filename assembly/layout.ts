@@ -139,6 +139,7 @@ export const VM_MMU_PAGE_PATH: u32 = 540; // 4 × 8 bytes: struct mmu_page_path 
 export const VM_MMU_SYNC_WALKS: u32 = 572; // u32: mmu_unsync_walk batches that mmu_sync_children handled (statistics, internal)
 export const VM_MMU_LOCK_BREAKS: u32 = 576; // u32: times a long mmu_lock hold let a waiting thread in (cond_resched_rwlock_write; statistics)
 export const VM_INDIRECT_SHADOW_PAGES: u32 = 580; // u32: shadow pages with gPTEs (kvm->arch.indirect_shadow_pages)
+export const VM_MMU_ZAP_IN_PROGRESS: u32 = 584; // u32: kvm_zap_obsolete_pages is running (its lock breaks let faults in)
 export const KVM_PAGE_ARRAY_NR: u32 = 16; // kvm_mmu_pages: pages per mmu_sync_children batch
 export const BATCH_ZAP_PAGES: u32 = 10; // kvm_zap_obsolete_pages: zaps between lock-break checks
 export const MMU_TDP: u32 = 0;

@@ -43,6 +43,7 @@ import {
   RMAP_RECYCLE_THRESHOLD,
   pte_list_count,
   pte_list_pool_has_room,
+  pte_list_add_needs_desc,
   rmap_get_first,
   rmap_get_next,
   rmap_write_protect,
@@ -323,11 +324,15 @@ export function kvm_mmu_leaf_installed(vm: usize, slot: usize, gfn: u64, sptep: 
 }
 
 /**
- * mmu_topup_memory_caches before a fault installs a leaf: the shadow MMU needs a free
- * pte_list_desc for the rmap_add (the TDP MMU keeps no rmaps).
+ * mmu_topup_memory_caches before a fault installs gfn's leaf: the shadow MMU's direct map
+ * needs a free pte_list_desc only if its rmap_add takes one (the tables it may create
+ * are new, each with its first parent: a bare pointer); the TDP MMU keeps no rmaps. The
+ * kernel tops its caches up from the slab; dirtlog's pool is fixed, and an rmap that once
+ * held two SPTEs keeps its descriptor, so "two free" is asked only where it is needed.
  */
-export function kvm_mmu_leaf_has_room(vm: usize): bool {
-  return !is_shadow_mmu(vm) || pte_list_pool_has_room(shadow_pte_pool(vm));
+export function kvm_mmu_leaf_has_room(vm: usize, slot: usize, gfn: u64): bool {
+  if (!is_shadow_mmu(vm)) return true;
+  return pte_list_pool_has_room(shadow_pte_pool(vm)) || !pte_list_add_needs_desc(gfn_to_rmap(slot, gfn));
 }
 
 /**

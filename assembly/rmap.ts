@@ -95,6 +95,17 @@ export function pte_list_pool_has_room(pool: usize): bool {
   return load<u32>(pool + POOL_CAPACITY) - atomic.load<u32>(pool + POOL_USED) >= 2;
 }
 
+/**
+ * Whether adding one entry to the list at `head` takes a descriptor: a single entry becomes
+ * one, and a full head descriptor gets a new head. (An empty list takes none.)
+ */
+@inline export function pte_list_add_needs_desc(head: usize): bool {
+  const val = load<u64>(head);
+  if (val == 0) return false;
+  if ((val & 1) == 0) return true;
+  return load<u32>(desc_of(val) + DESC_COUNT) == PTE_LIST_EXT;
+}
+
 @inline function desc_of(head_val: u64): usize {
   return <usize>(head_val & ~(<u64>1));
 }

@@ -91,6 +91,7 @@ import {
   VM_MMU_VALID_GEN,
   VM_INDIRECT_SHADOW_PAGES,
   VCPU_ROOT_GEN,
+  VM_MMU_ZAP_IN_PROGRESS,
 } from "./layout";
 import { memslot_lookup } from "./kvm_host";
 import { cond_resched_rwlock_write, lockdep_assert_held_write, mmu_lock_needbreak, write_lock, write_unlock } from "./mmu_lock";
@@ -192,9 +193,10 @@ export function shadow_pte_pool_bytes(descs: u32): u32 {
 /**
  * The direct-map fault's walk (kvm_mmu_get_child_sp + link_shadow_page): from the root
  * of as_id down to gfn's 4K SPTE, allocating and linking a direct shadow page at each
- * missing level (its parent SPTE goes on its parent_ptes). Returns the 4K SPTE's address
- * | 1, or 0 when the page-table pool or the descriptor pool is exhausted (nothing linked
- * for the page that failed). Caller holds mmu_lock for write.
+ * missing level (its parent SPTE goes on its parent_ptes: the first parent of a new page,
+ * a bare pointer, so no descriptor is needed). Returns the 4K SPTE's address | 1, or 0 when
+ * the page-table pool is exhausted (nothing linked for the page that failed). Caller holds
+ * mmu_lock for write.
  */
 export function shadow_get_or_create(vm: usize, as_id: u32, gfn: u64): usize {
   lockdep_assert_held_write(vm);
@@ -206,8 +208,7 @@ export function shadow_get_or_create(vm: usize, as_id: u32, gfn: u64): usize {
       table = <usize>(spte & SPTE_PFN_MASK);
       continue;
     }
-    if (!pte_list_pool_has_room(shadow_pte_pool(vm))) return 0;
-    const child = pool_alloc(vm);
+    const child = pool_alloc(vm); // (its first parent is a bare pointer: no descriptor)
     if (child == 0) return 0;
     const child_level = level - 1;
     const span_shift = 9 * child_level; // gfns mapped by the child page: 512^child_level
@@ -976,6 +977,7 @@ export function kvm_mmu_zap_all_fast_shadow(vm: usize, nr_as: u32, can_block: bo
 function kvm_zap_obsolete_pages(vm: usize, can_block: bool): void {
   const table = <usize>load<u32>(vm + VM_SP_TABLE);
   let batch: u32 = 0;
+  store<u32>(vm + VM_MMU_ZAP_IN_PROGRESS, 1);
   for (let k: u32 = 0; k < load<u32>(vm + VM_POOL_NEXT); k++) {
     const sp = table + <usize>k * SP_SIZE;
     if (load<u32>(sp + SP_IN_USE) == 0 || load<u32>(sp + SP_SPECIAL) != 0) continue;
@@ -988,7 +990,18 @@ function kvm_zap_obsolete_pages(vm: usize, can_block: bool): void {
     kvm_mmu_prepare_zap_page(vm, sp);
     batch += load<u32>(vm + VM_MMU_SHADOW_ZAPPED) - zapped;
   }
+  store<u32>(vm + VM_MMU_ZAP_IN_PROGRESS, 0);
   kvm_mmu_commit_zap_page(vm, can_block);
+}
+
+/**
+ * A fault that found a pool (page tables, pte_list descriptors) empty during a lock break
+ * of kvm_zap_obsolete_pages: the obsolete pages it has yet to zap still hold what the
+ * fault needs (and an rmap of a gfn mapped by an old and a new page needs a descriptor),
+ * so the fault retries once they are gone instead of failing. Caller holds mmu_lock.
+ */
+@inline export function shadow_pool_short_during_zap(vm: usize): bool {
+  return load<u32>(vm + VM_MMU_ZAP_IN_PROGRESS) != 0;
 }
 
 /** INVLPG's sync: if the leaf at `sptep` is in an unsync page, sync its gPTE. True if it changed. */

@@ -299,7 +299,8 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
         step++;
         if (performance.now() - t0 >= interval && writes >= 0x100n) break;
         if (performance.now() - t0 >= interval + 30_000) {
-          throw new KvmError("EIO", call, `iteration ${iteration}: the vCPUs made no progress in 30 s`);
+          const exits = vcpus.map((v) => v.exitReason).join(", ");
+          throw new KvmError("EIO", call, `iteration ${iteration}: the vCPUs made no progress in 30 s (last exits: ${exits})`);
         }
       }
       for (const v of vcpus) await v.pause();

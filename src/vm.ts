@@ -185,8 +185,15 @@ const HUGE_2M = 2 * MIB;
 const MAX_BYTES = CORE_MAX_PAGES * 65536;
 const VM_OPTIONS = ["maxMemoryBytes", "mmuPoolBytes", "irqchip", "pml", "tlb", "mmu", "workerUrl", "wasm"];
 const MMUS = { tdp: 0, shadow: 1 } as const;
-/** pte_list descriptors of a shadow-MMU VM (rmaps of aliased gfns, parent_ptes of shared pages). */
-const PTE_LIST_DESCS = 4096;
+/**
+ * pte_list descriptors of a shadow-MMU VM (rmaps of aliased gfns, parent_ptes of shared
+ * pages): 8 per page-table page of the pool, at least 4096. The kernel allocates them from
+ * the slab; here the pool is fixed, and an rmap that once held two SPTEs keeps its
+ * descriptor until it empties (during a zap of everything, a gfn faulted again is mapped
+ * by its old and its new page for a while).
+ */
+const PTE_LIST_DESCS_PER_TABLE = 8;
+const PTE_LIST_DESCS_MIN = 4096;
 /** Idle memories kept per (core module, maximum size); more are left to the garbage collector. */
 const MAX_IDLE = 4;
 
@@ -319,14 +326,15 @@ export class Vm {
     }
     if (this.mmu === "shadow") {
       // the shadow MMU's pte_list descriptors and one kvm_mmu_page per page-table page
-      const pteBytes = core.shadow_pte_pool_bytes(PTE_LIST_DESCS);
+      const descs = Math.max(PTE_LIST_DESCS_MIN, poolPages * PTE_LIST_DESCS_PER_TABLE);
+      const pteBytes = core.shadow_pte_pool_bytes(descs);
       const ptePool = this.regions.alloc(pteBytes, 64);
       const spTable = this.regions.alloc(poolPages * L.SP_SIZE, 64);
       const hash = this.regions.alloc(L.SP_HASH_BUCKETS * 4, 64);
       if (!ptePool || !spTable || !hash) {
         throw new KvmError("ENOMEM", "KVM_CREATE_VM", "maxMemoryBytes cannot hold the shadow MMU's page descriptors");
       }
-      core.shadow_init(vm, ptePool, PTE_LIST_DESCS, spTable, hash);
+      core.shadow_init(vm, ptePool, descs, spTable, hash);
     }
     this.addr = vm;
     this.fixed = { slots, sorted, pool, vcpuTable };

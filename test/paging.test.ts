@@ -11,6 +11,7 @@ import { errnoOf, pagesOf, vmFactory } from "./helpers.js";
 import {
   KVM_CAP_DIRTY_LOG_RING,
   KVM_EXIT_EXCEPTION,
+  KVM_EXIT_INTERNAL_ERROR,
   KVM_MEM_LOG_DIRTY_PAGES,
   type LogMode,
   type PageTables,
@@ -587,6 +588,53 @@ describe("paging in SMM: the vCPU's tables and pages come from address space 1 (
       v.smm = true;
       expect(v.writeGuest(DATA, 2n)).toBe(0);
       expect(pagesOf(vm.getDirtyLog(SMM))).not.toEqual([2]);
+    },
+  );
+});
+
+describe("the descriptor pool is asked only for what a fault takes (mmu_topup_memory_caches)", () => {
+  /**
+   * vCPU 0 (paged) maps pages through two aliases each until the pte_list pool has fewer
+   * than two descriptors free (each such rmap holds two SPTEs: a descriptor); then vCPU 1,
+   * unpaged, writes a page no SPTE maps yet: its rmap_add takes no descriptor.
+   */
+  async function fillThenFault(wasm?: WebAssembly.Module) {
+    const vm = await newVm({ mmu: "shadow", mmuPoolBytes: 2 * MIB, ...(wasm ? { wasm } : {}) });
+    vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0, memorySize: 64 * MIB, backed: true });
+    const N = 4096;
+    const pt = buildPageTables(vm, 0, 32 * MIB, [
+      { gva: DATA, gpa: 0, pages: N },
+      { gva: DATA + 16 * MIB, gpa: 0, pages: N },
+    ]);
+    const v = vm.createVcpu(0);
+    v.setPaging({ cr3: pt.cr3, mode: "long" });
+    const dv = () => new DataView(vm.memory.buffer);
+    const pool = dv().getUint32(vm.addr + L.VM_PTE_POOL, true);
+    const free = () => dv().getUint32(pool + 12, true) - vm.raw.pte_list_pool_used(pool);
+    let k = 0;
+    while (free() >= 2 && k < N) {
+      expect(v.readGuest(DATA + k * PAGE)).toBe(0n);
+      expect(v.readGuest(DATA + 16 * MIB + k * PAGE)).toBe(0n);
+      k++;
+    }
+    expect(free()).toBeLessThan(2);
+    expect(vm.rmapCount(0, k - 1)).toBe(2);
+    const unpaged = vm.createVcpu(1);
+    return unpaged.writeGuest(40 * MIB, 1n);
+  }
+
+  it("a full pool does not stop a fault whose rmap is empty", async () => {
+    expect(await fillThenFault()).toBe(0);
+  });
+
+  it.skipIf(process.env.DIRTLOG_CORE === "debug")(
+    "a core that always asks for two fails it with KVM_EXIT_INTERNAL_ERROR (planted)",
+    async () => {
+      const wasm = plantedCore(
+        [{ file: "mmu.ts", from: "|| !pte_list_add_needs_desc(gfn_to_rmap(slot, gfn))", to: "" }],
+        "release",
+      );
+      expect(await fillThenFault(wasm)).toBe(KVM_EXIT_INTERNAL_ERROR);
     },
   );
 });
