@@ -74,7 +74,7 @@ import {
 } from "./tdp";
 import { flush_remote_tlbs, flush_remote_tlbs_dirty_log } from "./tlb";
 import { vcpu_can_block } from "./vcpu";
-import { SPTE_A, SPTE_D, SPTE_W, spte_has_volatile_bits } from "./spte";
+import { SPTE_A, SPTE_D, SPTE_W, spte_clear_bits_locked } from "./spte";
 
 /**
  * kvm_arch_mmu_enable_log_dirty_pt_masked: re-arm the pages of mask at slot offset
@@ -115,13 +115,7 @@ export function kvm_arch_mmu_enable_log_dirty_pt_masked(vm: usize, slot: usize, 
     return;
   }
   if ((old & bits) == 0) return;
-  if (spte_has_volatile_bits(old)) {
-    atomic.and<u64>(p, ~bits);
-  } else if (!ASC_NO_ASSERT) {
-    assert(atomic.cmpxchg<u64>(p, old, old & ~bits) == old, "a non-volatile SPTE changed under mmu_lock");
-  } else {
-    store<u64>(p, old & ~bits);
-  }
+  spte_clear_bits_locked(p, old, bits);
 }
 
 /**

@@ -27,7 +27,7 @@
 // the caller provides; rmap_get_first / rmap_get_next return SPTE addresses, 0 at the end.
 import { VM_RMAP_ITER } from "./layout";
 import { lockdep_assert_held_write, write_lock, write_unlock } from "./mmu_lock";
-import { SPTE_M, SPTE_W, spte_has_volatile_bits } from "./spte";
+import { SPTE_M, SPTE_W, spte_clear_bits_locked } from "./spte";
 
 export const PTE_LIST_EXT: u32 = 14;
 export const PTE_LIST_DESC_SIZE: u32 = 128;
@@ -283,13 +283,7 @@ const ITER_POS: usize = 4; // u32: index of the current entry in it
   if ((spte & bits) == 0) return false;
   // mmu_spte_update under the write side of mmu_lock: atomic only if the lockless fast path
   // (a (1 1 0) SPTE may get W at any moment) or the CPU (A, D) may change the SPTE meanwhile
-  if (spte_has_volatile_bits(spte)) {
-    atomic.and<u64>(sptep, ~bits);
-  } else if (!ASC_NO_ASSERT) {
-    assert(atomic.cmpxchg<u64>(sptep, spte, spte & ~bits) == spte, "a non-volatile SPTE changed under mmu_lock");
-  } else {
-    store<u64>(sptep, spte & ~bits);
-  }
+  spte_clear_bits_locked(sptep, spte, bits);
   return true;
 }
 

@@ -102,3 +102,19 @@ export const SPTE_PFN_MASK: u64 = 0x000f_ffff_ffff_f000;
   if ((spte & SPTE_A) == 0) return true;
   return (spte & SPTE_W) != 0 && (spte & SPTE_D) == 0;
 }
+
+/**
+ * mmu_spte_update's store for clearing `bits` of the SPTE at p, which held `old`, under the
+ * write side of mmu_lock: an atomic and-not when the SPTE has volatile bits (a lockless
+ * writer may change it meanwhile), a plain store otherwise. The debug build makes the plain
+ * store a compare-and-swap and asserts that nothing changed the SPTE, i.e. the rule holds.
+ */
+@inline export function spte_clear_bits_locked(p: usize, old: u64, bits: u64): void {
+  if (spte_has_volatile_bits(old)) {
+    atomic.and<u64>(p, ~bits);
+  } else if (!ASC_NO_ASSERT) {
+    assert(atomic.cmpxchg<u64>(p, old, old & ~bits) == old, "a non-volatile SPTE changed under mmu_lock");
+  } else {
+    store<u64>(p, old & ~bits);
+  }
+}
