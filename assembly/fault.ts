@@ -49,7 +49,6 @@ import {
   VCPU_PSC_TAG,
   VCPU_REQUESTS,
   KVM_MEM_READONLY,
-  KVM_MEMSLOT_INVALID,
   SLOT_ACTIVE,
   SLOT_BACKING,
   SLOT_BASE_GFN,
@@ -65,7 +64,7 @@ import {
 import { pml_active, pml_flush, pml_log_write } from "./pml";
 import { vcpu_check_exit_request, vcpu_enter_guest, vcpu_exit_guest } from "./x86";
 import { mark_page_dirty_in_slot } from "./mark_dirty";
-import { memslot_lookup, slot_host_present, slot_logged } from "./kvm_host";
+import { memslot_lookup, slot_host_present, slot_invalid, slot_logged } from "./kvm_host";
 import { kvm_mmu_leaf_has_room, kvm_mmu_leaf_installed, kvm_mmu_map, kvm_mmu_max_mapping_level } from "./mmu";
 import {
   gfn_to_rmap,
@@ -154,7 +153,7 @@ function slow_fault(vm: usize, vcpu: usize, as_id: u32, gpa: u64, write: bool): 
     return 0;
   }
   const slot = memslot_lookup(vm, as_id, gfn);
-  if (slot != 0 && (load<u32>(slot + SLOT_FLAGS) & KVM_MEMSLOT_INVALID) != 0) {
+  if (slot != 0 && slot_invalid(slot)) {
     fault_unlock(vm, shadow); // being deleted or moved (RET_PF_RETRY): fault again after
     return 0;
   }
@@ -277,7 +276,7 @@ function shadow_paged_fault(vm: usize, vcpu: usize, gva: u64, write: bool): u32 
     return 0;
   }
   const slot = memslot_lookup(vm, as_id, gfn);
-  if (slot != 0 && (load<u32>(slot + SLOT_FLAGS) & KVM_MEMSLOT_INVALID) != 0) {
+  if (slot != 0 && slot_invalid(slot)) {
     write_unlock(vm);
     return 0;
   }

@@ -21,6 +21,7 @@ import {
   VM_RING_WITH_BITMAP,
   VM_SLOTS,
   VM_SORTED,
+  KVM_MEMSLOT_INVALID,
 } from "./layout";
 
 // ---- metadata region geometry ----
@@ -64,6 +65,10 @@ import {
 }
 @inline export function nsorted(vm: usize, as_id: u32): u32 {
   return load<u32>(vm + VM_NSORTED + (as_id << 2));
+}
+/** A DELETE or MOVE of the slot is zapping its mappings (KVM_MEMSLOT_INVALID): faults on it retry. */
+@inline export function slot_invalid(slot: usize): bool {
+  return (load<u32>(slot + SLOT_FLAGS) & KVM_MEMSLOT_INVALID) != 0;
 }
 @inline export function slot_logged(slot: usize): bool {
   return (load<u32>(slot + SLOT_FLAGS) & KVM_MEM_LOG_DIRTY_PAGES) != 0;

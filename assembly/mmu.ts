@@ -58,7 +58,7 @@ import {
   kvm_mmu_zap_all_fast_shadow,
   kvm_mmu_remote_flush_or_zap,
   kvm_mmu_unload_root,
-  kvm_mmu_free_obsolete_roots as shadow_free_obsolete_roots,
+  shadow_free_obsolete_roots,
 } from "./shadow";
 import {
   tdp_clear_dirty_range,

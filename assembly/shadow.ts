@@ -1022,7 +1022,7 @@ export function shadow_sync_one(vm: usize, sptep: usize): bool {
  * the zap: it has "reloaded" it when the generation moved since it last looked
  * (VCPU_ROOT_GEN), which needs no lock.
  */
-export function kvm_mmu_free_obsolete_roots(vm: usize, vcpu: usize): void {
+export function shadow_free_obsolete_roots(vm: usize, vcpu: usize): void {
   const gen = load<u32>(vm + VM_MMU_VALID_GEN);
   const table = <usize>load<u32>(vcpu + VCPU_ROOT);
   if (table != 0) {

@@ -76,7 +76,7 @@ describe("a memslot DELETE under a running vCPU (shadow MMU)", () => {
         [
           {
             file: "fault.ts",
-            from: "  if (slot != 0 && (load<u32>(slot + SLOT_FLAGS) & KVM_MEMSLOT_INVALID) != 0) {\n    fault_unlock(vm, shadow);",
+            from: "  if (slot != 0 && slot_invalid(slot)) {\n    fault_unlock(vm, shadow);",
             to: "  if (false) {\n    fault_unlock(vm, shadow);",
           },
         ],
